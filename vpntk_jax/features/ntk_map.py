@@ -1,0 +1,56 @@
+"""The NTK feature map as a pipeline component (DP-NTK, and VP-NTK on extractor features)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+from vpntk_jax.features import ntk
+
+
+@dataclasses.dataclass(frozen=True)
+class NTKFeatureMap:
+  """NTK features of a fixed random network on flattened images.
+
+  The network parameters are public: drawn from `seed`, never from data.
+  """
+  network: ntk.NTKNetwork
+  input_dim: int
+  seed: int = 0
+  chunk_size: int = 2048
+  norm_bound: float = 1.0
+
+  @property
+  def params(self) -> ntk.Params:
+    return _cached_params(self.network, self.input_dim, self.seed)
+
+  def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                  progress: Callable[[int], None] | None = None) -> ntk.Embedding:
+    return ntk.private_embedding_sum(self.network, self.params, images, labels, num_classes,
+                                     chunk_size=self.chunk_size, progress=progress)
+
+  def synthetic_mean(self, x_grouped: jax.Array) -> ntk.Embedding:
+    return ntk.synthetic_embedding(self.network, self.params, x_grouped)
+
+  def template(self, num_classes: int) -> ntk.Embedding:
+    """Zero embedding with this map's structure (to unflatten a stored release)."""
+    return jax.tree.map(lambda p: np.zeros(p.shape + (num_classes,), np.float32), self.params)
+
+  def describe(self) -> dict:
+    return {"kind": "ntk", "layers": list(self.network.layers), "init": self.network.init,
+            "input_dim": self.input_dim, "seed": self.seed,
+            "num_params": ntk.num_params(self.params)}
+
+
+_PARAM_CACHE: dict = {}
+
+
+def _cached_params(network: ntk.NTKNetwork, input_dim: int, seed: int) -> ntk.Params:
+  key = (network, input_dim, seed)
+  if key not in _PARAM_CACHE:
+    _PARAM_CACHE.clear()  # one network at a time is all a run needs
+    _PARAM_CACHE[key] = ntk.init_params(jax.random.key(seed), network, input_dim)
+  return _PARAM_CACHE[key]

@@ -1,0 +1,1 @@
+"""Flax models: the conditional generators trained against a released embedding."""
