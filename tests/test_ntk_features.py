@@ -1,0 +1,133 @@
+"""NTK features: exact == neural-tangents, fast == exact, norms bounded for any input."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vpntk_jax._nt_compat  # noqa: F401  (before neural_tangents)
+import neural_tangents as nt
+from vpntk_jax.features import ntk
+
+NETWORKS = [
+    ntk.NTKNetwork((64, "relu", "layernorm", 10)),  # the DP-NTK shape, narrower
+    ntk.NTKNetwork((32, "tanh", 16, "relu", "layernorm", 3), init="lecun"),
+]
+
+
+def _data(n=24, d=20, classes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, size=(n, 4, 5, 1), dtype=np.uint8)  # d = 20
+  y = np.arange(n) % classes
+  return x, y
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize("implementation", [1, 2])
+def test_feature_gram_is_neural_tangents_empirical_ntk(network, implementation):
+  x, _ = _data(n=10)
+  xf = ntk.flatten_images(x)
+  params = ntk.init_params(jax.random.key(0), network, xf.shape[1])
+  phi = ntk.per_example_features(network, params, xf)
+  gram = np.asarray(phi @ phi.T)
+  f = lambda p, inputs: ntk.summed_output(network, p, inputs)[:, None]
+  kernel = nt.empirical_ntk_fn(f, trace_axes=(), implementation=implementation)(xf, None, params)
+  np.testing.assert_allclose(np.asarray(kernel).reshape(10, 10), gram, rtol=1e-4,
+                             atol=1e-4 * np.abs(gram).max())
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_fast_private_embedding_matches_exact(network):
+  x, y = _data(n=37)
+  params = ntk.init_params(jax.random.key(1), network, 20)
+  exact = ntk.exact_labelled_embedding(network, params, np.asarray(ntk.flatten_images(x)), y, 3)
+  # chunk 8 forces padding and several chunks per class
+  fast = ntk.private_embedding_sum(network, params, x, y, 3, chunk_size=8)
+  fast = np.asarray(ntk.embedding_to_matrix(fast), np.float64) / len(y)
+  fast *= 1 + ntk.NORM_SAFETY_MARGIN  # exact uses the bare float64 norm
+  np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_fast_synthetic_embedding_and_its_gradient_match_exact(network):
+  classes, per_class, d = 3, 5, 20
+  x = jax.random.uniform(jax.random.key(2), (classes, per_class, d))
+  params = ntk.init_params(jax.random.key(3), network, d)
+  target = jax.random.normal(jax.random.key(4), (ntk.num_params(params), classes)) * 1e-2
+
+  def exact_mean(xg):
+    phi = ntk.per_example_features(network, params, xg.reshape(-1, d))
+    phi = phi / jnp.linalg.norm(phi, axis=1, keepdims=True)
+    onehot = jax.nn.one_hot(jnp.repeat(jnp.arange(classes), per_class), classes)
+    return phi.T @ onehot / (classes * per_class)
+
+  def fast_mean(xg):
+    m = ntk.embedding_to_matrix(ntk.synthetic_embedding(network, params, xg))
+    return m * (1 + ntk.NORM_SAFETY_MARGIN)
+
+  np.testing.assert_allclose(fast_mean(x), exact_mean(x), atol=1e-6)
+  loss = lambda mean_fn: (lambda xg: jnp.sum(jnp.square(mean_fn(xg) - target)))
+  g_fast = jax.grad(loss(fast_mean))(x)
+  g_exact = jax.grad(loss(exact_mean))(x)
+  np.testing.assert_allclose(g_fast, g_exact, rtol=1e-3, atol=1e-5 * float(jnp.abs(g_exact).max()))
+
+
+ADVERSARIAL = {
+    "zeros": np.zeros((4, 28, 28, 1)),
+    "ones": np.ones((4, 28, 28, 1)),
+    "huge": np.full((4, 28, 28, 1), 1e6),
+    "tiny": np.full((4, 28, 28, 1), 1e-30),
+    "alternating": np.indices((4, 28, 28, 1)).sum(0) % 2 * 1e3,
+    "duplicated": np.repeat(np.random.default_rng(0).uniform(size=(1, 28, 28, 1)), 4, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_normalised_contribution_norm_at_most_one_in_float64(name):
+  """The float32 scale applied to the float64-exact feature never exceeds norm 1."""
+  network = ntk.NTKNetwork((800, "relu", "layernorm", 10))
+  params = ntk.init_params(jax.random.key(0), network, 784)
+  x = ADVERSARIAL[name].reshape(4, -1).astype(np.float32)
+  _, _, scales = ntk.normalised_feature_scales(network, params, jnp.asarray(x))
+  scales = np.asarray(scales, np.float64)
+  assert np.all(np.isfinite(scales))
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    phi64 = np.asarray(ntk.per_example_features(network, p64, jnp.asarray(x, jnp.float64)))
+  norms = np.linalg.norm(phi64, axis=1) * scales
+  assert np.all(norms <= 1.0), norms
+  assert np.all(norms > 1.0 - 2 * ntk.NORM_SAFETY_MARGIN), norms  # not over-shrunk
+
+
+def test_zero_feature_contributes_zero_not_nan():
+  scales = ntk.normalising_scale(jnp.array([0.0, 1e-40, 4.0, jnp.inf]))
+  assert np.asarray(scales)[:2].tolist() == [0.0, 0.0]
+  assert np.isclose(float(scales[2]), 0.5 / (1 + ntk.NORM_SAFETY_MARGIN))
+  assert float(scales[3]) == 0.0
+
+
+def test_embedding_matrix_round_trip():
+  params = ntk.init_params(jax.random.key(0), NETWORKS[1], 7)
+  emb = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape + (3,)), params)
+  back = ntk.matrix_to_embedding(ntk.embedding_to_matrix(emb), emb)
+  for a, b in zip(jax.tree.leaves(emb), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_network_spec_errors():
+  with pytest.raises(ValueError, match="unknown layer"):
+    ntk.NTKNetwork((10, "swishy", 2))
+  with pytest.raises(ValueError, match="Dense"):
+    ntk.NTKNetwork(("relu",))
+
+
+def test_compat_makes_neural_tangents_import_without_tensorflow():
+  code = ("import sys, vpntk_jax._nt_compat, neural_tangents as nt; "
+          "assert 'tensorflow' not in sys.modules; "
+          "import jax.util; assert jax.util.safe_map; print(nt.empirical_ntk_fn.__name__)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr
+  assert "empirical_ntk_fn" in out.stdout

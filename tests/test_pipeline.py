@@ -1,0 +1,196 @@
+"""End to end on tiny settings: run directory contract, resume, refusal, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vpntk_jax import cli
+from vpntk_jax import pipeline
+
+FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+  """400 train / 200 test 28x28 images: real FashionMNIST when installed."""
+  path = tmp_path_factory.mktemp("data") / "tiny.npz"
+  if os.path.exists(FMNIST):
+    from vpntk_jax.data import load_dataset
+    tr, te = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test")
+    np.savez(path, x=tr.images[:400], y=tr.labels[:400], x_test=te.images[:200],
+             y_test=te.labels[:200])
+  else:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (400, 28, 28, 1), np.uint8), y=np.arange(400) % 10,
+             x_test=rng.integers(0, 256, (200, 28, 28, 1), np.uint8), y_test=np.arange(200) % 10)
+  return str(path)
+
+
+def _args(data, out, *extra):
+  return ["synthesize", "--data", data, "--out", str(out), "--steps", "4", "--batch-size", "20",
+          "--checkpoint-every", "2", "--num-synthetic", "200", "--eval-train-size", "100",
+          "--classifiers", "logistic_regression,cnn", "--cnn-epochs", "1", "--noise-seed", "7",
+          "--config", str(_TINY_CONFIG), "--quiet", *extra]
+
+
+_TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_config.py")
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_npz, tmp_path_factory):
+  out = tmp_path_factory.mktemp("runs") / "run"
+  assert cli.main(_args(tiny_npz, out)) == 0
+  return out
+
+
+def test_run_directory_contract(finished_run):
+  names = set(os.listdir(finished_run))
+  for name in ("config.json", "privacy.json", "release.npz", "checkpoints", "train_log.csv",
+               "synthetic.npz", "samples.png", "loss.png", "metrics.json"):
+    assert name in names, name
+  privacy = _read(finished_run / "privacy.json")
+  for key in ("epsilon", "delta", "sigma", "sensitivity", "accountant", "adjacency",
+              "num_private_examples"):
+    assert key in privacy, key
+  assert privacy["num_private_examples"] == 400
+  assert privacy["sensitivity"] == pytest.approx(2 / 400)
+  assert privacy["within_budget"] is True
+  metrics = _read(finished_run / "metrics.json")
+  assert set(metrics["accuracy"]) == {"logistic_regression", "cnn"}
+  assert all(0.0 <= a <= 1.0 for a in metrics["accuracy"].values())
+  with np.load(finished_run / "synthetic.npz") as z:
+    assert z["images"].shape == (200, 28, 28, 1) and z["images"].dtype == np.uint8
+    assert np.bincount(z["labels"]).tolist() == [20] * 10
+  log = np.loadtxt(finished_run / "train_log.csv", delimiter=",", skiprows=1, ndmin=2)
+  assert log[-1, 0] == 4
+
+
+def test_resume_extends_a_run_and_reuses_its_release(finished_run):
+  before = (finished_run / "release.npz").read_bytes()
+  assert cli.main(["synthesize", "--out", str(finished_run), "--resume", "--steps", "8",
+                   "--quiet"]) == 0
+  assert (finished_run / "release.npz").read_bytes() == before  # no fresh noise
+  assert len(_read(finished_run / "privacy.json")["releases"]) == 1
+  log = np.loadtxt(finished_run / "train_log.csv", delimiter=",", skiprows=1, ndmin=2)
+  assert log[-1, 0] == 8
+
+
+def test_killed_then_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
+  straight = tmp_path / "straight"
+  assert cli.main(_args(tiny_npz, straight, "--steps", "8")) == 0
+
+  real_make = pipeline.training.make_train_step
+  def dies_after_step_5(*args, **kwargs):
+    step = real_make(*args, **kwargs)
+    def wrapped(state):
+      if int(state.step) == 5:
+        raise KeyboardInterrupt("simulated kill")
+      return step(state)
+    return wrapped
+  monkeypatch.setattr(pipeline.training, "make_train_step", dies_after_step_5)
+  killed = tmp_path / "killed"
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(_args(tiny_npz, killed, "--steps", "8"))
+  monkeypatch.undo()
+  release = (killed / "release.npz").read_bytes()
+  assert cli.main(["synthesize", "--out", str(killed), "--resume", "--quiet"]) == 0
+  assert (killed / "release.npz").read_bytes() == release
+  with np.load(killed / "synthetic.npz") as a, np.load(straight / "synthetic.npz") as b:
+    np.testing.assert_array_equal(a["images"], b["images"])
+
+
+def test_resume_refuses_a_changed_privacy_setting(finished_run):
+  before = _read(finished_run / "privacy.json")
+  assert cli.main(["synthesize", "--out", str(finished_run), "--resume", "--epsilon", "5",
+                   "--quiet"]) == 2
+  assert _read(finished_run / "privacy.json") == before
+
+
+def test_existing_run_is_refused_without_force(tiny_npz, finished_run, capsys):
+  listing = sorted(os.listdir(finished_run))
+  assert cli.main(_args(tiny_npz, finished_run)) == 2
+  assert "--resume" in capsys.readouterr().err
+  assert sorted(os.listdir(finished_run)) == listing
+
+
+def test_force_replaces_run_and_keeps_old_release_charged(tiny_npz, tmp_path):
+  out = tmp_path / "run"
+  assert cli.main(_args(tiny_npz, out)) == 0
+  assert cli.main(_args(tiny_npz, out, "--force")) == 0
+  privacy = _read(out / "privacy.json")
+  assert [r["status"] for r in privacy["releases"]] == ["superseded", "active"]
+  assert privacy["total_epsilon"] > privacy["epsilon"]
+  assert privacy["within_budget"] is False
+  assert not os.path.exists(str(out) + ".partial")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--epsilon", "0"], "epsilon"),
+    (["--epsilon", "-1"], "epsilon"),
+    (["--delta", "1.5"], "delta"),
+    (["--delta", "0"], "delta"),
+])
+def test_bad_privacy_parameters_exit_nonzero_and_write_nothing(tiny_npz, tmp_path, capsys,
+                                                               extra, message):
+  out = tmp_path / "run"
+  assert cli.main(_args(tiny_npz, out, *extra)) == 2
+  assert message in capsys.readouterr().err
+  assert not out.exists()
+
+
+def _bad_npz(tmp_path, kind):
+  x = np.zeros((40, 28, 28, 1), np.float32)
+  y = np.arange(40) % 10
+  if kind == "nan":
+    x[3, 4, 5, 0] = np.nan
+  elif kind == "labels":
+    y[0] = 10
+    x = x.astype(np.uint8)
+    np.savez(tmp_path / "bad.npz", x=x, y=y, num_classes=10)
+  path = tmp_path / "bad.npz"
+  if kind != "labels":
+    np.savez(path, x=x, y=y)
+  return str(path)
+
+
+def test_missing_data_directory(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(_args("fashion_mnist", out, "--data-dir", str(tmp_path / "nope"))) == 2
+  assert "nope" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_nan_pixels(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(_args(_bad_npz(tmp_path, "nan"), out)) == 2
+  assert "NaN" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_mixed_image_sizes(tmp_path, capsys):
+  from PIL import Image
+  for cls, size in (("a", (8, 8)), ("b", (9, 8))):
+    (tmp_path / "imgs" / cls).mkdir(parents=True)
+    Image.fromarray(np.zeros(size[::-1], np.uint8)).save(tmp_path / "imgs" / cls / "x.png")
+  out = tmp_path / "run"
+  assert cli.main(_args(str(tmp_path / "imgs"), out)) == 2
+  assert "size" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_evaluate_command_rewrites_metrics(finished_run, capsys):
+  assert cli.main(["evaluate", str(finished_run), "--quiet"]) == 0
+  assert "accuracy" in json.loads(capsys.readouterr().out)
+
+
+def test_privacy_command_json(capsys):
+  assert cli.main(["privacy", "--epsilon", "1", "--delta", "1e-5", "--json"]) == 0
+  table = json.loads(capsys.readouterr().out)
+  assert table["sigma"]["pld"] < 0.8 * table["sigma"]["rdp"]

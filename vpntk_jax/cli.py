@@ -1,0 +1,117 @@
+"""The `vpntk` command line: synthesize, evaluate, privacy."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+from vpntk_jax.errors import VpntkError
+
+# Options of `synthesize` that map onto RunConfig fields (dotted for nested).
+_CONFIG_OPTIONS = {
+    "method": "method", "data": "data", "data_dir": "data_dir", "download": "download",
+    "label_attribute": "label_attribute", "epsilon": "epsilon", "delta": "delta",
+    "accountant": "accountant", "adjacency": "adjacency", "noise_seed": "noise_seed",
+    "seed": "seed", "steps": "train.steps", "batch_size": "train.batch_size",
+    "lr": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
+    "num_synthetic": "num_synthetic", "eval_train_size": "eval_train_size",
+    "cnn_epochs": "cnn_epochs", "classifiers": "classifiers",
+}
+
+
+def _load_config_file(path: str):
+  """An experiment config: a Python file with `get_config() -> RunConfig`."""
+  if not os.path.exists(path):
+    raise VpntkError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location("_vpntk_experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise VpntkError(f"{path} has no get_config() function")
+  return module.get_config()
+
+
+def _parser() -> argparse.ArgumentParser:
+  from vpntk_jax.config import METHODS, RunConfig  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.privacy.accounting import ACCOUNTANTS, ADJACENCIES  # pylint: disable=g-import-not-at-top
+  d = RunConfig()
+  p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  s = sub.add_parser("synthesize", help="private release + generator training + synthesis + evaluation")
+  s.add_argument("--out", required=True, help="run directory (refused if non-empty, see --resume/--force)")
+  s.add_argument("--config", help="experiment config file (Python, get_config()); options below override it")
+  s.add_argument("--method", choices=METHODS, help=f"default {d.method}")
+  s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, image folder, IDX dir (default {d.data})")
+  s.add_argument("--data-dir", help="directory with the dataset files / tfds data_dir")
+  s.add_argument("--download", action="store_true", default=None, help="let tfds download (needs internet)")
+  s.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label (default Male)")
+  s.add_argument("--epsilon", type=float, help=f"privacy budget epsilon (default {d.epsilon})")
+  s.add_argument("--delta", type=float, help=f"privacy budget delta (default {d.delta})")
+  s.add_argument("--accountant", choices=ACCOUNTANTS, help=f"noise calibration (default {d.accountant})")
+  s.add_argument("--adjacency", choices=ADJACENCIES, help=f"neighbouring datasets (default {d.adjacency})")
+  s.add_argument("--noise-seed", type=int, help="reproducible privacy noise, for experiments only (default: OS entropy)")
+  s.add_argument("--seed", type=int, help=f"public seed: network, generator, batches (default {d.seed})")
+  s.add_argument("--steps", type=int, help=f"generator steps (default {d.train.steps})")
+  s.add_argument("--batch-size", type=int, help=f"synthetic batch per step (default {d.train.batch_size})")
+  s.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.train.learning_rate})")
+  s.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.train.checkpoint_every})")
+  s.add_argument("--num-synthetic", type=int, help=f"synthetic examples to generate (default {d.num_synthetic})")
+  s.add_argument("--eval-train-size", type=int, help=f"balanced synthetic subsample for the classifiers (default {d.eval_train_size})")
+  s.add_argument("--cnn-epochs", type=int, help=f"CNN epochs (default {d.cnn_epochs})")
+  s.add_argument("--classifiers", type=lambda v: tuple(x for x in v.split(",") if x),
+                 help="comma-separated subset of logistic_regression,mlp,cnn")
+  s.add_argument("--resume", action="store_true", help="continue the run in --out, reusing its private release")
+  s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
+  s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+  e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz on the real test set")
+  e.add_argument("run_dir")
+  e.add_argument("--quiet", action="store_true")
+
+  v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
+  v.add_argument("--epsilon", type=float, required=True)
+  v.add_argument("--delta", type=float, required=True)
+  v.add_argument("--json", action="store_true", help="print one JSON object")
+  return p
+
+
+def _synthesize(args) -> dict:
+  from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+  overrides = {field: getattr(args, opt) for opt, field in _CONFIG_OPTIONS.items()}
+  if args.resume:
+    config = pipeline.resume_config(args.out, overrides)
+  else:
+    base = _load_config_file(args.config) if args.config else config_lib.RunConfig()
+    config = config_lib.with_overrides(base, overrides)
+  return pipeline.run_synthesis(config, args.out, resume=args.resume, force=args.force,
+                                quiet=args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    if args.command == "synthesize":
+      summary = _synthesize(args)
+      print(json.dumps(summary, indent=2))
+      print(f"outputs in {summary['run_dir']}: samples.png, synthetic.npz, privacy.json, "
+            f"metrics.json", file=sys.stderr)
+    elif args.command == "evaluate":
+      from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+      print(json.dumps(pipeline.evaluate_run(args.run_dir, quiet=args.quiet), indent=2))
+    elif args.command == "privacy":
+      from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
+      table = accounting.sigma_table(args.epsilon, args.delta)
+      print(json.dumps(table) if args.json else accounting.format_sigma_table(table))
+  except VpntkError as e:
+    print(f"vpntk: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,330 @@
+"""The run: data -> features -> private release -> generator training -> synthesis -> evaluation.
+
+Pure computation lives in the modules each stage calls; this file holds the
+edges: the run directory, files, progress output and the order of stages.
+
+Run directory contract (`runs/NAME/`):
+  config.json     the RunConfig
+  privacy.json    the privacy ledger (every release, its sensitivity, sigma, ...)
+  release.npz     the noisy embedding: the only output that touched private data
+  checkpoints/    Orbax checkpoints of the generator training state
+  train_log.csv   step, loss, seconds
+  synthetic.npz   `images` uint8 NHWC and `labels`
+  samples.png     one row per class
+  loss.png        training curve
+  metrics.json    accuracy of classifiers trained on synthetic data, on the real test set
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from vpntk_jax import config as config_lib
+from vpntk_jax import io_utils
+from vpntk_jax import training
+from vpntk_jax import visualize
+from vpntk_jax.config import RunConfig
+from vpntk_jax.data import ImageDataset, load_dataset
+from vpntk_jax.errors import RunDirError
+from vpntk_jax.evaluation import evaluate_synthetic
+from vpntk_jax.features import NTKFeatureMap
+from vpntk_jax.features import ntk
+from vpntk_jax.models.generator import ConvCondGenerator
+from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, accounting, read_ledger, write_ledger
+from vpntk_jax.privacy.release import gaussian_release, noise_key
+
+CONFIG = "config.json"
+PRIVACY = "privacy.json"
+RELEASE = "release.npz"
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.csv"
+SYNTHETIC = "synthetic.npz"
+SAMPLES = "samples.png"
+LOSS_PNG = "loss.png"
+METRICS = "metrics.json"
+RELEASE_NAME = "labelled_mean_embedding"
+
+
+def _say(msg: str, quiet: bool) -> None:
+  if not quiet:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Method recipes: a feature map and a generator for the data's shape.
+
+
+def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_classes: int):
+  """Returns (feature_map, generator) for `config.method`."""
+  input_dim = int(np.prod(image_shape))
+  if config.method == "dp-ntk":
+    features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers), config.ntk_init),
+                             input_dim=input_dim, seed=config.seed)
+    generator = ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
+    return features, generator
+  raise AssertionError(config.method)  # validate() rejects unknown methods
+
+
+# ----------------------------------------------------------------------------
+# Run directory.
+
+
+@dataclasses.dataclass
+class RunDir:
+  """Where a run writes. `path` is the final place; `work` where files go now.
+
+  They differ only for --force on an existing run: the new run is built in a
+  sibling staging directory and swapped in at the end, so a failure leaves the
+  old run untouched.
+  """
+  path: str
+  work: str
+  resumed: bool = False
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.work, name)
+
+  def finish(self) -> None:
+    if self.work == self.path:
+      return
+    trash = self.path + ".replaced"
+    if os.path.exists(trash):
+      shutil.rmtree(trash)
+    os.replace(self.path, trash)
+    os.replace(self.work, self.path)
+    shutil.rmtree(trash)
+    self.work = self.path
+
+
+def _is_nonempty_dir(path: str) -> bool:
+  return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool
+                 ) -> tuple[RunDir, RunConfig, PrivacyLedger | None]:
+  """Decides how to use `out`. Creates directories only once that is settled.
+
+  Returns the run dir, the config to use (the stored one when resuming, with
+  its allowed changes), and the ledger of a run being replaced (its releases
+  stay charged).
+  """
+  if resume and force:
+    raise RunDirError("--resume and --force exclude each other")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise RunDirError(f"{out} exists and is not a directory")
+  if not _is_nonempty_dir(out):
+    if resume:
+      raise RunDirError(f"nothing to resume: {out} does not exist or is empty")
+    os.makedirs(out, exist_ok=True)
+    return RunDir(out, out), config, None
+  if resume:
+    stored = _load_config(out)
+    changed = [k for k in config_lib.diff(stored, config)
+               if k not in config_lib.RESUMABLE_CHANGES]
+    if changed:
+      raise RunDirError(
+          f"cannot resume {out} with different settings: {', '.join(changed)} differ from "
+          f"its config.json. Resume with the same settings, or start a new run.")
+    if not (os.path.exists(os.path.join(out, RELEASE)) and
+            os.path.exists(os.path.join(out, PRIVACY))):
+      raise RunDirError(
+          f"{out} has no complete private release (release.npz + privacy.json) to resume "
+          f"from; use --force to start it over (its ledger, if any, stays charged).")
+    return RunDir(out, out, resumed=True), config, None
+  if not force:
+    raise RunDirError(
+        f"{out} exists and is not empty. Use --resume to continue that run (reusing its "
+        f"private release), --force to replace it, or another --out.")
+  prior = None
+  if os.path.exists(os.path.join(out, PRIVACY)):
+    prior = read_ledger(os.path.join(out, PRIVACY))
+  staging = out.rstrip("/") + ".partial"
+  if os.path.exists(staging):
+    shutil.rmtree(staging)
+  os.makedirs(staging)
+  return RunDir(out, staging), config, prior
+
+
+def _load_config(run_path: str) -> RunConfig:
+  path = os.path.join(run_path, CONFIG)
+  if not os.path.exists(path):
+    raise RunDirError(f"{run_path} is not a vpntk run directory (no {CONFIG})")
+  with open(path) as f:
+    return RunConfig.from_json(json.load(f))
+
+
+# ----------------------------------------------------------------------------
+# Stages.
+
+
+def load_private_and_test(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
+  kwargs = dict(data_dir=config.data_dir, download=config.download,
+                label_attribute=config.label_attribute)
+  private = load_dataset(config.data, "train", **kwargs)
+  test = load_dataset(config.data, "test", num_classes=private.num_classes, **kwargs)
+  if test.image_shape != private.image_shape:
+    raise RunDirError(f"test images {test.image_shape} differ from training images "
+                      f"{private.image_shape}")
+  return private, test
+
+
+def release_embedding(features, private: ImageDataset, config: RunConfig, *,
+                      prior: PrivacyLedger | None = None, quiet: bool = False
+                      ) -> tuple[np.ndarray, PrivacyLedger]:
+  """Computes the labelled mean embedding and releases it once (Gaussian mechanism).
+
+  Returns the noisy (P, C) matrix and the ledger with this release added.
+  """
+  m = len(private.labels)
+  sensitivity = accounting.mean_embedding_sensitivity(m, config.adjacency,
+                                                      norm_bound=features.norm_bound)
+  sigma = accounting.calibrate_gaussian(config.epsilon, config.delta,
+                                        accountant=config.accountant)
+  bar = tqdm(total=m, desc="private embedding", disable=quiet, dynamic_ncols=True)
+  done = [0]
+
+  def progress(n):
+    bar.update(n - done[0])
+    done[0] = n
+
+  t0 = time.perf_counter()
+  total = features.private_sum(private.images, private.labels, private.num_classes,
+                               progress=progress)
+  bar.close()
+  mean = ntk.embedding_to_matrix(total) / m
+  noisy = gaussian_release(mean, sensitivity=sensitivity, sigma=sigma,
+                           key=noise_key(config.noise_seed))
+  _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
+       f"{time.perf_counter() - t0:.1f} s: sensitivity {sensitivity:.3g}, sigma {sigma:.4g}, "
+       f"noise std {sensitivity * sigma:.3g}", quiet)
+  ledger = PrivacyLedger(epsilon=config.epsilon, delta=config.delta,
+                         accountant=config.accountant, adjacency=config.adjacency)
+  if prior is not None:
+    for record in prior.releases:
+      ledger = ledger.add(dataclasses.replace(
+          record, status="superseded",
+          notes=record.notes or "from the run this one replaced (--force); still charged"))
+  ledger = ledger.add(ReleaseRecord.make(
+      RELEASE_NAME, sensitivity=sensitivity, sigma=sigma, adjacency=config.adjacency,
+      accountant=config.accountant, epsilon=config.epsilon, delta=config.delta,
+      num_private_examples=m, noise_seed=config.noise_seed, shape=mean.shape,
+      notes=f"{config.method} features; per-example norm <= {features.norm_bound}"))
+  return np.asarray(noisy, np.float32), ledger
+
+
+def train_generator(features, generator, release: np.ndarray, num_classes: int,
+                    config: RunConfig, run: RunDir, *, quiet: bool = False):
+  """Trains the generator against the release, resuming from the last checkpoint."""
+  tc = config.train
+  per_class = max(1, -(-tc.batch_size // num_classes))  # round up to whole classes
+  target = ntk.matrix_to_embedding(jnp.asarray(release), features.template(num_classes))
+  optimizer = training.make_optimizer(tc)
+  key_init, key_batches = jax.random.split(jax.random.key(config.seed))
+  state = training.init_state(key_init, generator, optimizer, tc.latent_dim)
+  checkpointer = training.Checkpointer(run.file(CHECKPOINTS), every=tc.checkpoint_every,
+                                       max_to_keep=tc.max_to_keep)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    _say(f"resumed generator training at step {int(state.step)}", quiet)
+  step_fn = training.make_train_step(generator, features.synthetic_mean, target, optimizer,
+                                     num_classes=num_classes, per_class=per_class,
+                                     latent_dim=tc.latent_dim, base_key=key_batches)
+  state = training.fit(step_fn, state, tc, checkpointer=checkpointer,
+                       log_path=run.file(TRAIN_LOG), progress=not quiet)
+  checkpointer.close()
+  return state
+
+
+def synthesize(generator, state, num_classes: int, config: RunConfig, run: RunDir):
+  """Balanced labelled synthetic set -> synthetic.npz and samples.png."""
+  labels = np.arange(config.num_synthetic) % num_classes
+  images = training.generate(generator, state, jax.random.key(config.seed + 1), labels,
+                             latent_dim=config.train.latent_dim)
+  io_utils.save_npz_atomic(run.file(SYNTHETIC), images=images, labels=labels.astype(np.int32))
+  visualize.save_sample_grid(run.file(SAMPLES), images, labels, num_classes)
+  return images, labels
+
+
+def evaluate(images, labels, test: ImageDataset, config: RunConfig, run: RunDir, *,
+             quiet: bool = False) -> dict:
+  metrics = evaluate_synthetic(images, labels, test.images, test.labels,
+                               num_classes=test.num_classes, classifiers=config.classifiers,
+                               train_size=config.eval_train_size, seed=config.seed,
+                               cnn_epochs=config.cnn_epochs, progress=not quiet)
+  metrics["test_set"] = test.name
+  io_utils.write_json_atomic(run.file(METRICS), metrics)
+  return metrics
+
+
+def _save_loss_curve(run: RunDir) -> None:
+  rows = np.loadtxt(run.file(TRAIN_LOG), delimiter=",", skiprows=1, ndmin=2)
+  if len(rows):
+    visualize.save_loss_curve(run.file(LOSS_PNG), rows[:, 0], rows[:, 1])
+
+
+def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
+                  quiet: bool = False) -> dict:
+  """The whole job. Returns a summary dict (paths, privacy, accuracy)."""
+  config.validate()
+  # Read and check the data before touching the output directory, so bad input
+  # leaves nothing behind.
+  private, test = load_private_and_test(config)
+  run, config, prior = open_run_dir(out, config, resume=resume, force=force)
+  t0 = time.perf_counter()
+  io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
+  features, generator = build_method(config, private.image_shape, private.num_classes)
+  if run.resumed:
+    release = np.load(run.file(RELEASE))["embedding"]
+    ledger = read_ledger(run.file(PRIVACY))
+    _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
+  else:
+    release, ledger = release_embedding(features, private, config, prior=prior, quiet=quiet)
+    io_utils.save_npz_atomic(run.file(RELEASE), embedding=release)
+    write_ledger(run.file(PRIVACY), ledger)
+    if not ledger.within_budget():
+      _say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
+           f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "
+           f"{config.epsilon}", quiet=False)
+  del private  # nothing after this point sees private data
+  state = train_generator(features, generator, release, test.num_classes, config, run,
+                          quiet=quiet)
+  _save_loss_curve(run)
+  images, labels = synthesize(generator, state, test.num_classes, config, run)
+  metrics = evaluate(images, labels, test, config, run, quiet=quiet)
+  run.finish()
+  summary = {"run_dir": run.path, "epsilon": config.epsilon, "delta": config.delta,
+             "total_epsilon": ledger.total_epsilon(), "accuracy": metrics["accuracy"],
+             "seconds": round(time.perf_counter() - t0, 1)}
+  return summary
+
+
+def resume_config(out: str, overrides: dict) -> RunConfig:
+  """The stored config of run `out` with explicit `overrides` applied.
+
+  `run_synthesis(..., resume=True)` then refuses any override that would
+  change the release (see `config.RESUMABLE_CHANGES`).
+  """
+  return config_lib.with_overrides(_load_config(out), overrides)
+
+
+def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
+  """`vpntk evaluate`: re-evaluates a finished run's synthetic.npz."""
+  config = _load_config(run_path)
+  path = os.path.join(run_path, SYNTHETIC)
+  if not os.path.exists(path):
+    raise RunDirError(f"{run_path} has no {SYNTHETIC}; run `vpntk synthesize` first")
+  with np.load(path) as z:
+    images, labels = z["images"], z["labels"]
+  _, test = load_private_and_test(config)
+  return evaluate(images, labels, test, config, RunDir(run_path, run_path), quiet=quiet)
