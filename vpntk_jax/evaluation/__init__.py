@@ -1,0 +1,5 @@
+"""Downstream evaluation: classifiers trained on synthetic images, tested on real ones."""
+
+from vpntk_jax.evaluation.protocol import CLASSIFIERS, balanced_subsample, evaluate_synthetic
+
+__all__ = ["CLASSIFIERS", "balanced_subsample", "evaluate_synthetic"]

@@ -1,0 +1,148 @@
+"""PNG figures without matplotlib: class-by-row sample grids and loss curves."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vpntk_jax.errors import DataError
+
+PAD = 2
+# White separators read well around both dark-background (MNIST-like) and photo images.
+BACKGROUND = 255
+
+
+def sample_grid(
+  images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int = 10
+) -> np.ndarray:
+  """Tiles the first `per_class` images of each class, one class per row.
+
+  Returns a uint8 (rows*(H+2)+2, cols*(W+2)+2, C) image with 2px padding; cells of
+  classes with fewer examples stay background.
+  """
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise DataError(f"images must be uint8 NHWC, got {images.dtype} {images.shape}")
+  if labels.shape != images.shape[:1]:
+    raise DataError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+  _, h, w, c = images.shape
+  grid = np.full(
+    (num_classes * (h + PAD) + PAD, per_class * (w + PAD) + PAD, c), BACKGROUND, np.uint8
+  )
+  for row in range(num_classes):
+    for col, index in enumerate(np.flatnonzero(labels == row)[:per_class]):
+      top, left = PAD + row * (h + PAD), PAD + col * (w + PAD)
+      grid[top : top + h, left : left + w] = images[index]
+  return grid
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise DataError(f"image must be uint8, got {image.dtype}")
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim == 2:
+    return Image.fromarray(image, mode="L")
+  if image.ndim == 3 and image.shape[-1] in (3, 4):
+    return Image.fromarray(image, mode="RGB" if image.shape[-1] == 3 else "RGBA")
+  raise DataError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes `image` as PNG atomically: a temp file in the same directory, then os.replace."""
+  pil = _to_pil(image)
+  path = os.path.abspath(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  # A unique sibling name opened with "xb" (not mkstemp) so the file gets the
+  # umask's permissions rather than 0600.
+  tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+  try:
+    with open(tmp, "xb") as f:
+      pil.save(f, format="PNG")
+    os.replace(tmp, path)
+  except BaseException:
+    # A reader must never see a half-written file, and no temp file may be left behind.
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_sample_grid(
+  path: str | os.PathLike,
+  images: np.ndarray,
+  labels: np.ndarray,
+  num_classes: int,
+  per_class: int = 10,
+) -> None:
+  """Saves `sample_grid(images, labels, num_classes, per_class)` as a PNG."""
+  save_png(path, sample_grid(images, labels, num_classes, per_class))
+
+
+def _format_value(value: float) -> str:
+  return f"{value:.4g}"
+
+
+def render_loss_curve(
+  steps: Sequence[float], losses: Sequence[float], *, width: int = 640, height: int = 400
+) -> np.ndarray:
+  """Draws log10(loss) against step as an RGB uint8 image; non-positive losses are skipped."""
+  steps = np.asarray(steps, np.float64).reshape(-1)
+  losses = np.asarray(losses, np.float64).reshape(-1)
+  if steps.shape != losses.shape:
+    raise DataError(f"steps and losses differ in length: {steps.size} vs {losses.size}")
+  keep = np.isfinite(steps) & np.isfinite(losses) & (losses > 0)
+  steps, logs = steps[keep], np.log10(losses[keep])
+
+  image = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(image)
+  font = ImageFont.load_default()
+  left, right, top, bottom = 80, width - 20, 30, height - 40
+  draw.text((left, 8), "log10(loss) vs step", fill="black", font=font)
+  draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
+  if steps.size == 0:
+    draw.text((left + 10, top + 10), "no positive finite losses", fill="red", font=font)
+    return np.asarray(image)
+
+  # Degenerate ranges (one point, flat curve) get a unit span so the plot stays centred.
+  s_lo, s_hi = float(steps.min()), float(steps.max())
+  l_lo, l_hi = float(logs.min()), float(logs.max())
+  s_span = s_hi - s_lo or 1.0
+  if l_hi == l_lo:
+    l_lo, l_hi = l_lo - 0.5, l_hi + 0.5
+
+  def to_xy(step: float, log: float) -> tuple[float, float]:
+    x = left + (step - s_lo) / s_span * (right - left)
+    y = bottom - (log - l_lo) / (l_hi - l_lo) * (bottom - top)
+    return x, y
+
+  order = np.argsort(steps, kind="stable")
+  points = [to_xy(s, v) for s, v in zip(steps[order], logs[order])]
+  if len(points) == 1:
+    x, y = points[0]
+    draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill="blue")
+  else:
+    draw.line(points, fill="blue", width=2)
+
+  # Min/max labels in loss units (not log units), which is what one wants to read off.
+  i_min, i_max = int(np.argmin(logs)), int(np.argmax(logs))
+  for log in (logs[i_min], logs[i_max]):
+    _, y = to_xy(s_lo, float(log))
+    draw.line([(left - 4, y), (left, y)], fill="black")
+    draw.text((4, y - 6), _format_value(10.0 ** float(log)), fill="black", font=font)
+  draw.text((left, bottom + 6), _format_value(s_lo), fill="black", font=font)
+  s_label = _format_value(s_hi)
+  draw.text((right - 6 * len(s_label), bottom + 6), s_label, fill="black", font=font)
+  draw.text(((left + right) // 2 - 12, bottom + 20), "step", fill="black", font=font)
+  return np.asarray(image)
+
+
+def save_loss_curve(
+  path: str | os.PathLike, steps: Sequence[float], losses: Sequence[float]
+) -> None:
+  """Saves a PNG line plot of log10(loss) against step, labelled with min/max loss."""
+  save_png(path, render_loss_curve(steps, losses))
