@@ -1,0 +1,148 @@
+"""Fast NTK embedding vs the per-example paths, in one process, on the same data.
+
+    python -m benchmarks.ntk_embedding --quick   # < 1 min on a 2-core CPU
+    python -m benchmarks.ntk_embedding           # the README numbers
+
+Prints one JSON object. Paths compared:
+* embedding of real images: fast (activations/deltas, class-grouped) vs exact
+  per-example features (vmap of grad, chunked) vs a per-example Python loop
+  (one grad per example, as the PyTorch reference does);
+* one generator step at batch B: fast synthetic embedding vs vmap-of-grad
+  per-example features inside the loss (both differentiated into the
+  generator), plus the generator alone with dense vs conv upsampling layers.
+Timings are medians of repeated runs after one warm-up (compile) call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vpntk_jax import training
+from vpntk_jax.data import load_dataset
+from vpntk_jax.features import ntk
+from vpntk_jax.models.generator import ConvCondGenerator
+
+
+def _time(fn, *args, repeats: int) -> float:
+  """Median seconds per call, after one warm-up call (compilation excluded)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _images(n: int) -> tuple[np.ndarray, np.ndarray]:
+  try:
+    ds = load_dataset("fashion_mnist", "train")
+    return ds.images[:n], ds.labels[:n]
+  except Exception:  # pylint: disable=broad-except
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 28, 28, 1), np.uint8), np.arange(n) % 10
+
+
+def bench_embedding(network, params, n: int, loop_n: int, repeats: int) -> dict:
+  images, labels = _images(n)
+  x = np.asarray(ntk.flatten_images(images))
+
+  def fast():
+    return ntk.private_embedding_sum(network, params, images, labels, 10, chunk_size=1024)
+
+  def per_example_vmap():
+    return ntk.exact_labelled_embedding(network, params, x, labels, 10, chunk_size=100)
+
+  grad_one = jax.jit(lambda xi: ntk.per_example_features(network, params, xi[None])[0])
+
+  def per_example_loop():
+    total = np.zeros((ntk.num_params(params), 10))
+    for i in range(loop_n):
+      phi = np.asarray(grad_one(x[i]), np.float64)
+      total[:, labels[i]] += phi / np.linalg.norm(phi)
+    return total
+
+  t_fast = _time(fast, repeats=repeats)
+  t_vmap = _time(per_example_vmap, repeats=max(1, repeats // 2))
+  t_loop = _time(per_example_loop, repeats=1) * n / loop_n  # extrapolated to n
+  return {"n": n, "fast_s": t_fast, "per_example_vmap_s": t_vmap,
+          "per_example_loop_s_extrapolated": t_loop, "loop_examples_timed": loop_n,
+          "fast_examples_per_s": n / t_fast,
+          "speedup_vs_vmap": t_vmap / t_fast, "speedup_vs_loop": t_loop / t_fast}
+
+
+def bench_step(network, params, batch: int, repeats: int) -> dict:
+  num_classes, per_class = 10, batch // 10
+  generator = ConvCondGenerator(num_classes)
+  config = training.TrainConfig(batch_size=batch)
+  optimizer = training.make_optimizer(config)
+  state = training.init_state(jax.random.key(0), generator, optimizer, config.latent_dim)
+  target = jax.tree.map(lambda p: jnp.zeros(p.shape + (num_classes,)), params)
+
+  def exact_mean(x_grouped):
+    d = x_grouped.shape[-1]
+    phi = ntk.per_example_features(network, params, x_grouped.reshape(-1, d))
+    phi = phi * ntk.normalising_scale(jnp.sum(jnp.square(phi), 1))[:, None]
+    onehot = jax.nn.one_hot(jnp.repeat(jnp.arange(num_classes), per_class), num_classes)
+    mean = phi.T @ onehot / (num_classes * per_class)
+    return ntk.matrix_to_embedding(mean, target)
+
+  def step_fn(embed, gen):
+    return training.make_train_step(gen, embed, target, optimizer, num_classes=num_classes,
+                                    per_class=per_class, latent_dim=config.latent_dim,
+                                    base_key=jax.random.key(1))
+
+  fast_mean = functools.partial(ntk.synthetic_embedding, network, params)
+  run = lambda f: (lambda s: f(s)[1])
+  t_fast = _time(run(step_fn(fast_mean, generator)), state, repeats=repeats)
+  t_vmap = _time(run(step_fn(exact_mean, generator)), state, repeats=max(1, repeats // 3))
+  conv_gen = ConvCondGenerator(num_classes, force_conv=True)
+  t_fast_conv = _time(run(step_fn(fast_mean, conv_gen)), state, repeats=repeats)
+  return {"batch": batch, "fast_ms": 1e3 * t_fast, "per_example_vmap_ms": 1e3 * t_vmap,
+          "fast_with_conv_generator_ms": 1e3 * t_fast_conv,
+          "speedup_vs_vmap": t_vmap / t_fast,
+          "dense_upsample_conv_speedup": t_fast_conv / t_fast}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="small sizes, under a minute on CPU")
+  args = parser.parse_args()
+  network = ntk.NTKNetwork()  # the DP-NTK FashionMNIST network, 636,010 parameters
+  params = ntk.init_params(jax.random.key(0), network, 784)
+  if args.quick:
+    emb = bench_embedding(network, params, n=1000, loop_n=20, repeats=3)
+    steps = [bench_step(network, params, batch=200, repeats=3)]
+  else:
+    emb = bench_embedding(network, params, n=10000, loop_n=100, repeats=3)
+    steps = [bench_step(network, params, batch=b, repeats=5) for b in (200, 500, 1000)]
+  full_embed = None
+  if not args.quick:
+    images, labels = _images(60000)
+    full_embed = _time(lambda: ntk.private_embedding_sum(network, params, images, labels, 10),
+                       repeats=3)
+  result = {
+      "benchmark": "ntk_embedding", "quick": args.quick,
+      "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+      "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
+      "num_params": ntk.num_params(params),
+      "embedding": emb, "step": steps,
+      "embedding_60k_s": full_embed,
+      "speedup_embedding_vs_per_example": emb["speedup_vs_vmap"],
+      "speedup_step_vs_per_example": steps[-1]["speedup_vs_vmap"],
+  }
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  main()
