@@ -121,8 +121,8 @@ def main() -> None:
   network = ntk.NTKNetwork()  # the DP-NTK FashionMNIST network, 636,010 parameters
   params = ntk.init_params(jax.random.key(0), network, 784)
   if args.quick:
-    emb = bench_embedding(network, params, n=1000, loop_n=20, repeats=3)
-    steps = [bench_step(network, params, batch=200, repeats=3)]
+    emb = bench_embedding(network, params, n=400, loop_n=10, repeats=2)
+    steps = [bench_step(network, params, batch=200, repeats=2)]
   else:
     emb = bench_embedding(network, params, n=10000, loop_n=100, repeats=3)
     steps = [bench_step(network, params, batch=b, repeats=5) for b in (200, 500, 1000)]

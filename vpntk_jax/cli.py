@@ -72,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("run_dir")
   e.add_argument("--quiet", action="store_true")
 
+  a = sub.add_parser("audit", help="empirical lower bound on epsilon for the release (canary test)")
+  a.add_argument("--config", help="experiment config file; options below override it")
+  for name in ("method", "data", "data_dir", "accountant", "adjacency"):
+    a.add_argument("--" + name.replace("_", "-"))
+  a.add_argument("--epsilon", type=float)
+  a.add_argument("--delta", type=float)
+  a.add_argument("--examples", type=int, default=1000, help="private examples used (default 1000)")
+  a.add_argument("--trials", type=int, default=500, help="releases per neighbouring dataset (default 500)")
+  a.add_argument("--confidence", type=float, default=0.95)
+  a.add_argument("--no-noise", action="store_true", help="switch the noise off: the audit must then detect the canary")
+
   v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
   v.add_argument("--epsilon", type=float, required=True)
   v.add_argument("--delta", type=float, required=True)
@@ -103,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       print(json.dumps(pipeline.evaluate_run(args.run_dir, quiet=args.quiet), indent=2))
+    elif args.command == "audit":
+      from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+      from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+      base = _load_config_file(args.config) if args.config else config_lib.RunConfig()
+      overrides = {k: getattr(args, k) for k in ("method", "data", "data_dir", "accountant",
+                                                 "adjacency", "epsilon", "delta")}
+      config = config_lib.with_overrides(base, overrides)
+      print(json.dumps(pipeline.audit(config, num_examples=args.examples, trials=args.trials,
+                                      noise=not args.no_noise, confidence=args.confidence),
+                       indent=2))
     elif args.command == "privacy":
       from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
       table = accounting.sigma_table(args.epsilon, args.delta)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -203,6 +204,8 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
                                progress=progress)
   bar.close()
   mean = ntk.embedding_to_matrix(total) / m
+  for warning in release_warnings(np.asarray(mean), private, config, sensitivity * sigma):
+    _say(f"WARNING: {warning}", quiet=False)
   noisy = gaussian_release(mean, sensitivity=sensitivity, sigma=sigma,
                            key=noise_key(config.noise_seed))
   _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
@@ -221,6 +224,26 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
       num_private_examples=m, noise_seed=config.noise_seed, shape=mean.shape,
       notes=f"{config.method} features; per-example norm <= {features.norm_bound}"))
   return np.asarray(noisy, np.float32), ledger
+
+
+def release_warnings(mean: np.ndarray, private: ImageDataset, config: RunConfig,
+                     noise_std: float) -> list[str]:
+  """Conditions under which the release is valid but likely useless or weak."""
+  warnings = []
+  m = len(private.labels)
+  if config.delta >= 1.0 / m:
+    warnings.append(f"delta {config.delta:g} >= 1/m = {1 / m:.3g}: a mechanism that publishes "
+                    f"one random example outright would meet this delta; choose delta << 1/m")
+  empty = [c for c, n in enumerate(private.class_counts()) if n == 0]
+  if empty:
+    warnings.append(f"classes {empty} have no private examples; their columns are pure noise")
+  # Signal-to-noise ratio of the whole release (Frobenius norms). The norm of
+  # the exact mean is not released, only printed to the operator.
+  snr = float(np.linalg.norm(mean)) / (noise_std * math.sqrt(mean.size))
+  if snr < 0.1:
+    warnings.append(f"the noise swamps the embedding (signal-to-noise {snr:.3g}); expect poor "
+                    f"synthetic data: use more private examples or a larger epsilon")
+  return warnings
 
 
 def train_generator(features, generator, release: np.ndarray, num_classes: int,
@@ -328,3 +351,42 @@ def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
     images, labels = z["images"], z["labels"]
   _, test = load_private_and_test(config)
   return evaluate(images, labels, test, config, RunDir(run_path, run_path), quiet=quiet)
+
+
+def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
+          noise: bool = True, confidence: float = 0.95, seed: int | None = None) -> dict:
+  """`vpntk audit`: empirical epsilon lower bound for this config's release.
+
+  Neighbours: the first `num_examples` private images, and the same with
+  example 0 replaced by a canary (an all-white image of another class).
+  Both embeddings come from the method's own feature code.
+  """
+  from vpntk_jax.privacy import audit as audit_lib  # pylint: disable=g-import-not-at-top
+  config.validate()
+  if config.adjacency != "replace_one":
+    raise RunDirError("the audit builds replace-one neighbours; use --adjacency replace_one")
+  data = load_dataset(config.data, "train", data_dir=config.data_dir, download=config.download,
+                      label_attribute=config.label_attribute)
+  images, labels = data.images[:num_examples].copy(), data.labels[:num_examples].copy()
+  m = len(labels)
+  features, _ = build_method(config, data.image_shape, data.num_classes)
+
+  def mean(imgs, lbls):
+    return np.asarray(ntk.embedding_to_matrix(
+        features.private_sum(imgs, lbls, data.num_classes)), np.float64) / m
+
+  mean_without = mean(images, labels)
+  images[0] = 255
+  labels[0] = (labels[0] + 1) % data.num_classes
+  mean_with = mean(images, labels)
+  sensitivity = accounting.mean_embedding_sensitivity(m, config.adjacency,
+                                                      norm_bound=features.norm_bound)
+  sigma = accounting.calibrate_gaussian(config.epsilon, config.delta,
+                                        accountant=config.accountant) if noise else 0.0
+  result = audit_lib.audit_gaussian_release(
+      mean_without, mean_with, sensitivity=sensitivity, sigma=sigma, delta=config.delta,
+      trials=trials, key=noise_key(seed), confidence=confidence)
+  result.update(claimed_epsilon=config.epsilon if noise else math.inf, delta=config.delta,
+                num_examples=m, sensitivity=sensitivity,
+                gap_within_sensitivity=bool(result["statistic_gap"] <= sensitivity))
+  return result
