@@ -18,7 +18,7 @@ _CONFIG_OPTIONS = {
     "seed": "seed", "steps": "train.steps", "batch_size": "train.batch_size",
     "lr": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
     "num_synthetic": "num_synthetic", "eval_train_size": "eval_train_size",
-    "cnn_epochs": "cnn_epochs", "classifiers": "classifiers",
+    "cnn_epochs": "cnn_epochs", "classifiers": "classifiers", "devices": "devices",
 }
 
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--cnn-epochs", type=int, help=f"CNN epochs (default {d.cnn_epochs})")
   s.add_argument("--classifiers", type=lambda v: tuple(x for x in v.split(",") if x),
                  help="comma-separated subset of logistic_regression,mlp,cnn")
+  s.add_argument("--devices", type=int, help="data-parallel local devices (default: all)")
   s.add_argument("--resume", action="store_true", help="continue the run in --out, reusing its private release")
   s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
   s.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -40,6 +40,8 @@ class RunConfig:
   # Features.
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   ntk_init: str = "torch"
+  # Data-parallel devices (None: all local devices). Changes only float rounding.
+  devices: int | None = None
   # Generator training (post-processing of the release).
   train: TrainConfig = TrainConfig()
   # Synthesis and evaluation.
@@ -81,7 +83,7 @@ class RunConfig:
 
 # Fields a resumed run may change: they do not touch the release.
 RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "eval_train_size", "cnn_epochs",
-                               "num_synthetic"})
+                               "num_synthetic", "devices"})
 
 
 def diff(a: RunConfig, b: RunConfig) -> list[str]:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from vpntk_jax import config as config_lib
 from vpntk_jax import io_utils
+from vpntk_jax import sharding
 from vpntk_jax import training
 from vpntk_jax import visualize
 from vpntk_jax.config import RunConfig
@@ -75,6 +76,12 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
     generator = ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
     return features, generator
   raise AssertionError(config.method)  # validate() rejects unknown methods
+
+
+def device_mesh(config: RunConfig):
+  """A data mesh when more than one device is used, else None (plain jit)."""
+  n = len(jax.local_devices()) if config.devices is None else config.devices
+  return sharding.data_mesh(n) if n > 1 else None
 
 
 # ----------------------------------------------------------------------------
@@ -201,7 +208,7 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
 
   t0 = time.perf_counter()
   total = features.private_sum(private.images, private.labels, private.num_classes,
-                               progress=progress)
+                               progress=progress, mesh=device_mesh(config))
   bar.close()
   mean = ntk.embedding_to_matrix(total) / m
   for warning in release_warnings(np.asarray(mean), private, config, sensitivity * sigma):
@@ -260,9 +267,11 @@ def train_generator(features, generator, release: np.ndarray, num_classes: int,
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     _say(f"resumed generator training at step {int(state.step)}", quiet)
+  mesh = device_mesh(config)
+  state = training.replicate(state, mesh)
   step_fn = training.make_train_step(generator, features.synthetic_mean, target, optimizer,
                                      num_classes=num_classes, per_class=per_class,
-                                     latent_dim=tc.latent_dim, base_key=key_batches)
+                                     latent_dim=tc.latent_dim, base_key=key_batches, mesh=mesh)
   state = training.fit(step_fn, state, tc, checkpointer=checkpointer,
                        log_path=run.file(TRAIN_LOG), progress=not quiet)
   checkpointer.close()

@@ -20,6 +20,7 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from vpntk_jax import io_utils
+from vpntk_jax import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +84,8 @@ def init_state(key: jax.Array, generator, optimizer, latent_dim: int) -> TrainSt
 
 def make_train_step(generator, embed_fn: Callable, target, optimizer, *,
                     num_classes: int, per_class: int, latent_dim: int,
-                    base_key: jax.Array, loss_fn: Callable = squared_distance):
-  """Returns a jitted `step(state) -> (state, loss)`.
+                    base_key: jax.Array, loss_fn: Callable = squared_distance, mesh=None):
+  """Returns `step(state) -> (state, loss)`, jitted.
 
   The batch key is fold_in(base_key, step), so a resumed run draws exactly the
   batches an uninterrupted one would.
@@ -92,24 +93,40 @@ def make_train_step(generator, embed_fn: Callable, target, optimizer, *,
   Args:
     embed_fn: class-grouped images (C, n, H*W*C) in [0, 1] -> embedding pytree.
     target: the released embedding (same pytree structure).
+    mesh: optional 1-D device mesh: the synthetic batch is split over it
+      (data parallel); `state` must then be replicated on the mesh
+      (`replicate(state, mesh)`).
   """
-  def loss_and_stats(params, batch_stats, key):
+  def loss_and_stats(params, batch_stats, target, key):
     z, labels = class_grouped_batch(key, num_classes, per_class, latent_dim)
+    if mesh is not None:
+      z = jax.lax.with_sharding_constraint(z, sharding.batch_sharding(mesh))
+      labels = jax.lax.with_sharding_constraint(labels, sharding.batch_sharding(mesh))
     images, updates = generator.apply({"params": params, "batch_stats": batch_stats},
                                       z, labels, train=True, mutable=["batch_stats"])
     synthetic = embed_fn(images.reshape(num_classes, per_class, -1))
     return loss_fn(target, synthetic), updates["batch_stats"]
 
   @jax.jit
-  def step(state: TrainState):
+  def jitted_step(state: TrainState, target):
     key = jax.random.fold_in(base_key, state.step)
     (loss, batch_stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
-        state.params, state.batch_stats, key)
+        state.params, state.batch_stats, target, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       batch_stats=batch_stats, opt_state=opt_state), loss
 
-  return step
+  # The target is an argument, not a closed-over constant baked into the program.
+  target = replicate(target, mesh)
+  return lambda state: jitted_step(state, target)
+
+
+def replicate(tree, mesh):
+  """Puts a pytree on every device of `mesh` (no-op without a mesh)."""
+  if mesh is None:
+    return tree
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 class Checkpointer:

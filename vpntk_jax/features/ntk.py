@@ -207,12 +207,16 @@ def exact_labelled_embedding(network: NTKNetwork, params: Params, x: np.ndarray,
 
 def activations_and_deltas(network: NTKNetwork, params: Params, x: jax.Array):
   """Per-example Dense inputs a_l (N, d_in) and output gradients delta_l (N, d_out)."""
-  taps = [jnp.zeros((x.shape[0], w), x.dtype) for w in network.widths]
+  # Taps derived from x (not from a shape): inside shard_map they must vary per
+  # device, or the VJP would sum their cotangents over devices.
+  zeros = jnp.zeros_like(x[:, :1])
+  taps = [jnp.broadcast_to(zeros, (x.shape[0], w)) for w in network.widths]
   def f_sum(taps_):
     out, acts = _forward(network, params, x, taps_)
     return jnp.sum(out, axis=-1), acts
-  _, vjp_fn, acts = jax.vjp(f_sum, taps, has_aux=True)
-  (deltas,) = vjp_fn(jnp.ones((x.shape[0],), x.dtype))
+  out, vjp_fn, acts = jax.vjp(f_sum, taps, has_aux=True)
+  # ones_like keeps the sharding type of `out` inside shard_map
+  (deltas,) = vjp_fn(jnp.ones_like(out))
   return acts, deltas
 
 
@@ -268,18 +272,31 @@ def synthetic_embedding(network: NTKNetwork, params: Params, x_grouped: jax.Arra
                               scales.reshape(num_classes, n) / (num_classes * n))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _private_chunk_sum(network: NTKNetwork, params: Params, x: jax.Array,
-                       mask: jax.Array):
+def _chunk_sum(network: NTKNetwork, params: Params, x: jax.Array, mask: jax.Array):
   # Full float32 matmuls on the private side: the norms bound the sensitivity.
   with jax.default_matmul_precision("float32"):
     acts, deltas, scales = normalised_feature_scales(network, params, x)
-    return weighted_feature_sum(acts, deltas, scales * mask), scales * mask
+    return weighted_feature_sum(acts, deltas, scales * mask)
+
+
+@functools.lru_cache(maxsize=8)
+def _chunk_sum_fn(network: NTKNetwork, mesh):
+  """Jitted chunk sum; with a mesh, rows are split over devices and summed by psum."""
+  if mesh is None:
+    return jax.jit(functools.partial(_chunk_sum, network))
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.sharding import DATA_AXIS  # pylint: disable=g-import-not-at-top
+
+  def local(params, x, mask):
+    return jax.lax.psum(_chunk_sum(network, params, x, mask), DATA_AXIS)
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+                               out_specs=P()))
 
 
 def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarray,
                           labels: np.ndarray, num_classes: int, *,
-                          chunk_size: int = 2048, progress=None) -> Embedding:
+                          chunk_size: int = 2048, progress=None, mesh=None) -> Embedding:
   """sum_i phi(x_i)/||phi(x_i)|| y_i^T over a private set, in fixed-size chunks.
 
   Examples are grouped by class on the host, so each chunk is one class and
@@ -289,8 +306,17 @@ def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarra
 
   Args:
     progress: optional callable(num_examples_done) for progress reporting.
+    mesh: optional 1-D device mesh (`vpntk_jax.sharding.data_mesh`): each chunk
+      is split over its devices.
   """
   labels = np.asarray(labels)
+  if mesh is not None:
+    chunk_size = -(-chunk_size // mesh.size) * mesh.size
+  chunk_fn = _chunk_sum_fn(network, mesh)
+  place = lambda a: a
+  if mesh is not None:
+    from vpntk_jax.sharding import batch_sharding  # pylint: disable=g-import-not-at-top
+    place = lambda a: jax.device_put(a, batch_sharding(mesh))
   totals = [{"w": np.zeros(p["w"].shape + (num_classes,), np.float64),
              "b": np.zeros(p["b"].shape + (num_classes,), np.float64)} for p in params]
   done = 0
@@ -302,7 +328,7 @@ def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarra
       x[:len(rows)] = images[rows]
       mask = np.zeros((chunk_size,), np.float32)
       mask[:len(rows)] = 1.0
-      chunk_sum, _ = _private_chunk_sum(network, params, flatten_images(x), jnp.asarray(mask))
+      chunk_sum = chunk_fn(params, place(flatten_images(x)), place(jnp.asarray(mask)))
       for total, part in zip(totals, chunk_sum):
         total["w"][..., c] += np.asarray(part["w"], np.float64)
         total["b"][..., c] += np.asarray(part["b"], np.float64)

@@ -28,9 +28,9 @@ class NTKFeatureMap:
     return _cached_params(self.network, self.input_dim, self.seed)
 
   def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                  progress: Callable[[int], None] | None = None) -> ntk.Embedding:
+                  progress: Callable[[int], None] | None = None, mesh=None) -> ntk.Embedding:
     return ntk.private_embedding_sum(self.network, self.params, images, labels, num_classes,
-                                     chunk_size=self.chunk_size, progress=progress)
+                                     chunk_size=self.chunk_size, progress=progress, mesh=mesh)
 
   def synthetic_mean(self, x_grouped: jax.Array) -> ntk.Embedding:
     return ntk.synthetic_embedding(self.network, self.params, x_grouped)

@@ -1,0 +1,62 @@
+"""Data parallelism on 8 simulated CPU devices equals one device."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import functools, jax, jax.numpy as jnp, numpy as np
+    assert len(jax.devices()) == 8, jax.devices()
+    from vpntk_jax import sharding, training
+    from vpntk_jax.features import ntk
+    from vpntk_jax.models.generator import ConvCondGenerator
+
+    net = ntk.NTKNetwork((64, "relu", "layernorm", 10))
+    params = ntk.init_params(jax.random.key(0), net, 16 * 16)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 16, 16, 1), np.uint8)
+    labels = rng.integers(0, 10, 300)
+    mesh = sharding.data_mesh(8)
+    one = ntk.embedding_to_matrix(ntk.private_embedding_sum(net, params, images, labels, 10,
+                                                            chunk_size=64))
+    eight = ntk.embedding_to_matrix(ntk.private_embedding_sum(net, params, images, labels, 10,
+                                                              chunk_size=64, mesh=mesh))
+    rel = float(jnp.linalg.norm(one - eight) / jnp.linalg.norm(one))
+    print("embedding_rel_err", rel)
+    assert rel < 1e-5, rel
+
+    gen = ConvCondGenerator(10, (16, 16, 1), hidden=32, channels=8)
+    config = training.TrainConfig(steps=3, batch_size=80)
+    opt = training.make_optimizer(config)
+    target = jax.tree.map(lambda a: a / 300, ntk.private_embedding_sum(net, params, images, labels, 10))
+    embed = functools.partial(ntk.synthetic_embedding, net, params)
+    results = []
+    for m in (None, mesh):
+      state = training.replicate(training.init_state(jax.random.key(1), gen, opt, 5), m)
+      step = training.make_train_step(gen, embed, target, opt, num_classes=10, per_class=8,
+                                      latent_dim=5, base_key=jax.random.key(2), mesh=m)
+      for _ in range(3):
+        state, loss = step(state)
+      z, lab = training.class_grouped_batch(jax.random.key(3), 10, 4, 5)
+      # Compare what the generator computes, not raw parameters: the Dense biases
+      # in front of BatchNorm have zero gradient in exact arithmetic, so Adam
+      # turns their float-noise gradients into arbitrary (and irrelevant) values.
+      out = gen.apply({"params": state.params, "batch_stats": state.batch_stats}, z, lab,
+                      train=False)
+      results.append((float(loss), np.asarray(out)))
+    (l1, out1), (l8, out8) = results
+    print("losses", l1, l8)
+    assert abs(l1 - l8) <= 1e-4 * abs(l1), (l1, l8)
+    np.testing.assert_allclose(out1, out8, atol=1e-4)
+    print("OK")
+""")
+
+
+def test_eight_devices_match_one():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                       env=env, check=False, timeout=600)
+  assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+  assert "OK" in out.stdout

@@ -1,0 +1,35 @@
+"""Data parallelism over local devices: one mesh axis, "data".
+
+Private embeddings shard each chunk's rows over the devices and sum the
+per-device class sums with `psum` inside `jax.shard_map`. Generator steps
+shard the synthetic batch with a `NamedSharding` constraint and let XLA
+partition the rest (BatchNorm statistics stay global, as on one device).
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def data_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first `num_devices` local devices (all when None)."""
+  devices = jax.local_devices()
+  n = len(devices) if num_devices is None else num_devices
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"asked for {n} devices, {len(devices)} available "
+                     f"({devices[0].platform})")
+  # Auto axes: XLA partitions whatever is not in a shard_map (the generator).
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices[:n])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def round_up_to_devices(size: int, mesh: Mesh | None) -> int:
+  n = 1 if mesh is None else mesh.size
+  return -(-size // n) * n
