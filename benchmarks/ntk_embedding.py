@@ -11,6 +11,8 @@ Prints one JSON object. Paths compared:
   per-example features inside the loss (both differentiated into the
   generator), plus the generator alone with dense vs conv upsampling layers.
 Timings are medians of repeated runs after one warm-up (compile) call.
+Memory: the process's peak resident set (max RSS) after each phase. The fast
+path runs first, so its figure is its own peak; later figures include it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -42,6 +45,10 @@ def _time(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +80,12 @@ def bench_embedding(network, params, n: int, loop_n: int, repeats: int) -> dict:
     return total
 
   t_fast = _time(fast, repeats=repeats)
+  rss_fast = _peak_rss_mb()
   t_vmap = _time(per_example_vmap, repeats=max(1, repeats // 2))
+  rss_vmap = _peak_rss_mb()
   t_loop = _time(per_example_loop, repeats=1) * n / loop_n  # extrapolated to n
   return {"n": n, "fast_s": t_fast, "per_example_vmap_s": t_vmap,
+          "peak_rss_mb_after_fast": rss_fast, "peak_rss_mb_after_vmap": rss_vmap,
           "per_example_loop_s_extrapolated": t_loop, "loop_examples_timed": loop_n,
           "fast_examples_per_s": n / t_fast,
           "speedup_vs_vmap": t_vmap / t_fast, "speedup_vs_loop": t_loop / t_fast}
@@ -105,11 +115,14 @@ def bench_step(network, params, batch: int, repeats: int) -> dict:
   fast_mean = functools.partial(ntk.synthetic_embedding, network, params)
   run = lambda f: (lambda s: f(s)[1])
   t_fast = _time(run(step_fn(fast_mean, generator)), state, repeats=repeats)
+  rss_fast = _peak_rss_mb()
   t_vmap = _time(run(step_fn(exact_mean, generator)), state, repeats=max(1, repeats // 3))
+  rss_vmap = _peak_rss_mb()
   conv_gen = ConvCondGenerator(num_classes, force_conv=True)
   t_fast_conv = _time(run(step_fn(fast_mean, conv_gen)), state, repeats=repeats)
   return {"batch": batch, "fast_ms": 1e3 * t_fast, "per_example_vmap_ms": 1e3 * t_vmap,
           "fast_with_conv_generator_ms": 1e3 * t_fast_conv,
+          "peak_rss_mb_after_fast": rss_fast, "peak_rss_mb_after_vmap": rss_vmap,
           "speedup_vs_vmap": t_vmap / t_fast,
           "dense_upsample_conv_speedup": t_fast_conv / t_fast}
 

@@ -123,7 +123,11 @@ def test_existing_run_is_refused_without_force(tiny_npz, finished_run, capsys):
 def test_force_replaces_run_and_keeps_old_release_charged(tiny_npz, tmp_path):
   out = tmp_path / "run"
   assert cli.main(_args(tiny_npz, out)) == 0
-  assert cli.main(_args(tiny_npz, out, "--force")) == 0
+  release = (out / "release.npz").read_bytes()
+  # a second release of the same data must be asked for explicitly
+  assert cli.main(_args(tiny_npz, out, "--force")) == 2
+  assert (out / "release.npz").read_bytes() == release
+  assert cli.main(_args(tiny_npz, out, "--force", "--new-release")) == 0
   privacy = _read(out / "privacy.json")
   assert [r["status"] for r in privacy["releases"]] == ["superseded", "active"]
   assert privacy["total_epsilon"] > privacy["epsilon"]

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--devices", type=int, help="data-parallel local devices (default: all)")
   s.add_argument("--resume", action="store_true", help="continue the run in --out, reusing its private release")
   s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
+  s.add_argument("--new-release", action="store_true",
+                 help="with --force on a run that has a release: accept a second release of the same data (both charged)")
   s.add_argument("--quiet", action="store_true", help="no progress bars")
 
   e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz on the real test set")
@@ -101,7 +103,7 @@ def _synthesize(args) -> dict:
     base = _load_config_file(args.config) if args.config else config_lib.RunConfig()
     config = config_lib.with_overrides(base, overrides)
   return pipeline.run_synthesis(config, args.out, resume=args.resume, force=args.force,
-                                quiet=args.quiet)
+                                new_release=args.new_release, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,7 +119,8 @@ def _is_nonempty_dir(path: str) -> bool:
   return os.path.isdir(path) and bool(os.listdir(path))
 
 
-def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool
+def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
+                 new_release: bool = False
                  ) -> tuple[RunDir, RunConfig, PrivacyLedger | None]:
   """Decides how to use `out`. Creates directories only once that is settled.
 
@@ -157,6 +158,12 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool
   prior = None
   if os.path.exists(os.path.join(out, PRIVACY)):
     prior = read_ledger(os.path.join(out, PRIVACY))
+    if prior.releases and not new_release:
+      raise RunDirError(
+          f"{out} holds a private release ({prior.total_epsilon():.3g}-DP). Replacing the run "
+          f"draws fresh noise on the private data, which costs privacy again: the new ledger "
+          f"will charge both releases. Add --new-release to accept that, or use --resume to "
+          f"reuse the existing release.")
   staging = out.rstrip("/") + ".partial"
   if os.path.exists(staging):
     shutil.rmtree(staging)
@@ -306,13 +313,14 @@ def _save_loss_curve(run: RunDir) -> None:
 
 
 def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
-                  quiet: bool = False) -> dict:
+                  new_release: bool = False, quiet: bool = False) -> dict:
   """The whole job. Returns a summary dict (paths, privacy, accuracy)."""
   config.validate()
   # Read and check the data before touching the output directory, so bad input
   # leaves nothing behind.
   private, test = load_private_and_test(config)
-  run, config, prior = open_run_dir(out, config, resume=resume, force=force)
+  run, config, prior = open_run_dir(out, config, resume=resume, force=force,
+                                    new_release=new_release)
   t0 = time.perf_counter()
   io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
   features, generator = build_method(config, private.image_shape, private.num_classes)
