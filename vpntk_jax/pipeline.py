@@ -330,8 +330,10 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
   else:
     release, ledger = release_embedding(features, private, config, prior=prior, quiet=quiet)
-    io_utils.save_npz_atomic(run.file(RELEASE), embedding=release)
+    # Ledger first: a crash in between leaves a charged release that is
+    # missing (conservative), never a stored release that is not charged.
     write_ledger(run.file(PRIVACY), ledger)
+    io_utils.save_npz_atomic(run.file(RELEASE), embedding=release)
     if not ledger.within_budget():
       _say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
            f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "
