@@ -1,0 +1,35 @@
+"""Non-private ceiling: the same classifiers trained on REAL images.
+
+    python -m experiments.real_ceiling [--data fashion_mnist] [--seed 0]
+
+Same protocol as a run's metrics.json (balanced 6,000 training images, fixed
+settings, real test set), with real training images instead of synthetic ones.
+Writes experiments/results/real_ceiling_<data>.json.
+"""
+
+import argparse
+import os
+
+from vpntk_jax import io_utils
+from vpntk_jax.config import RunConfig
+from vpntk_jax.data import load_dataset
+from vpntk_jax.evaluation import evaluate_synthetic
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--data", default="fashion_mnist")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  defaults = RunConfig()
+  train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+  metrics = evaluate_synthetic(train.images, train.labels, test.images, test.labels,
+                               num_classes=test.num_classes, train_size=defaults.eval_train_size,
+                               seed=args.seed, cnn_epochs=defaults.cnn_epochs, progress=False)
+  out = os.path.join(os.path.dirname(__file__), "results", f"real_ceiling_{args.data}.json")
+  io_utils.write_json_atomic(out, metrics)
+  print(metrics)
+
+
+if __name__ == "__main__":
+  main()
