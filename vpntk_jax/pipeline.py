@@ -405,7 +405,7 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   result = audit_lib.audit_gaussian_release(
       mean_without, mean_with, sensitivity=sensitivity, sigma=sigma, delta=config.delta,
       trials=trials, key=noise_key(seed), confidence=confidence)
-  result.update(claimed_epsilon=config.epsilon if noise else math.inf, delta=config.delta,
+  result.update(claimed_epsilon=config.epsilon if noise else None, delta=config.delta,
                 num_examples=m, sensitivity=sensitivity,
                 gap_within_sensitivity=bool(result["statistic_gap"] <= sensitivity))
   return result
