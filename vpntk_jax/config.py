@@ -12,10 +12,11 @@ import math
 from typing import Any
 
 from vpntk_jax.errors import ConfigError
+from vpntk_jax.features import rff
 from vpntk_jax.privacy import accounting
 from vpntk_jax.training import TrainConfig
 
-METHODS = ("dp-ntk",)
+METHODS = ("dp-ntk", "dp-merf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,9 @@ class RunConfig:
   # Features.
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   ntk_init: str = "torch"
+  # DP-MERF: number of random Fourier features and kernel length scale.
+  rff_features: int = 10000
+  rff_bandwidth: float = rff.DEFAULT_BANDWIDTH
   # Data-parallel devices (None: all local devices). Changes only float rounding.
   devices: int | None = None
   # Generator training (post-processing of the release).

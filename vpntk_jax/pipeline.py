@@ -40,7 +40,7 @@ from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.evaluation import evaluate_synthetic
-from vpntk_jax.features import NTKFeatureMap
+from vpntk_jax.features import NTKFeatureMap, RFFFeatureMap
 from vpntk_jax.features import ntk
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, accounting, read_ledger, write_ledger
@@ -73,9 +73,12 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
   if config.method == "dp-ntk":
     features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers), config.ntk_init),
                              input_dim=input_dim, seed=config.seed)
-    generator = ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
-    return features, generator
-  raise AssertionError(config.method)  # validate() rejects unknown methods
+  elif config.method == "dp-merf":
+    features = RFFFeatureMap(input_dim=input_dim, num_features=config.rff_features,
+                             bandwidth=config.rff_bandwidth, seed=config.seed)
+  else:
+    raise AssertionError(config.method)  # validate() rejects unknown methods
+  return features, ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
 
 
 def device_mesh(config: RunConfig):
