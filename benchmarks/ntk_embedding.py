@@ -137,7 +137,7 @@ def main() -> None:
     emb = bench_embedding(network, params, n=400, loop_n=10, repeats=2)
     steps = [bench_step(network, params, batch=200, repeats=2)]
   else:
-    emb = bench_embedding(network, params, n=10000, loop_n=100, repeats=3)
+    emb = bench_embedding(network, params, n=4000, loop_n=100, repeats=3)
     steps = [bench_step(network, params, batch=b, repeats=5) for b in (200, 500, 1000)]
   full_embed = None
   if not args.quick:
