@@ -7,6 +7,7 @@ run for any number of steps at no privacy cost. The private data never enters.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable
@@ -168,12 +169,12 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
              disable=not progress, dynamic_ncols=True)
   t0 = time.perf_counter()
   rows = []
-  for _ in range(start_step, config.steps):
+  # The step is counted on the host: reading state.step would sync every step.
+  for step in range(start_step + 1, config.steps + 1):
     state, loss = step_fn(state)
-    step = int(state.step)
     if step % config.log_every == 0 or step == config.steps:
       loss_value = float(loss)
-      if not jnp.isfinite(loss_value):
+      if not math.isfinite(loss_value):
         raise FloatingPointError(f"generator loss became {loss_value} at step {step}")
       rows.append(f"{step},{loss_value:.8g},{time.perf_counter() - t0:.3f}\n")
       bar.set_postfix(loss=f"{loss_value:.4g}")
