@@ -198,3 +198,27 @@ def test_privacy_command_json(capsys):
   assert cli.main(["privacy", "--epsilon", "1", "--delta", "1e-5", "--json"]) == 0
   table = json.loads(capsys.readouterr().out)
   assert table["sigma"]["pld"] < 0.8 * table["sigma"]["rdp"]
+
+
+def test_privacy_command_noise_std_per_adjacency(capsys):
+  assert cli.main(["privacy", "--epsilon", "1", "--delta", "1e-5", "--num-examples", "60000",
+                   "--json"]) == 0
+  table = json.loads(capsys.readouterr().out)
+  replace, add_remove = table["noise_std"]["replace_one"], table["noise_std"]["add_remove"]
+  assert replace["pld"] == pytest.approx(2 * table["sigma"]["pld"] / 60000)
+  assert add_remove["pld"] == pytest.approx(replace["pld"] / 2)
+
+
+def test_release_warnings():
+  from vpntk_jax.config import RunConfig
+  from vpntk_jax.data import make_dataset
+  images = np.zeros((20, 4, 4, 1), np.uint8)
+  labels = np.arange(20) % 2
+  data = make_dataset(images, labels, num_classes=3)
+  config = RunConfig(delta=0.1)
+  warnings = pipeline.release_warnings(np.full((8, 3), 1e-3), data, config, noise_std=1.0)
+  text = " ".join(warnings)
+  assert "delta" in text and "[2]" in text and "signal-to-noise" in text
+  quiet = pipeline.release_warnings(np.ones((8, 3)), make_dataset(images, labels, num_classes=2),
+                                    RunConfig(delta=1e-5), noise_std=1e-3)
+  assert quiet == []

@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
   v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
   v.add_argument("--epsilon", type=float, required=True)
   v.add_argument("--delta", type=float, required=True)
+  v.add_argument("--num-examples", type=int, help="m: also print the noise std per adjacency")
   v.add_argument("--json", action="store_true", help="print one JSON object")
   return p
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                        indent=2))
     elif args.command == "privacy":
       from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
-      table = accounting.sigma_table(args.epsilon, args.delta)
+      table = accounting.sigma_table(args.epsilon, args.delta, args.num_examples)
       print(json.dumps(table) if args.json else accounting.format_sigma_table(table))
   except VpntkError as e:
     print(f"vpntk: error: {e}", file=sys.stderr)

@@ -277,14 +277,28 @@ def calibrate_gaussian(
   return calibrate_composition(epsilon, delta, [1.0] * num_releases, accountant=accountant)[0]
 
 
-def sigma_table(epsilon: float, delta: float) -> dict:
-  """Noise multiplier of one release at (epsilon, delta) under every accountant."""
+def sigma_table(epsilon: float, delta: float, num_examples: int | None = None) -> dict:
+  """Noise multiplier of one release at (epsilon, delta) under every accountant.
+
+  sigma does not depend on the adjacency; the sensitivity does. With
+  `num_examples` (m), the table also gives the noise std of a mean-embedding
+  release per adjacency and accountant.
+  """
   check_epsilon_delta(epsilon, delta)
-  return {
+  sigmas = {name: calibrate_gaussian(epsilon, delta, accountant=name) for name in ACCOUNTANTS}
+  table = {
       "epsilon": float(epsilon),
       "delta": float(delta),
-      "sigma": {name: calibrate_gaussian(epsilon, delta, accountant=name) for name in ACCOUNTANTS},
+      "sigma": sigmas,
+      "sensitivity": {"replace_one": "2/m", "add_remove": "1/m (m public)"},
   }
+  if num_examples is not None:
+    table["num_examples"] = int(num_examples)
+    table["noise_std"] = {
+        adjacency: {name: sigma * mean_embedding_sensitivity(num_examples, adjacency)
+                    for name, sigma in sigmas.items()}
+        for adjacency in ADJACENCIES}
+  return table
 
 
 def format_sigma_table(table: dict) -> str:
@@ -299,6 +313,13 @@ def format_sigma_table(table: dict) -> str:
   for name, sigma in sigmas.items():
     change = f"{100.0 * (sigma / reference - 1.0):+.1f}%" if reference else "-"
     lines.append(f"{name:<10}  {sigma:>10.4f}  {change:>7}  {_ACCOUNTANT_NOTES.get(name, '')}")
+  lines.append("sigma is the same for every adjacency; the sensitivity of a mean embedding of m "
+               "unit-norm features is 2/m (replace_one) or 1/m (add_remove, m public)")
+  if "noise_std" in table:
+    lines.append(f"noise std at m={table['num_examples']}:")
+    for adjacency, stds in table["noise_std"].items():
+      cells = "  ".join(f"{name} {std:.4g}" for name, std in stds.items())
+      lines.append(f"  {adjacency:<12} {cells}")
   return "\n".join(lines)
 
 
