@@ -294,6 +294,17 @@ def _chunk_sum_fn(network: NTKNetwork, mesh):
                                out_specs=P()))
 
 
+def padded_chunk(array: np.ndarray, rows: np.ndarray, chunk_size: int):
+  """array[rows] zero-padded to `chunk_size` rows, and a 0/1 mask of the real rows.
+
+  Fixed-size chunks keep one compiled program for any dataset size; padding
+  rows get weight 0, so they add nothing to a sum.
+  """
+  chunk = np.zeros((chunk_size,) + array.shape[1:], array.dtype)
+  chunk[:len(rows)] = array[rows]
+  return chunk, (np.arange(chunk_size) < len(rows)).astype(np.float32)
+
+
 def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarray,
                           labels: np.ndarray, num_classes: int, *,
                           chunk_size: int = 2048, progress=None, mesh=None) -> Embedding:
@@ -324,10 +335,7 @@ def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarra
     index = np.flatnonzero(labels == c)
     for start in range(0, len(index), chunk_size):
       rows = index[start:start + chunk_size]
-      x = np.zeros((chunk_size,) + images.shape[1:], images.dtype)
-      x[:len(rows)] = images[rows]
-      mask = np.zeros((chunk_size,), np.float32)
-      mask[:len(rows)] = 1.0
+      x, mask = padded_chunk(images, rows, chunk_size)
       chunk_sum = chunk_fn(params, place(flatten_images(x)), place(jnp.asarray(mask)))
       for total, part in zip(totals, chunk_sum):
         total["w"][..., c] += np.asarray(part["w"], np.float64)

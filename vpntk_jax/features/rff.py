@@ -73,18 +73,15 @@ class RFFFeatureMap:
     del mesh  # one matmul per chunk; single device is plenty
     w = self.frequencies
     total = np.zeros((self.num_features, num_classes), np.float64)
+    labels = np.asarray(labels, np.int32)
     for start in range(0, len(labels), self.chunk_size):
-      rows = slice(start, start + self.chunk_size)
-      n = len(labels[rows])
-      x = np.zeros((self.chunk_size,) + images.shape[1:], images.dtype)
-      x[:n] = images[rows]
-      lab = np.zeros((self.chunk_size,), np.int32)
-      lab[:n] = labels[rows]
-      mask = (np.arange(self.chunk_size) < n).astype(np.float32)
+      rows = np.arange(start, min(start + self.chunk_size, len(labels)))
+      x, mask = ntk.padded_chunk(images, rows, self.chunk_size)
+      lab, _ = ntk.padded_chunk(labels, rows, self.chunk_size)
       total += np.asarray(_chunk_labelled_sum(w, ntk.flatten_images(x), num_classes,
                                               jnp.asarray(lab), jnp.asarray(mask)), np.float64)
       if progress is not None:
-        progress(start + n)
+        progress(rows[-1] + 1)
     return {"rff": jnp.asarray(total, jnp.float32)}
 
   def synthetic_mean(self, x_grouped: jax.Array) -> dict:
