@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import struct
 from tqdm.auto import tqdm
 
+from vpntk_jax import arrays
 from vpntk_jax import io_utils
 from vpntk_jax import sharding
 
@@ -207,9 +208,7 @@ def generate(generator, state: TrainState, key: jax.Array, labels, *, latent_dim
 
   labels = np.asarray(labels, np.int32)
   out = []
-  for i, start in enumerate(range(0, len(labels), batch_size)):
-    chunk = labels[start:start + batch_size]
-    padded = np.zeros((batch_size,), np.int32)
-    padded[:len(chunk)] = chunk
-    out.append(np.asarray(sample(variables, jax.random.fold_in(key, i), padded))[:len(chunk)])
+  for i, rows in enumerate(arrays.consecutive_rows(len(labels), batch_size)):
+    padded, _ = arrays.padded_chunk(labels, rows, batch_size)
+    out.append(np.asarray(sample(variables, jax.random.fold_in(key, i), padded))[:len(rows)])
   return np.concatenate(out, axis=0)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vpntk_jax import arrays
 from vpntk_jax.errors import ConfigError, DataError
 
 BATCH_SIZE = 128
@@ -160,14 +161,10 @@ def predict_cnn(
   """Predicts labels in fixed-size batches (the last one padded) to compile once per shape."""
   _check_images(images)
   apply = _predict_fn(num_classes)
-  num = images.shape[0]
   predictions = []
-  for start in range(0, num, batch_size):
-    batch = images[start : start + batch_size]
-    pad = batch_size - batch.shape[0]
-    if pad:
-      batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), np.uint8)])
-    predictions.append(np.asarray(apply(params, batch))[: batch_size - pad])
+  for rows in arrays.consecutive_rows(images.shape[0], batch_size):
+    batch, _ = arrays.padded_chunk(images, rows, batch_size)
+    predictions.append(np.asarray(apply(params, batch))[: len(rows)])
   if not predictions:
     return np.zeros((0,), np.int64)
   return np.concatenate(predictions).astype(np.int64)

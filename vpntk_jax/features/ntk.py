@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpntk_jax import arrays
+
 Params = list  # [{"w": (d_in, d_out), "b": (d_out,)}, ...], one per Dense layer
 Embedding = list  # like Params, every leaf with a trailing class axis
 
@@ -294,17 +296,6 @@ def _chunk_sum_fn(network: NTKNetwork, mesh):
                                out_specs=P()))
 
 
-def padded_chunk(array: np.ndarray, rows: np.ndarray, chunk_size: int):
-  """array[rows] zero-padded to `chunk_size` rows, and a 0/1 mask of the real rows.
-
-  Fixed-size chunks keep one compiled program for any dataset size; padding
-  rows get weight 0, so they add nothing to a sum.
-  """
-  chunk = np.zeros((chunk_size,) + array.shape[1:], array.dtype)
-  chunk[:len(rows)] = array[rows]
-  return chunk, (np.arange(chunk_size) < len(rows)).astype(np.float32)
-
-
 def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarray,
                           labels: np.ndarray, num_classes: int, *,
                           chunk_size: int = 2048, progress=None, mesh=None) -> Embedding:
@@ -335,7 +326,7 @@ def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarra
     index = np.flatnonzero(labels == c)
     for start in range(0, len(index), chunk_size):
       rows = index[start:start + chunk_size]
-      x, mask = padded_chunk(images, rows, chunk_size)
+      x, mask = arrays.padded_chunk(images, rows, chunk_size)
       chunk_sum = chunk_fn(params, place(flatten_images(x)), place(jnp.asarray(mask)))
       for total, part in zip(totals, chunk_sum):
         total["w"][..., c] += np.asarray(part["w"], np.float64)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpntk_jax import arrays
 from vpntk_jax.features import ntk
 
 # DP-MERF's FashionMNIST setting, read as a kernel length scale on [0, 1]
@@ -74,10 +75,9 @@ class RFFFeatureMap:
     w = self.frequencies
     total = np.zeros((self.num_features, num_classes), np.float64)
     labels = np.asarray(labels, np.int32)
-    for start in range(0, len(labels), self.chunk_size):
-      rows = np.arange(start, min(start + self.chunk_size, len(labels)))
-      x, mask = ntk.padded_chunk(images, rows, self.chunk_size)
-      lab, _ = ntk.padded_chunk(labels, rows, self.chunk_size)
+    for rows in arrays.consecutive_rows(len(labels), self.chunk_size):
+      x, mask = arrays.padded_chunk(images, rows, self.chunk_size)
+      lab, _ = arrays.padded_chunk(labels, rows, self.chunk_size)
       total += np.asarray(_chunk_labelled_sum(w, ntk.flatten_images(x), num_classes,
                                               jnp.asarray(lab), jnp.asarray(mask)), np.float64)
       if progress is not None:
