@@ -1,0 +1,202 @@
+"""Tests for vpntk_jax.report: the per-run Markdown/HTML report."""
+
+import base64
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vpntk_jax import report
+from vpntk_jax.errors import RunDirError
+from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, calibrate_gaussian, write_ledger
+
+N = 1000
+DELTA = 1e-5
+ACCURACY = {"logistic_regression": 0.7662, "mlp": 0.7755, "cnn": 0.7748}
+PROTOCOL = "class-balanced subsample; accuracy on all real test images"
+# sigma for (1, 1e-5) with the exact analytic Gaussian: cheap to compose in tests.
+SIGMA = calibrate_gaussian(1.0, DELTA, accountant="analytic")
+
+
+def _record(name: str, *, status: str = "active", noise_seed: int | None = None,
+            sigma: float = SIGMA) -> ReleaseRecord:
+  return ReleaseRecord.make(
+      name, sensitivity=2.0 / N, sigma=sigma, adjacency="replace_one", accountant="analytic",
+      epsilon=1.0, delta=DELTA, num_private_examples=N, noise_seed=noise_seed, shape=(10, 4),
+      status=status)
+
+
+def _ledger(*records: ReleaseRecord, accountant: str = "analytic") -> PrivacyLedger:
+  ledger = PrivacyLedger(epsilon=1.0, delta=DELTA, accountant=accountant,
+                         adjacency="replace_one")
+  for r in records:
+    ledger = ledger.add(r)
+  return ledger
+
+
+def _png(path, value: int) -> None:
+  Image.fromarray(np.full((4, 6), value, np.uint8)).save(path)
+
+
+def _write_json(path, obj) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f)
+
+
+def _config(**extra) -> dict:
+  return {"method": "dp-ntk", "data": "fashion_mnist", "epsilon": 1.0, "delta": DELTA,
+          "accountant": "analytic", "adjacency": "replace_one", "noise_seed": None, "seed": 3,
+          "train": {"steps": 20, "batch_size": 50}, **extra}
+
+
+def _make_run(path, *, ledger: PrivacyLedger | None = None, complete: bool = True,
+              config: dict | None = None) -> str:
+  """A fake run directory; `complete=False` leaves out everything after the release."""
+  path.mkdir(parents=True, exist_ok=True)
+  _write_json(path / "config.json", config or _config())
+  write_ledger(path / "privacy.json", ledger or _ledger(_record("labelled_mean_embedding")))
+  np.savez(path / "release.npz", embedding=np.zeros((10, 4)))
+  if complete:
+    (path / "train_log.csv").write_text("step,loss,seconds\n0,1.0,0.1\n")
+    np.savez(path / "synthetic.npz", images=np.zeros((2, 4, 4, 1), np.uint8), labels=[0, 1])
+    _png(path / "samples.png", 200)
+    _png(path / "loss.png", 50)
+    _write_json(path / "metrics.json", {
+        "accuracy": ACCURACY, "seconds": {"cnn": 12.5}, "fid": 31.25, "kid_mean": 0.0125,
+        "train_size": 6000, "protocol": PROTOCOL, "test_set": "fashion_mnist:test"})
+  return str(path)
+
+
+def _render(run_dir: str) -> tuple[dict, str, str]:
+  r = report.build_report(run_dir)
+  return r, report.render_markdown(r, run_dir), report.render_html(r, run_dir)
+
+
+def test_privacy_statement_states_epsilon_delta_and_n(tmp_path):
+  r, md, page = _render(_make_run(tmp_path / "run"))
+  statement = ("(epsilon = 1, delta = 1e-05)-differentially private with respect to the "
+               f"{N} private training examples of fashion_mnist under replace-one adjacency")
+  assert r["privacy"]["statement"].startswith("This synthetic data set is " + statement)
+  assert statement in md and statement in page
+  assert "factor of e^epsilon = 2.718, plus delta = 1e-05" in md
+  assert r["privacy"]["within_budget"] and not r["privacy"]["warnings"]
+  assert "WARNING" not in md and 'class="warning"' not in page
+  assert "labelled_mean_embedding" in md and "secret (OS entropy)" in md
+  assert "fashion_mnist:test" in md  # the evaluation-only test set is named as not covered
+  assert r["missing"] == []
+
+
+def test_superseded_release_listed_and_over_budget_warned(tmp_path):
+  ledger = _ledger(_record("first_try", noise_seed=7), _record("labelled_mean_embedding"),
+                   accountant="pld").add(_record("extra")).supersede_active("replaced")
+  ledger = ledger.add(_record("final"))
+  r, md, page = _render(_make_run(tmp_path / "run", ledger=ledger))
+  names = [x["name"] for x in r["privacy"]["releases"]]
+  assert names == ["first_try", "labelled_mean_embedding", "extra", "final"]
+  assert md.count("superseded (still charged)") == 3
+  assert not r["privacy"]["within_budget"] and r["privacy"]["total_epsilon"] > 1.0
+  assert "> **WARNING: OVER BUDGET" in md and "OVER BUDGET" in page
+  assert 'class="warning"' in page
+  # Over budget, the statement gives the composed epsilon that does hold, not the budget.
+  assert f"(epsilon = {report.fmt_num(r['privacy']['total_epsilon'])}," in md
+  assert "fixed seed 7" in md
+
+
+def test_html_embeds_images_as_data_uris(tmp_path):
+  run = _make_run(tmp_path / "run")
+  _, md, page = _render(run)
+  for name in ("samples.png", "loss.png"):
+    with open(os.path.join(run, name), "rb") as f:
+      assert "data:image/png;base64," + base64.b64encode(f.read()).decode() in page
+    assert f"]({name})" in md
+  assert 'src="samples.png"' not in page
+
+
+def test_markdown_metrics_table_has_accuracies_and_extras(tmp_path):
+  _, md, page = _render(_make_run(tmp_path / "run"))
+  for clf, acc in ACCURACY.items():
+    assert f"| {clf} | {acc} |" in md
+    assert f"<td>{acc}</td>" in page
+  assert "| cnn | 0.7748 | 12.5 |" in md and "| mlp | 0.7755 | - |" in md
+  assert "| fid | 31.25 |" in md and "| kid_mean | 0.0125 |" in md
+  assert PROTOCOL in md
+  assert "| train.steps | 20 |" in md and "| seed | 3 |" in md
+
+
+def test_partial_run_lists_missing_parts(tmp_path):
+  run = _make_run(tmp_path / "run", complete=False)
+  r, md, page = _render(run)
+  missing = [m["file"] for m in r["missing"]]
+  assert missing == ["train_log.csv", "synthetic.npz", "samples.png", "loss.png",
+                     "metrics.json"]
+  assert "## Missing parts" in md and "`metrics.json`" in md
+  assert "metrics.json is missing." in md and "samples.png</code> is missing" in page
+  # The release is done, so the statement stands; there is no synthetic data set yet.
+  assert "This run's private release (and anything later computed from it) is (epsilon = 1," in md
+
+
+def test_release_without_ledger_is_flagged(tmp_path):
+  run = _make_run(tmp_path / "run", complete=False)
+  os.remove(os.path.join(run, "privacy.json"))
+  r, md, _ = _render(run)
+  assert r["privacy"]["status"] == "missing"
+  assert "no privacy guarantee can be stated" in md
+  assert "UNCHARGED RELEASE" in md
+
+
+def test_unreadable_ledger_is_reported(tmp_path):
+  run = _make_run(tmp_path / "run")
+  (tmp_path / "run" / "privacy.json").write_text("{not json")
+  r, md, _ = _render(run)
+  assert r["privacy"]["status"] == "unreadable" and "cannot be read" in md
+
+
+def test_public_model_named_as_not_covered(tmp_path):
+  run = _make_run(tmp_path / "run", config=_config(public_model="mnist_cnn"))
+  _write_json(tmp_path / "run" / "public.json", {"name": "vp_ntk_net", "trained_on": "mnist"})
+  _, md, _ = _render(run)
+  # public.json (what the run actually used) wins over the config's path.
+  assert "The public model vp_ntk_net (trained on mnist) is treated as public" in md
+  assert "mnist_cnn" not in md.split("Not covered")[1].split("##")[0]
+  (tmp_path / "run" / "public.json").unlink()
+  _, md, _ = _render(run)
+  assert "The public model mnist_cnn is treated as public" in md
+
+
+def test_config_tolerates_unknown_and_missing_keys(tmp_path):
+  run = _make_run(tmp_path / "run", config={"method": "vp-ntk", "future_knob": 1})
+  r, md, _ = _render(run)
+  assert r["config"]["rows"] == [["method", "vp-ntk"]]
+  assert "unknown data" in md
+
+
+def test_html_escapes_text(tmp_path):
+  run = _make_run(tmp_path / "run", config=_config(data="<script>x</script>"))
+  _, md, page = _render(run)
+  assert "<script>" not in page and "&lt;script&gt;" in page
+  assert "<script>" not in md
+
+
+def test_not_a_run_dir_raises(tmp_path):
+  with pytest.raises(RunDirError, match="no config.json"):
+    report.build_report(str(tmp_path))
+  with pytest.raises(RunDirError, match="not a directory"):
+    report.write_report(str(tmp_path / "absent"))
+  (tmp_path / "config.json").write_text("[1, 2")
+  with pytest.raises(RunDirError, match="cannot be read"):
+    report.build_report(str(tmp_path))
+
+
+def test_write_report_is_atomic_and_repeatable(tmp_path):
+  run = _make_run(tmp_path / "run")
+  before = set(os.listdir(run))
+  for _ in range(2):  # the second call replaces the first report in place
+    md_path, html_path = report.write_report(run)
+  assert (md_path, html_path) == (os.path.join(run, "report.md"), os.path.join(run, "report.html"))
+  assert set(os.listdir(run)) == before | {"report.md", "report.html"}  # no temp files left
+  with open(html_path, encoding="utf-8") as f:
+    assert f.read().startswith("<!DOCTYPE html>")
+  with open(md_path, encoding="utf-8") as f:
+    assert f.read().startswith("# Run report: run")
