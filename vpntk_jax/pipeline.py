@@ -13,6 +13,8 @@ Run directory contract (`runs/NAME/`):
   samples.png     one row per class
   loss.png        training curve
   metrics.json    accuracy of classifiers trained on synthetic data, on the real test set
+  report.md/.html samples, the privacy statement in plain words, metrics (vpntk report)
+  public.json     VP-NTK only: the public models used (trained on public data only)
 """
 
 from __future__ import annotations
@@ -33,28 +35,23 @@ from tqdm.auto import tqdm
 
 from vpntk_jax import config as config_lib
 from vpntk_jax import io_utils
+from vpntk_jax import public
+from vpntk_jax import report
 from vpntk_jax import sharding
 from vpntk_jax import training
 from vpntk_jax import visualize
 from vpntk_jax.config import RunConfig
-from vpntk_jax.data import ImageDataset, load_dataset
-from vpntk_jax.errors import RunDirError
+from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
+from vpntk_jax.errors import ConfigError, RunDirError
 from vpntk_jax.evaluation import evaluate_synthetic
 from vpntk_jax.features import NTKFeatureMap, RFFFeatureMap
 from vpntk_jax.features import ntk
 from vpntk_jax.models.generator import ConvCondGenerator
+from vpntk_jax.models.prompt import PromptedGenerator
 from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, accounting, read_ledger, write_ledger
 from vpntk_jax.privacy.release import gaussian_release, noise_key
-
-CONFIG = "config.json"
-PRIVACY = "privacy.json"
-RELEASE = "release.npz"
-CHECKPOINTS = "checkpoints"
-TRAIN_LOG = "train_log.csv"
-SYNTHETIC = "synthetic.npz"
-SAMPLES = "samples.png"
-LOSS_PNG = "loss.png"
-METRICS = "metrics.json"
+from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOSS_PNG, METRICS, PRIVACY, PUBLIC,
+                                  RELEASE, SAMPLES, SYNTHETIC, TRAIN_LOG)
 RELEASE_NAME = "labelled_mean_embedding"
 
 
@@ -68,17 +65,28 @@ def _say(msg: str, quiet: bool) -> None:
 
 
 def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_classes: int):
-  """Returns (feature_map, generator) for `config.method`."""
+  """Returns (feature_map, sampler) for `config.method`: what gets released, what trains."""
   input_dim = int(np.prod(image_shape))
+  network = ntk.NTKNetwork(tuple(config.ntk_layers), config.ntk_init)
+  if config.method == "vp-ntk":
+    models = public.load_public(config.public_model)
+    public.check_compatible(models, image_shape)
+    if config.train.latent_dim != models.latent_dim:
+      raise ConfigError(f"train.latent_dim is {config.train.latent_dim}; the public generator "
+                        f"takes {models.latent_dim}")
+    features = (models.feature_map(network, config.seed) if config.vp_features == "extractor"
+                else NTKFeatureMap(network, input_dim=input_dim, seed=config.seed))
+    return features, PromptedGenerator(models.generator, models.generator_variables,
+                                       config.prompt, num_classes, tuple(image_shape))
   if config.method == "dp-ntk":
-    features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers), config.ntk_init),
-                             input_dim=input_dim, seed=config.seed)
+    features = NTKFeatureMap(network, input_dim=input_dim, seed=config.seed)
   elif config.method == "dp-merf":
     features = RFFFeatureMap(input_dim=input_dim, num_features=config.rff_features,
                              bandwidth=config.rff_bandwidth, seed=config.seed)
   else:
     raise AssertionError(config.method)  # validate() rejects unknown methods
-  return features, ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
+  generator = ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
+  return features, training.GeneratorSampler(generator)
 
 
 def device_mesh(config: RunConfig):
@@ -189,12 +197,28 @@ def _load_config(run_path: str) -> RunConfig:
 def load_private_and_test(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
   kwargs = dict(data_dir=config.data_dir, download=config.download,
                 label_attribute=config.label_attribute)
-  private = load_dataset(config.data, "train", **kwargs)
-  test = load_dataset(config.data, "test", num_classes=private.num_classes, **kwargs)
+  private = resize_dataset(load_dataset(config.data, "train", **kwargs), config.image_size)
+  test = resize_dataset(load_dataset(config.data, "test", num_classes=private.num_classes,
+                                     **kwargs), config.image_size)
   if test.image_shape != private.image_shape:
     raise RunDirError(f"test images {test.image_shape} differ from training images "
                       f"{private.image_shape}")
   return private, test
+
+
+def check_public_models(config: RunConfig, private: ImageDataset) -> dict:
+  """VP-NTK: the optional overlap check of the public data against the private
+  data; returns the public models' description for the run's public.json."""
+  models = public.load_public(config.public_model)
+  if config.check_public_overlap:
+    pretrain_config = models.spec.get("pretrain_config", {})
+    public_data = resize_dataset(
+        load_dataset(pretrain_config.get("data", ""), "train",
+                     data_dir=pretrain_config.get("data_dir")), private.image_shape[0])
+    public.check_overlap(public_data, private)
+  return {"path": os.path.abspath(config.public_model), **models.spec,
+          "note": "public models: trained on public data only; not covered by, and not "
+                  "needing, the privacy guarantee"}
 
 
 def release_embedding(features, private: ImageDataset, config: RunConfig, *,
@@ -263,35 +287,21 @@ def release_warnings(mean: np.ndarray, private: ImageDataset, config: RunConfig,
   return warnings
 
 
-def train_generator(features, generator, release: np.ndarray, num_classes: int,
+def train_generator(features, sampler, release: np.ndarray, num_classes: int,
                     config: RunConfig, run: RunDir, *, quiet: bool = False):
-  """Trains the generator against the release, resuming from the last checkpoint."""
-  tc = config.train
-  per_class = max(1, -(-tc.batch_size // num_classes))  # round up to whole classes
-  target = ntk.matrix_to_embedding(jnp.asarray(release), features.template(num_classes))
-  optimizer = training.make_optimizer(tc)
-  key_init, key_batches = jax.random.split(jax.random.key(config.seed))
-  state = training.init_state(key_init, generator, optimizer, tc.latent_dim)
-  checkpointer = training.Checkpointer(run.file(CHECKPOINTS), every=tc.checkpoint_every,
-                                       max_to_keep=tc.max_to_keep)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    _say(f"resumed generator training at step {int(state.step)}", quiet)
-  mesh = device_mesh(config)
-  state = training.replicate(state, mesh)
-  step_fn = training.make_train_step(generator, features.synthetic_mean, target, optimizer,
-                                     num_classes=num_classes, per_class=per_class,
-                                     latent_dim=tc.latent_dim, base_key=key_batches, mesh=mesh)
-  state = training.fit(step_fn, state, tc, checkpointer=checkpointer,
-                       log_path=run.file(TRAIN_LOG), progress=not quiet)
-  checkpointer.close()
-  return state
+  """Trains the generator (or prompts) against the release, resuming from checkpoints."""
+  loss = training.embedding_loss(config.resolved_loss(), config.cosine_weight)
+  return training.train_to_match(features, sampler, release, num_classes=num_classes,
+                                 config=config.train, seed=config.seed, loss_fn=loss,
+                                 checkpoint_dir=run.file(CHECKPOINTS),
+                                 log_path=run.file(TRAIN_LOG), mesh=device_mesh(config),
+                                 progress=not quiet)
 
 
-def synthesize(generator, state, num_classes: int, config: RunConfig, run: RunDir):
+def synthesize(sampler, state, num_classes: int, config: RunConfig, run: RunDir):
   """Balanced labelled synthetic set -> synthetic.npz and samples.png."""
   labels = np.arange(config.num_synthetic) % num_classes
-  images = training.generate(generator, state, jax.random.key(config.seed + 1), labels,
+  images = training.generate(sampler, state, jax.random.key(config.seed + 1), labels,
                              latent_dim=config.train.latent_dim)
   io_utils.save_npz_atomic(run.file(SYNTHETIC), images=images, labels=labels.astype(np.int32))
   visualize.save_sample_grid(run.file(SAMPLES), images, labels, num_classes)
@@ -322,11 +332,14 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   # Read and check the data before touching the output directory, so bad input
   # leaves nothing behind.
   private, test = load_private_and_test(config)
+  features, sampler = build_method(config, private.image_shape, private.num_classes)
+  public_spec = check_public_models(config, private) if config.method == "vp-ntk" else None
   run, config, prior = open_run_dir(out, config, resume=resume, force=force,
                                     new_release=new_release)
   t0 = time.perf_counter()
   io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
-  features, generator = build_method(config, private.image_shape, private.num_classes)
+  if public_spec is not None:
+    io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
   if run.resumed:
     release = np.load(run.file(RELEASE))["embedding"]
     ledger = read_ledger(run.file(PRIVACY))
@@ -342,11 +355,12 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
            f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "
            f"{config.epsilon}", quiet=False)
   del private  # nothing after this point sees private data
-  state = train_generator(features, generator, release, test.num_classes, config, run,
+  state = train_generator(features, sampler, release, test.num_classes, config, run,
                           quiet=quiet)
   _save_loss_curve(run)
-  images, labels = synthesize(generator, state, test.num_classes, config, run)
+  images, labels = synthesize(sampler, state, test.num_classes, config, run)
   metrics = evaluate(images, labels, test, config, run, quiet=quiet)
+  report.write_report(run.work)
   run.finish()
   summary = {"run_dir": run.path, "epsilon": config.epsilon, "delta": config.delta,
              "total_epsilon": ledger.total_epsilon(), "accuracy": metrics["accuracy"],

@@ -10,19 +10,21 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from flax import linen as nn
 from flax import struct
 from tqdm.auto import tqdm
 
 from vpntk_jax import arrays
 from vpntk_jax import io_utils
 from vpntk_jax import sharding
+from vpntk_jax.features import ntk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +58,37 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   return optax.adam(lr)
 
 
+LOSSES = ("mmd", "cosine", "mmd+cosine")
+
+
 class TrainState(struct.PyTreeNode):
   step: jax.Array
-  params: Any
-  batch_stats: Any
+  params: Any  # what the optimizer trains
+  model_state: Any  # the rest: BatchNorm statistics, frozen public weights
   opt_state: Any
 
 
 def squared_distance(a, b) -> jax.Array:
   """||a - b||^2 summed over all leaves of two pytrees of the same structure."""
   return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def embedding_loss(kind: str = "mmd", cosine_weight: float = 1.0) -> Callable:
+  """(target, synthetic) -> loss: "mmd" ||t - s||^2, "cosine" 1 - cos(t, s), or
+  "mmd+cosine" ||t - s||^2 + cosine_weight * (1 - cos(t, s)) (VP-NTK's objective)."""
+  if kind not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+  def loss(target, synthetic):
+    mmd = squared_distance(target, synthetic)
+    if kind == "mmd":
+      return mmd
+    t, s = jax.tree.leaves(target), jax.tree.leaves(synthetic)
+    dot = sum(jnp.vdot(a, b) for a, b in zip(t, s))
+    norms = jnp.sqrt(sum(jnp.vdot(a, a) for a in t) * sum(jnp.vdot(b, b) for b in s))
+    one_minus_cos = 1.0 - dot / jnp.maximum(norms, 1e-30)
+    return one_minus_cos if kind == "cosine" else mmd + cosine_weight * one_minus_cos
+  return loss
 
 
 def class_grouped_batch(key: jax.Array, num_classes: int, per_class: int, latent_dim: int):
@@ -75,16 +98,57 @@ def class_grouped_batch(key: jax.Array, num_classes: int, per_class: int, latent
   return z, labels
 
 
-def init_state(key: jax.Array, generator, optimizer, latent_dim: int) -> TrainState:
-  z = jnp.zeros((2, latent_dim))
-  variables = generator.init(key, z, jnp.zeros((2,), jnp.int32), train=False)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
+class Sampler(Protocol):
+  """What training needs from a model that maps (latent, label) to images in [0, 1].
+
+  `init` returns (params, model_state); `apply` returns (images NHWC,
+  new model_state). DP-NTK trains a whole generator (`GeneratorSampler`);
+  VP-NTK trains prompts around a frozen one (`vpntk_jax.models.prompt`).
+  """
+
+  def init(self, key: jax.Array, latent_dim: int) -> tuple[Any, Any]: ...
+
+  def apply(self, params, model_state, z: jax.Array, labels: jax.Array, *,
+            train: bool) -> tuple[jax.Array, Any]: ...
+
+  def optimizer(self, base: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The optimizer for its params, given the run's (`make_optimizer`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSampler:
+  """A Flax generator trained from scratch; model_state holds its BatchNorm statistics."""
+  generator: Any
+
+  def init(self, key: jax.Array, latent_dim: int):
+    variables = self.generator.init(key, jnp.zeros((2, latent_dim)), jnp.zeros((2,), jnp.int32),
+                                    train=False)
+    return variables["params"], variables.get("batch_stats", {})
+
+  def apply(self, params, model_state, z, labels, *, train: bool):
+    variables = {"params": params, "batch_stats": model_state}
+    if not train:
+      return self.generator.apply(variables, z, labels, train=False), model_state
+    images, updates = self.generator.apply(variables, z, labels, train=True,
+                                           mutable=["batch_stats"])
+    return images, updates["batch_stats"]
+
+  def optimizer(self, base: optax.GradientTransformation) -> optax.GradientTransformation:
+    return base
+
+
+def as_sampler(model) -> Sampler:
+  """A Sampler as is; a bare Flax generator wrapped in GeneratorSampler."""
+  return GeneratorSampler(model) if isinstance(model, nn.Module) else model
+
+
+def init_state(key: jax.Array, model, optimizer, latent_dim: int) -> TrainState:
+  params, model_state = as_sampler(model).init(key, latent_dim)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=optimizer.init(params))
 
 
-def make_train_step(generator, embed_fn: Callable, target, optimizer, *,
+def make_train_step(model, embed_fn: Callable, target, optimizer, *,
                     num_classes: int, per_class: int, latent_dim: int,
                     base_key: jax.Array, loss_fn: Callable = squared_distance, mesh=None):
   """Returns `step(state) -> (state, loss)`, jitted.
@@ -93,30 +157,33 @@ def make_train_step(generator, embed_fn: Callable, target, optimizer, *,
   batches an uninterrupted one would.
 
   Args:
+    model: a Sampler, or a Flax generator (trained from scratch).
     embed_fn: class-grouped images (C, n, H*W*C) in [0, 1] -> embedding pytree.
     target: the released embedding (same pytree structure).
+    loss_fn: (target, synthetic) -> scalar.
     mesh: optional 1-D device mesh: the synthetic batch is split over it
       (data parallel); `state` must then be replicated on the mesh
       (`replicate(state, mesh)`).
   """
-  def loss_and_stats(params, batch_stats, target, key):
+  sampler = as_sampler(model)
+
+  def loss_and_state(params, model_state, target, key):
     z, labels = class_grouped_batch(key, num_classes, per_class, latent_dim)
     if mesh is not None:
       z = jax.lax.with_sharding_constraint(z, sharding.batch_sharding(mesh))
       labels = jax.lax.with_sharding_constraint(labels, sharding.batch_sharding(mesh))
-    images, updates = generator.apply({"params": params, "batch_stats": batch_stats},
-                                      z, labels, train=True, mutable=["batch_stats"])
+    images, model_state = sampler.apply(params, model_state, z, labels, train=True)
     synthetic = embed_fn(images.reshape(num_classes, per_class, -1))
-    return loss_fn(target, synthetic), updates["batch_stats"]
+    return loss_fn(target, synthetic), model_state
 
   @jax.jit
   def jitted_step(state: TrainState, target):
     key = jax.random.fold_in(base_key, state.step)
-    (loss, batch_stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
-        state.params, state.batch_stats, target, key)
+    (loss, model_state), grads = jax.value_and_grad(loss_and_state, has_aux=True)(
+        state.params, state.model_state, target, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      batch_stats=batch_stats, opt_state=opt_state), loss
+                      model_state=model_state, opt_state=opt_state), loss
 
   # The target is an argument, not a closed-over constant baked into the program.
   target = replicate(target, mesh)
@@ -195,20 +262,56 @@ def _flush_rows(log_path: str | None, rows: list) -> None:
   rows.clear()
 
 
-def generate(generator, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
+def train_to_match(features, model, target_matrix, *, num_classes: int, config: TrainConfig,
+                   seed: int, loss_fn: Callable = squared_distance,
+                   checkpoint_dir: str | None = None, log_path: str | None = None, mesh=None,
+                   progress: bool = True) -> TrainState:
+  """Trains `model` so its labelled mean embedding matches `target_matrix` (P, C).
+
+  Resumes from the last checkpoint in `checkpoint_dir` when there is one; the
+  batches after resuming are those an uninterrupted run would draw.
+  """
+  sampler = as_sampler(model)
+  per_class = max(1, -(-config.batch_size // num_classes))  # round up to whole classes
+  target = ntk.matrix_to_embedding(jnp.asarray(target_matrix), features.template(num_classes))
+  optimizer = sampler.optimizer(make_optimizer(config))
+  key_init, key_batches = jax.random.split(jax.random.key(seed))
+  state = init_state(key_init, sampler, optimizer, config.latent_dim)
+  checkpointer = None
+  if checkpoint_dir is not None:
+    checkpointer = Checkpointer(checkpoint_dir, every=config.checkpoint_every,
+                                max_to_keep=config.max_to_keep)
+    if checkpointer.latest_step() is not None:
+      state = checkpointer.restore(state)
+      if progress:
+        tqdm.write(f"resumed training at step {int(state.step)}")
+  state = replicate(state, mesh)
+  step_fn = make_train_step(sampler, features.synthetic_mean, target, optimizer,
+                            num_classes=num_classes, per_class=per_class,
+                            latent_dim=config.latent_dim, base_key=key_batches,
+                            loss_fn=loss_fn, mesh=mesh)
+  state = fit(step_fn, state, config, checkpointer=checkpointer, log_path=log_path,
+              progress=progress)
+  if checkpointer is not None:
+    checkpointer.close()
+  return state
+
+
+def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
              batch_size: int = 5000) -> np.ndarray:
   """Images (uint8 NHWC) for the given labels, in batches, BN in inference mode."""
-  @jax.jit
-  def sample(variables, key, labels):
-    z = jax.random.normal(key, (labels.shape[0], latent_dim))
-    x = generator.apply(variables, z, labels, train=False)
-    return jnp.round(jnp.clip(x, 0.0, 1.0) * 255).astype(jnp.uint8)
+  sampler = as_sampler(model)
 
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  @jax.jit
+  def sample(params, model_state, key, labels):
+    z = jax.random.normal(key, (labels.shape[0], latent_dim))
+    x, _ = sampler.apply(params, model_state, z, labels, train=False)
+    return jnp.round(jnp.clip(x, 0.0, 1.0) * 255).astype(jnp.uint8)
 
   labels = np.asarray(labels, np.int32)
   out = []
   for i, rows in enumerate(arrays.consecutive_rows(len(labels), batch_size)):
     padded, _ = arrays.padded_chunk(labels, rows, batch_size)
-    out.append(np.asarray(sample(variables, jax.random.fold_in(key, i), padded))[:len(rows)])
+    out.append(np.asarray(sample(state.params, state.model_state, jax.random.fold_in(key, i),
+                                 padded))[:len(rows)])
   return np.concatenate(out, axis=0)

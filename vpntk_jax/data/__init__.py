@@ -4,6 +4,7 @@ TensorFlow is imported only when a "tfds:" source is loaded.
 """
 
 from vpntk_jax.data.dataset import ImageDataset, check_images_and_labels, make_dataset
+from vpntk_jax.data.transforms import resize_dataset, resize_images
 from vpntk_jax.data.idx import read_idx, read_idx_pair
 from vpntk_jax.data.loader import (ACCEPTED_FORMS, FASHION_MNIST_CLASSES, MNIST_CLASSES,
                                    default_dirs, load_dataset)
@@ -19,4 +20,6 @@ __all__ = [
     "make_dataset",
     "read_idx",
     "read_idx_pair",
+    "resize_dataset",
+    "resize_images",
 ]

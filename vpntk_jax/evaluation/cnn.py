@@ -14,6 +14,7 @@ import optax
 
 from vpntk_jax import arrays
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.models.layers import max_pool_2x2
 
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
@@ -22,19 +23,6 @@ PREDICT_BATCH_SIZE = 256
 MIN_SIDE = 4
 
 Params = Any
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max pool, stride 2, odd edges dropped (same result as nn.max_pool with VALID).
-
-  Written as a max of four strided slices because the gradient of XLA's
-  reduce_window (select_and_scatter) is several times slower on CPU.
-  """
-  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
-  x = x[:, :h, :w]
-  return jnp.maximum(
-    jnp.maximum(x[:, 0::2, 0::2], x[:, 1::2, 0::2]), jnp.maximum(x[:, 0::2, 1::2], x[:, 1::2, 1::2])
-  )
 
 
 class SmallCNN(nn.Module):
@@ -68,10 +56,9 @@ def _scale(images: jax.Array) -> jax.Array:
 # Cached so repeated evaluations (and tests) reuse the compiled functions.
 @functools.lru_cache(maxsize=8)
 def _train_step_fn(
-  num_classes: int, learning_rate: float
+  model: nn.Module, learning_rate: float
 ) -> tuple[optax.GradientTransformation, Callable]:
   """Builds Adam and the jitted step; the step gathers its uint8 batch on the device."""
-  model = SmallCNN(num_classes=num_classes)
   tx = optax.adam(learning_rate)
 
   def loss_fn(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -90,9 +77,9 @@ def _train_step_fn(
 
 
 @functools.lru_cache(maxsize=8)
-def _init_fn(num_classes: int) -> Callable:
+def _init_fn(model: nn.Module) -> Callable:
   # Jitted because Flax's eager init dispatches op by op (seconds on CPU).
-  return jax.jit(SmallCNN(num_classes=num_classes).init)
+  return jax.jit(model.init)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -102,8 +89,7 @@ def _epoch_order(key: jax.Array, num: int, steps: int, batch_size: int) -> jax.A
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_fn(num_classes: int) -> Callable:
-  model = SmallCNN(num_classes=num_classes)
+def _predict_fn(model: nn.Module) -> Callable:
   return jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, _scale(x)), axis=-1))
 
 
@@ -116,11 +102,14 @@ def train_cnn(
   epochs: int,
   batch_size: int = BATCH_SIZE,
   learning_rate: float = LEARNING_RATE,
+  model: nn.Module | None = None,
 ) -> tuple[Params, list[float]]:
-  """Trains SmallCNN with Adam for exactly `epochs` epochs.
+  """Trains a classifier (default SmallCNN) with Adam for exactly `epochs` epochs.
 
+  `model` maps images in [0, 1] to logits (VP-NTK's public extractor is one).
   Returns the parameters and the mean training loss of each epoch.
   """
+  model = model or SmallCNN(num_classes=num_classes)
   _check_images(images)
   if epochs < 1:
     raise ConfigError(f"cnn epochs must be >= 1, got {epochs}")
@@ -136,10 +125,10 @@ def train_cnn(
   # of each shuffled epoch is dropped so every step has the same (compiled) shape.
   batch_size = min(batch_size, images.shape[0])
   steps = images.shape[0] // batch_size
-  tx, train_step = _train_step_fn(num_classes, float(learning_rate))
+  tx, train_step = _train_step_fn(model, float(learning_rate))
   init_key, shuffle_key = jax.random.split(key)
   dummy = jnp.zeros((1, *images.shape[1:]), jnp.float32)
-  params = _init_fn(num_classes)(init_key, dummy)["params"]
+  params = _init_fn(model)(init_key, dummy)["params"]
   opt_state = tx.init(params)
   device_images = jnp.asarray(images)
   device_labels = jnp.asarray(labels, dtype=jnp.int32)
@@ -156,11 +145,12 @@ def train_cnn(
 
 
 def predict_cnn(
-  params: Params, images: np.ndarray, *, num_classes: int, batch_size: int = PREDICT_BATCH_SIZE
+  params: Params, images: np.ndarray, *, num_classes: int, batch_size: int = PREDICT_BATCH_SIZE,
+  model: nn.Module | None = None,
 ) -> np.ndarray:
   """Predicts labels in fixed-size batches (the last one padded) to compile once per shape."""
   _check_images(images)
-  apply = _predict_fn(num_classes)
+  apply = _predict_fn(model or SmallCNN(num_classes=num_classes))
   predictions = []
   for rows in arrays.consecutive_rows(images.shape[0], batch_size):
     batch, _ = arrays.padded_chunk(images, rows, batch_size)

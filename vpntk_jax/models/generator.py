@@ -75,29 +75,50 @@ class UpsampleConv(nn.Module):
     return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
 
+def default_upsamples(size: int) -> int:
+  """Number of x2 upsampling stages: the fewest (>= 2) that start from <= 8 pixels."""
+  k = 2
+  while size % (2 ** (k + 1)) == 0 and size // (2 ** k) > 8:
+    k += 1
+  return k
+
+
 class ConvCondGenerator(nn.Module):
-  """The DP-NTK reference generator, generalised to any size that is 4 x base.
+  """The DP-NTK reference generator, generalised to larger images.
 
   [z, onehot(y)] -> FC hidden -> BN -> ReLU -> FC base*base*ch -> BN -> reshape
-  -> upsample x2 -> conv5x5 (ch/2) -> ReLU -> upsample x2 -> conv5x5 (out) ->
-  sigmoid. For 28x28x1: base 7, hidden 200, ch 16 (the reference sizes).
+  -> k x (upsample x2 -> conv5x5, channels halving, ReLU between) -> sigmoid.
+  For 28x28x1 (k = 2): base 7, hidden 200, ch 16 -> 8 -> 1, the reference
+  sizes. Larger images get more stages (64: k = 3, 128: k = 4) and ch doubled
+  per extra stage, so every stage keeps the reference's width at its scale.
+
+  `labels` may be int class ids (N,) or soft class weights (N, num_classes)
+  (VP-NTK's learned label map feeds a mixture of public classes).
   """
   num_classes: int
   image_shape: tuple[int, int, int] = (28, 28, 1)
   hidden: int = 200
   channels: int = 16
+  upsamples: int | None = None  # None: default_upsamples(height)
   force_conv: bool = False  # True: always XLA convolutions (benchmarks, tests)
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array, train: bool = True) -> jax.Array:
     height, width, out_channels = self.image_shape
-    if height % 4 or width % 4:
-      raise ValueError(f"image size must be a multiple of 4, got {height}x{width}")
+    k = self.upsamples or default_upsamples(height)
+    if height % (2 ** k) or width % (2 ** k):
+      raise ValueError(f"image size {height}x{width} must be a multiple of {2 ** k} "
+                       f"({k} upsampling stages)")
     bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
-    h = jnp.concatenate([z, jax.nn.one_hot(labels, self.num_classes, dtype=z.dtype)], -1)
+    onehot = (labels.astype(z.dtype) if labels.ndim == 2
+              else jax.nn.one_hot(labels, self.num_classes, dtype=z.dtype))
+    h = jnp.concatenate([z, onehot], -1)
     h = nn.relu(bn()(nn.Dense(self.hidden)(h)))
-    h = bn()(nn.Dense((height // 4) * (width // 4) * self.channels)(h))
-    h = h.reshape(h.shape[0], height // 4, width // 4, self.channels)
-    h = nn.relu(UpsampleConv(self.channels // 2, force_conv=self.force_conv)(h))
+    channels = self.channels * 2 ** (k - 2)
+    h = bn()(nn.Dense((height >> k) * (width >> k) * channels)(h))
+    h = h.reshape(h.shape[0], height >> k, width >> k, channels)
+    for _ in range(k - 1):
+      channels = max(channels // 2, 8)
+      h = nn.relu(UpsampleConv(channels, force_conv=self.force_conv)(h))
     h = UpsampleConv(out_channels, force_conv=self.force_conv)(h)
     return nn.sigmoid(h)

