@@ -60,7 +60,7 @@ def test_architectures_scale_with_resolution(size, stages):
   assert g.apply(v, jnp.zeros((2, 5)), jnp.array([0, 1]), train=False).shape == (2, size, size, 1)
   e = ConvExtractor(10)
   p = e.init(jax.random.key(0), jnp.zeros((2, size, size, 1)))
-  f = e.apply(p, jnp.zeros((2, size, size, 1)), features_only=True)
+  f = e.apply(p, jnp.zeros((2, size, size, 1)), features="pooled")
   assert f.shape == (2, e.feature_dim(size))
 
 
@@ -290,6 +290,8 @@ def test_vpntk_run_end_to_end_and_resume(tiny_public, private_npz, tmp_path):
   config = json.loads((out / "config.json").read_text())
   assert config["prompt"]["kappa"] == 0.5 and config["prompt"]["image_prompt"] == "pad"
   assert json.loads((out / "public.json").read_text())["path"] == os.path.abspath(tiny_public[0])
+  distance = json.loads((out / "metrics.json").read_text())["public_feature_distance"]
+  assert np.isfinite(distance["fid"]) and distance["fid"] > 0 and distance["num_b"] == 200
   release = (out / "release.npz").read_bytes()
   assert cli.main(_vp_args(private_npz, tiny_public[0], out, "--kappa", "0.5",
                            "--config.prompt.image_prompt=pad", "--resume", "--steps", "6")) == 0
@@ -313,3 +315,40 @@ def test_vpntk_bad_input_writes_nothing(tiny_public, private_npz, tmp_path, caps
   assert cli.main(_vp_args(str(overlap), tiny_public[0], out, "--check-public-overlap")) == 2
   assert "also occur in the private set" in capsys.readouterr().err
   assert not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# DP-MEPF: perceptual moments of the same public extractor.
+
+
+def test_perceptual_moments_bound_and_agree(tiny_public):
+  from vpntk_jax.features.perceptual import PerceptualFeatureMap
+  models = public.load_public(str(tiny_public[0]))
+  fmap = PerceptualFeatureMap(models.extractor, models.extractor_params, (28, 28, 1),
+                              second_moment_weight=0.5)
+  assert fmap.norm_bound == pytest.approx(np.sqrt(1.25))
+  rng = np.random.default_rng(0)
+  images = np.concatenate([np.zeros((1, 28, 28, 1), np.uint8), np.full((1, 28, 28, 1), 255,
+                                                                         np.uint8),
+                           rng.integers(0, 256, (18, 28, 28, 1), np.uint8)])
+  labels = np.repeat(np.arange(10), 2)
+  for i in range(len(images)):  # every single example's contribution is bounded
+    one = fmap.private_sum(images[i:i + 1], labels[i:i + 1], 10)["mepf"]
+    assert float(jnp.linalg.norm(one)) <= fmap.norm_bound
+  private = fmap.private_sum(images, labels, 10)["mepf"] / len(images)
+  x = jnp.asarray(images.astype(np.float32) / 255).reshape(10, 2, -1)
+  np.testing.assert_allclose(private, fmap.synthetic_mean(x)["mepf"], rtol=1e-4, atol=1e-7)
+  assert fmap.template(10)["mepf"].shape == private.shape
+
+
+def test_dpmepf_run(tiny_public, private_npz, tmp_path):
+  out = tmp_path / "mepf"
+  args = _vp_args(private_npz, tiny_public[0], out)
+  args[args.index("vp-ntk")] = "dp-mepf"
+  assert cli.main(args) == 0
+  assert "dp-mepf" in (out / "privacy.json").read_text()
+  assert (out / "synthetic.npz").exists() and (out / "public.json").exists()
+  assert cli.main(_vp_args(private_npz, tmp_path / "none", tmp_path / "m2")[:1] +
+                  ["--method", "dp-mepf", "--data", private_npz, "--out",
+                   str(tmp_path / "m2")]) == 2
+  assert not (tmp_path / "m2").exists()

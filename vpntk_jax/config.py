@@ -17,9 +17,11 @@ from vpntk_jax.models.prompt import PromptConfig
 from vpntk_jax.privacy import accounting
 from vpntk_jax.training import LOSSES, TrainConfig
 
-METHODS = ("dp-ntk", "dp-merf", "vp-ntk")
+METHODS = ("dp-ntk", "dp-merf", "dp-mepf", "vp-ntk")
+# Methods that need public models (`vpntk pretrain`).
+PUBLIC_METHODS = ("dp-mepf", "vp-ntk")
 # Each method's training objective when `loss` is None.
-DEFAULT_LOSS = {"dp-ntk": "mmd", "dp-merf": "mmd", "vp-ntk": "mmd+cosine"}
+DEFAULT_LOSS = {"dp-ntk": "mmd", "dp-merf": "mmd", "dp-mepf": "mmd", "vp-ntk": "mmd+cosine"}
 VP_FEATURES = ("extractor", "pixels")
 
 
@@ -50,6 +52,8 @@ class RunConfig:
   # DP-MERF: number of random Fourier features and kernel length scale.
   rff_features: int = 10000
   rff_bandwidth: float = rff.DEFAULT_BANDWIDTH
+  # DP-MEPF: weight w of the second moment in the stacked release [u, w u^2].
+  mepf_second_moment_weight: float = 1.0
   # VP-NTK: the public models (`vpntk pretrain` output directory), NTK
   # features on the public extractor's activations or on pixels, and prompts.
   public_model: str | None = None
@@ -88,10 +92,12 @@ class RunConfig:
       raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
     if not self.cosine_weight >= 0:
       raise ConfigError(f"cosine_weight must be >= 0, got {self.cosine_weight}")
+    if self.method in PUBLIC_METHODS and not self.public_model:
+      raise ConfigError(f"{self.method} needs public models: --public-model DIR (made by "
+                        f"`vpntk pretrain`)")
+    if not self.mepf_second_moment_weight >= 0:
+      raise ConfigError("mepf_second_moment_weight must be >= 0")
     if self.method == "vp-ntk":
-      if not self.public_model:
-        raise ConfigError("vp-ntk needs public models: --public-model DIR (made by "
-                          "`vpntk pretrain`)")
       if self.vp_features not in VP_FEATURES:
         raise ConfigError(f"vp_features must be one of {VP_FEATURES}, got {self.vp_features!r}")
       self.prompt.validate()

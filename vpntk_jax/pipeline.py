@@ -43,9 +43,11 @@ from vpntk_jax import visualize
 from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
 from vpntk_jax.errors import ConfigError, RunDirError
-from vpntk_jax.evaluation import evaluate_synthetic
+from vpntk_jax.evaluation import evaluate_synthetic, fid
+from vpntk_jax.evaluation.protocol import balanced_subsample
 from vpntk_jax.features import NTKFeatureMap, RFFFeatureMap
 from vpntk_jax.features import ntk
+from vpntk_jax.features.perceptual import PerceptualFeatureMap
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.models.prompt import PromptedGenerator
 from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, accounting, read_ledger, write_ledger
@@ -78,7 +80,12 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
                 else NTKFeatureMap(network, input_dim=input_dim, seed=config.seed))
     return features, PromptedGenerator(models.generator, models.generator_variables,
                                        config.prompt, num_classes, tuple(image_shape))
-  if config.method == "dp-ntk":
+  if config.method == "dp-mepf":
+    models = public.load_public(config.public_model)
+    public.check_compatible(models, image_shape)
+    features = PerceptualFeatureMap(models.extractor, models.extractor_params, tuple(image_shape),
+                                    config.mepf_second_moment_weight)
+  elif config.method == "dp-ntk":
     features = NTKFeatureMap(network, input_dim=input_dim, seed=config.seed)
   elif config.method == "dp-merf":
     features = RFFFeatureMap(input_dim=input_dim, num_features=config.rff_features,
@@ -315,8 +322,23 @@ def evaluate(images, labels, test: ImageDataset, config: RunConfig, run: RunDir,
                                train_size=config.eval_train_size, seed=config.seed,
                                cnn_epochs=config.cnn_epochs, progress=not quiet)
   metrics["test_set"] = test.name
+  if config.public_model:
+    metrics["public_feature_distance"] = public_feature_distance(images, labels, test, config)
   io_utils.write_json_atomic(run.file(METRICS), metrics)
   return metrics
+
+
+def public_feature_distance(images, labels, test: ImageDataset, config: RunConfig) -> dict:
+  """FID / KID between synthetic and real test images in the public extractor's
+  (pooled, standardised) feature space: an offline stand-in for Inception FID."""
+  models = public.load_public(config.public_model)
+  if models.image_shape != test.image_shape:
+    return {"skipped": f"public models are for {models.image_shape} images"}
+  rows = balanced_subsample(labels, max(1, len(test) // test.num_classes), seed=config.seed)
+  fmap = models.feature_map(ntk.NTKNetwork(tuple(config.ntk_layers)), seed=config.seed)
+  feature_fn = jax.jit(lambda x: fmap.features(x.astype(jnp.float32) / 255.0))
+  result = fid.fid_kid(feature_fn, images[rows], test.images, seed=config.seed)
+  return {"features": f"public extractor ({models.spec['public_data']}), pooled", **result}
 
 
 def _save_loss_curve(run: RunDir) -> None:
@@ -333,7 +355,8 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   # leaves nothing behind.
   private, test = load_private_and_test(config)
   features, sampler = build_method(config, private.image_shape, private.num_classes)
-  public_spec = check_public_models(config, private) if config.method == "vp-ntk" else None
+  public_spec = (check_public_models(config, private)
+                 if config.method in config_lib.PUBLIC_METHODS else None)
   run, config, prior = open_run_dir(out, config, resume=resume, force=force,
                                     new_release=new_release)
   t0 = time.perf_counter()

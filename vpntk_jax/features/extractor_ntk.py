@@ -76,7 +76,7 @@ class ExtractorNTKFeatureMap:
 
 
 def standardised_features(extractor, params, mean, std, x: jax.Array) -> jax.Array:
-  f = extractor.apply({"params": params}, x, features_only=True)
+  f = extractor.apply({"params": params}, x, features="pooled")
   f = (f - mean) / std
   return jnp.where(jnp.isfinite(f), f, 0.0)
 

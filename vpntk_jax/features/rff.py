@@ -9,15 +9,13 @@ safety margin, so the release's sensitivity rests on the same guarantee.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpntk_jax import arrays
-from vpntk_jax.features import ntk
+from vpntk_jax.features import labelled, ntk
 
 # DP-MERF's FashionMNIST setting, read as a kernel length scale on [0, 1]
 # pixels: sqrt(127) ~ 11.3, close to the typical distance between images.
@@ -41,11 +39,8 @@ def rff_features(frequencies: jax.Array, x: jax.Array) -> jax.Array:
   return phi * ntk.normalising_scale(jnp.sum(jnp.square(phi), -1))[:, None]
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _chunk_labelled_sum(frequencies, x, num_classes, labels, mask):
-  with jax.default_matmul_precision("float32"):
-    phi = rff_features(frequencies, x) * mask[:, None]
-  return phi.T @ jax.nn.one_hot(labels, num_classes)
+def _rff_of_images(frequencies: jax.Array, images: jax.Array) -> jax.Array:
+  return rff_features(frequencies, ntk.flatten_images(images))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,23 +67,15 @@ class RFFFeatureMap:
   def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
                   progress: Callable[[int], None] | None = None, mesh=None) -> dict:
     del mesh  # one matmul per chunk; single device is plenty
-    w = self.frequencies
-    total = np.zeros((self.num_features, num_classes), np.float64)
-    labels = np.asarray(labels, np.int32)
-    for rows in arrays.consecutive_rows(len(labels), self.chunk_size):
-      x, mask = arrays.padded_chunk(images, rows, self.chunk_size)
-      lab, _ = arrays.padded_chunk(labels, rows, self.chunk_size)
-      total += np.asarray(_chunk_labelled_sum(w, ntk.flatten_images(x), num_classes,
-                                              jnp.asarray(lab), jnp.asarray(mask)), np.float64)
-      if progress is not None:
-        progress(rows[-1] + 1)
+    total = labelled.labelled_feature_sum(_rff_of_images, self.frequencies, images, labels,
+                                          num_classes, chunk_size=self.chunk_size,
+                                          progress=progress)
     return {"rff": jnp.asarray(total, jnp.float32)}
 
   def synthetic_mean(self, x_grouped: jax.Array) -> dict:
-    num_classes, n, dim = x_grouped.shape
+    num_classes, _, dim = x_grouped.shape
     phi = rff_features(self.frequencies, x_grouped.reshape(-1, dim))
-    sums = jnp.einsum("cnd->dc", phi.reshape(num_classes, n, -1))
-    return {"rff": sums / (num_classes * n)}
+    return {"rff": labelled.labelled_feature_mean(phi, num_classes)}
 
   def template(self, num_classes: int) -> dict:
     return {"rff": np.zeros((self.num_features, num_classes), np.float32)}

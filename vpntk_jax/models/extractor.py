@@ -25,9 +25,11 @@ def default_stages(size: int) -> int:
 class ConvExtractor(nn.Module):
   """k x (conv3x3 -> ReLU -> max-pool 2x2) -> dense -> ReLU -> logits.
 
-  Features (`features_only=True`): the global average of every stage's
+  Features: `features="pooled"`: the global average of every stage's
   activations and the hidden dense layer, concatenated; multi-scale, and of a
-  size that does not grow with the resolution.
+  size that does not grow with the resolution (VP-NTK). `features="maps"`:
+  every stage's activation map flattened, and the hidden layer (DP-MEPF's
+  perceptual features).
   Channel widths are taken from the end of `widths`: deep stages are wide,
   the few high-resolution stages narrow, which bounds the cost at 128x128.
   """
@@ -36,16 +38,19 @@ class ConvExtractor(nn.Module):
   hidden: int = 128
 
   @nn.compact
-  def __call__(self, x: jax.Array, features_only: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, features: str | None = None) -> jax.Array:
+    if features not in (None, "pooled", "maps"):
+      raise ValueError(f"features must be None, 'pooled' or 'maps', got {features!r}")
     stages = default_stages(x.shape[1])
     widths = (self.widths[:1] * stages + self.widths)[-stages:]
-    pooled = []
+    per_stage = []
     for width in widths:
       x = max_pool_2x2(nn.relu(nn.Conv(width, (3, 3))(x)))
-      pooled.append(jnp.mean(x, axis=(1, 2)))
+      per_stage.append(jnp.mean(x, axis=(1, 2)) if features == "pooled"
+                       else x.reshape(x.shape[0], -1))
     hidden = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
-    if features_only:
-      return jnp.concatenate(pooled + [hidden], axis=-1)
+    if features is not None:
+      return jnp.concatenate(per_stage + [hidden], axis=-1)
     return nn.Dense(self.num_classes)(hidden)
 
   def feature_dim(self, image_size: int) -> int:

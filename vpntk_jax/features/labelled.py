@@ -1,0 +1,52 @@
+"""The labelled feature sum sum_i phi(x_i) onehot(y_i)^T for explicit feature maps.
+
+DP-MERF's and DP-MEPF's features are small enough to form per example, so
+their private sum is one matmul per fixed-size chunk (one compilation for any
+dataset size; padding rows get weight 0).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vpntk_jax import arrays
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _chunk_sum(feature_fn, params, images, num_classes, labels, mask):
+  # Full float32 matmuls on the private side: the norms bound the sensitivity.
+  with jax.default_matmul_precision("float32"):
+    phi = feature_fn(params, images) * mask[:, None]
+  return phi.T @ jax.nn.one_hot(labels, num_classes)
+
+
+def labelled_feature_sum(feature_fn: Callable, params, images: np.ndarray, labels: np.ndarray,
+                         num_classes: int, *, chunk_size: int,
+                         progress: Callable[[int], None] | None = None) -> np.ndarray:
+  """(D, C) float64 sum of per-example features by class.
+
+  Args:
+    feature_fn: hashable (params, uint8 NHWC chunk) -> (chunk, D) features,
+      each of norm <= the map's bound.
+  """
+  labels = np.asarray(labels, np.int32)
+  total = None
+  for rows in arrays.consecutive_rows(len(labels), chunk_size):
+    x, mask = arrays.padded_chunk(images, rows, chunk_size)
+    lab, _ = arrays.padded_chunk(labels, rows, chunk_size)
+    part = np.asarray(_chunk_sum(feature_fn, params, jnp.asarray(x), num_classes,
+                                 jnp.asarray(lab), jnp.asarray(mask)), np.float64)
+    total = part if total is None else total + part
+    if progress is not None:
+      progress(int(rows[-1]) + 1)
+  return total
+
+
+def labelled_feature_mean(phi: jax.Array, num_classes: int) -> jax.Array:
+  """(C * n, D) features of a class-grouped batch -> (D, C) labelled mean."""
+  return jnp.einsum("cnd->dc", phi.reshape(num_classes, -1, phi.shape[-1])) / phi.shape[0]

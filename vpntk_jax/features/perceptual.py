@@ -1,0 +1,75 @@
+"""DP-MEPF's feature map: moments of a public extractor's perceptual features.
+
+u(x) = e(x) / ||e(x)||, the public extractor's activation maps (all stages,
+flattened, and its hidden layer) scaled to unit norm with the shared safety
+margin. phi(x) = [u(x), w * u(x)^2]: first and second moments are released
+together as ONE Gaussian mechanism on the stacked vector. Since
+||u^2|| <= ||u||^2 <= 1, ||phi|| <= sqrt(1 + w^2) for any input; the weight w
+sets how the noise splits between the two moments (w = 1: equal shares), and
+the accountant charges the single release exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vpntk_jax.features import labelled, ntk
+
+
+@functools.lru_cache(maxsize=4)
+def _moment_fn(extractor, image_shape: tuple, weight: float):
+  """Hashable (params, images uint8 or [0, 1]) -> (N, 2F) stacked moments."""
+  def fn(params, images):
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+    x = x.reshape((x.shape[0],) + image_shape)
+    e = extractor.apply({"params": params}, x, features="maps")
+    e = jnp.where(jnp.isfinite(e), e, 0.0)
+    u = e * ntk.normalising_scale(jnp.sum(jnp.square(e), -1))[:, None]
+    return jnp.concatenate([u, weight * jnp.square(u)], axis=-1)
+  return fn
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PerceptualFeatureMap:
+  """First and second moments of normalised perceptual features (labelled)."""
+  extractor: Any
+  extractor_params: Any
+  image_shape: tuple[int, int, int]
+  second_moment_weight: float = 1.0
+  chunk_size: int = 1024
+
+  @property
+  def norm_bound(self) -> float:
+    return math.sqrt(1.0 + self.second_moment_weight ** 2)
+
+  @property
+  def _fn(self) -> Callable:
+    return _moment_fn(self.extractor, tuple(self.image_shape), float(self.second_moment_weight))
+
+  def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                  progress: Callable[[int], None] | None = None, mesh=None) -> dict:
+    del mesh
+    total = labelled.labelled_feature_sum(self._fn, self.extractor_params, images, labels,
+                                          num_classes, chunk_size=self.chunk_size,
+                                          progress=progress)
+    return {"mepf": jnp.asarray(total, jnp.float32)}
+
+  def synthetic_mean(self, x_grouped: jax.Array) -> dict:
+    num_classes, n, _ = x_grouped.shape
+    phi = self._fn(self.extractor_params, x_grouped.reshape(num_classes * n, -1))
+    return {"mepf": labelled.labelled_feature_mean(phi, num_classes)}
+
+  def template(self, num_classes: int) -> dict:
+    dim = jax.eval_shape(self._fn, self.extractor_params,
+                         jax.ShapeDtypeStruct((1,) + tuple(self.image_shape), jnp.float32))
+    return {"mepf": np.zeros((dim.shape[-1], num_classes), np.float32)}
+
+  def describe(self) -> dict:
+    return {"kind": "perceptual-moments", "second_moment_weight": self.second_moment_weight}
