@@ -29,24 +29,28 @@ VARIANTS = {
 }
 
 
-def public_models(size: int, steps: int, root: str = "public") -> str:
+def public_models(size: int, steps: int, batch_size: int, extractor_epochs: int,
+                  root: str = "public") -> str:
   """Public models at `size`, pretrained once (reused when public/mnistSIZE exists)."""
   out = os.path.join(root, f"mnist{size}")
   if not os.path.exists(os.path.join(out, public.PUBLIC_JSON)):
     config = public.PretrainConfig(image_size=None if size == 28 else size,
-                                   train=training.TrainConfig(steps=steps))
+                                   extractor_epochs=extractor_epochs,
+                                   train=training.TrainConfig(steps=steps,
+                                                              batch_size=batch_size))
     public.pretrain(config, out, force=True)
   return out
 
 
-def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, public_dir: str):
+def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, batch_size: int,
+                   public_dir: str):
   base = get_config()
   spec = dict(VARIANTS[variant])
   prompt = dataclasses.replace(base.prompt, finetune_generator=spec.pop("finetune", False))
   return dataclasses.replace(
       base, **spec, prompt=prompt, epsilon=eps, seed=seed, noise_seed=seed,
       image_size=None if size == 28 else size, public_model=public_dir,
-      train=dataclasses.replace(base.train, steps=steps))
+      train=dataclasses.replace(base.train, steps=steps, batch_size=batch_size))
 
 
 def main():
@@ -56,7 +60,10 @@ def main():
   parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--batch-size", type=int, default=500)
   parser.add_argument("--pretrain-steps", type=int, default=2000)
+  parser.add_argument("--pretrain-batch-size", type=int, default=500)
+  parser.add_argument("--extractor-epochs", type=int, default=10)
   parser.add_argument("--classifiers", default="logistic_regression,mlp,cnn")
   parser.add_argument("--out", default="runs/vptable")
   args = parser.parse_args()
@@ -65,19 +72,20 @@ def main():
     with open(RESULTS) as f:
       results = json.load(f)
   for size in args.sizes:
-    public_dir = public_models(size, args.pretrain_steps)
+    public_dir = public_models(size, args.pretrain_steps, args.pretrain_batch_size,
+                               args.extractor_epochs)
     for eps in args.epsilons:
       for seed in args.seeds:
         for variant in args.variants:
           name = f"{variant}_{size}_eps{eps:g}_seed{seed}"
           out = os.path.join(args.out, name)
           config = dataclasses.replace(
-              variant_config(variant, size, eps, seed, args.steps, public_dir),
+              variant_config(variant, size, eps, seed, args.steps, args.batch_size, public_dir),
               classifiers=tuple(args.classifiers.split(",")))
           resume = os.path.exists(os.path.join(out, "release.npz"))
           summary = run_synthesis(config, out, resume=resume, quiet=True)
           results[name] = {"variant": variant, "size": size, "epsilon": eps, "seed": seed,
-                           "steps": args.steps, **summary}
+                           "steps": args.steps, "batch_size": args.batch_size, **summary}
           io_utils.write_json_atomic(RESULTS, results)
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))

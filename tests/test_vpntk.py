@@ -352,3 +352,36 @@ def test_dpmepf_run(tiny_public, private_npz, tmp_path):
                   ["--method", "dp-mepf", "--data", private_npz, "--out",
                    str(tmp_path / "m2")]) == 2
   assert not (tmp_path / "m2").exists()
+
+
+def test_pretrain_cli(tiny_public, tmp_path, capsys):
+  out = tmp_path / "pub"
+  args = ["pretrain", "--data", str(tiny_public[1]), "--out", str(out), "--steps", "2",
+          "--batch-size", "20", "--extractor-epochs", "1", "--quiet",
+          "--config.ntk_layers=16,relu,layernorm,10", "--config.extractor_widths=4,8",
+          "--config.extractor_hidden=8"]
+  assert cli.main(args) == 0
+  spec = json.loads((out / "public.json").read_text())
+  assert spec["extractor"]["widths"] == [4, 8] and spec["pretrain_config"]["train"]["steps"] == 2
+  before = (out / "public.json").read_bytes()
+  assert cli.main(args) == 2  # refuses to overwrite
+  assert "--force" in capsys.readouterr().err
+  assert (out / "public.json").read_bytes() == before
+  assert cli.main(args + ["--config.extractor_hiden=8"]) == 2
+  assert "extractor_hidden" in capsys.readouterr().err
+
+
+def test_reuse_release_for_post_processing_only(tiny_public, private_npz, tmp_path, capsys):
+  base = tmp_path / "base"
+  assert cli.main(_vp_args(private_npz, tiny_public[0], base)) == 0
+  ablation = tmp_path / "alpha"
+  assert cli.main(_vp_args(private_npz, tiny_public[0], ablation, "--alpha", "10", "--kappa",
+                           "2", "--reuse-release", str(base))) == 0
+  assert (ablation / "release.npz").read_bytes() == (base / "release.npz").read_bytes()
+  assert json.loads((ablation / "privacy.json").read_text())["releases"] == json.loads(
+      (base / "privacy.json").read_text())["releases"]
+  # A setting that changes the release cannot reuse it; nothing is written.
+  other = tmp_path / "eps"
+  assert cli.main(_vp_args(private_npz, tiny_public[0], other, "--epsilon", "2",
+                           "--reuse-release", str(base))) == 2
+  assert "epsilon differ" in capsys.readouterr().err and not other.exists()

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
   s.add_argument("--new-release", action="store_true",
                  help="with --force on a run that has a release: accept a second release of the same data (both charged)")
+  s.add_argument("--reuse-release", metavar="RUN_DIR",
+                 help="start a new run from RUN_DIR's release (same release settings; only "
+                      "training/prompt/evaluation settings may differ): no new privacy cost")
   s.add_argument("--quiet", action="store_true", help="no progress bars")
 
   t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
@@ -135,7 +138,8 @@ def _synthesize(args, dotted: dict) -> dict:
     base = load_config_file(args.config) if args.config else config_lib.RunConfig()
     config = config_lib.with_overrides(base, overrides)
   return pipeline.run_synthesis(config, args.out, resume=args.resume, force=args.force,
-                                new_release=args.new_release, quiet=args.quiet)
+                                new_release=args.new_release, quiet=args.quiet,
+                                reuse_release=args.reuse_release)
 
 
 def _pretrain(args, dotted: dict) -> dict:

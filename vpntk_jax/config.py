@@ -137,6 +137,21 @@ RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "eval_train_size", 
                                "num_synthetic", "devices"})
 
 
+# Fields that only shape what is done with a release (post-processing). Runs
+# that agree on every other field have the same release, so one may reuse the
+# other's (`--reuse-release`): ablations over these cost no extra privacy.
+POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "eval_train_size",
+                                    "cnn_epochs", "num_synthetic", "devices",
+                                    "check_public_overlap"})
+POST_PROCESSING_PREFIXES = ("train.", "prompt.")
+
+
+def release_differences(a: RunConfig, b: RunConfig) -> list[str]:
+  """Fields that differ between a and b and change the private release."""
+  return [k for k in diff(a, b) if k not in POST_PROCESSING_FIELDS
+          and not k.startswith(POST_PROCESSING_PREFIXES)]
+
+
 def diff(a: RunConfig, b: RunConfig) -> list[str]:
   """Dotted names of the fields that differ between two configs."""
   def flat(d: dict, prefix=""):

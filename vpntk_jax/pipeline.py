@@ -347,10 +347,33 @@ def _save_loss_curve(run: RunDir) -> None:
     visualize.save_loss_curve(run.file(LOSS_PNG), rows[:, 0], rows[:, 1])
 
 
+def check_reusable_release(source: str, config: RunConfig) -> None:
+  """Raises unless run `source` holds a complete release made with this config's release settings."""
+  stored = _load_config(source)
+  differ = config_lib.release_differences(stored, config)
+  if differ:
+    raise RunDirError(f"cannot reuse the release of {source}: {', '.join(differ)} differ, and "
+                      f"they change what is released. Only post-processing settings (train.*, "
+                      f"prompt.*, loss, cosine_weight, evaluation) may differ.")
+  for name in (RELEASE, PRIVACY):
+    if not os.path.exists(os.path.join(source, name)):
+      raise RunDirError(f"{source} has no {name} to reuse")
+
+
 def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
-                  new_release: bool = False, quiet: bool = False) -> dict:
-  """The whole job. Returns a summary dict (paths, privacy, accuracy)."""
+                  new_release: bool = False, quiet: bool = False,
+                  reuse_release: str | None = None) -> dict:
+  """The whole job. Returns a summary dict (paths, privacy, accuracy).
+
+  `reuse_release`: another run directory whose release (and ledger) this run
+  copies instead of releasing again; its release settings must be identical,
+  so the two runs together still spend the budget once.
+  """
   config.validate()
+  if reuse_release is not None:
+    if resume or force:
+      raise RunDirError("--reuse-release starts a new run: it excludes --resume and --force")
+    check_reusable_release(reuse_release, config)
   # Read and check the data before touching the output directory, so bad input
   # leaves nothing behind.
   private, test = load_private_and_test(config)
@@ -363,7 +386,11 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
   if public_spec is not None:
     io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
-  if run.resumed:
+  if reuse_release is not None:
+    write_ledger(run.file(PRIVACY), read_ledger(os.path.join(reuse_release, PRIVACY)))
+    shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
+    _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
+  if run.resumed or reuse_release is not None:
     release = np.load(run.file(RELEASE))["embedding"]
     ledger = read_ledger(run.file(PRIVACY))
     _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)

@@ -1,0 +1,130 @@
+"""The Colab notebooks (colab/*.ipynb) execute end to end in SMALL mode.
+
+SMALL mode (VPNTK_NOTEBOOK_SMALL=1) is what a CPU-only Colab runtime gets too:
+tiny subsets, narrow networks, a few steps. Each notebook writes only under
+VPNTK_NOTEBOOK_DIR, here a pytest temporary directory.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+COLAB = Path(__file__).resolve().parents[1] / "colab"
+NOTEBOOKS = ("quickstart.ipynb", "vpntk.ipynb")
+# A guard against SMALL settings creeping up; both take about a minute or less
+# on a 2-core CPU (see colab/README.md).
+MAX_SECONDS = 240
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _code_cells(nb):
+  return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_clean(name):
+  nb = nbformat.read(COLAB / name, as_version=4)
+  nbformat.validate(nb)
+  assert nb.nbformat == 4
+  assert nb.metadata.kernelspec.name == "python3"
+  for cell in _code_cells(nb):
+    assert cell.outputs == [] and cell.execution_count is None, "clear the outputs"
+  first = _code_cells(nb)[0].source
+  assert "'google.colab' in sys.modules" in first.replace('"', "'")
+  assert "pip install" in first and "jax.default_backend()" in first
+  assert "VPNTK_NOTEBOOK_SMALL" in first
+
+
+def _execute(name, tmp_path, monkeypatch):
+  """Runs a notebook in a python3 kernel (this interpreter); returns (nb, work dir, seconds)."""
+  work = tmp_path / "work"
+  monkeypatch.setenv("VPNTK_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("VPNTK_NOTEBOOK_DIR", str(work))
+  # CI speed only: on these tiny runs XLA's CPU backend optimisations cost more
+  # compile time than they save (about half the notebook's time); results are
+  # the same computation.
+  monkeypatch.setenv("XLA_FLAGS", (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_backend_optimization_level=0").strip())
+  colab_before = sorted(os.listdir(COLAB))
+  nb = nbformat.read(COLAB / name, as_version=4)
+  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  t0 = time.perf_counter()
+  client.execute()  # raises CellExecutionError on the first failing cell
+  seconds = time.perf_counter() - t0
+  print(f"{name}: {seconds:.1f} s")
+  errors = [o for c in _code_cells(nb) for o in c.outputs if o.output_type == "error"]
+  assert not errors, errors
+  assert sorted(os.listdir(COLAB)) == colab_before  # nothing written next to the notebooks
+  assert sorted(os.listdir(tmp_path)) == ["work"]  # nor in the kernel's working directory
+  assert seconds < MAX_SECONDS, f"{name} took {seconds:.0f} s in SMALL mode"
+  return nb, work, seconds
+
+
+def _text(nb):
+  """All stdout/stderr and text/markdown output of a notebook, joined."""
+  parts = []
+  for cell in _code_cells(nb):
+    for out in cell.outputs:
+      if out.output_type == "stream":
+        parts.append(out.text)
+      elif "data" in out:
+        parts.append(out.data.get("text/markdown", "") + out.data.get("text/plain", ""))
+  return "\n".join(parts)
+
+
+def _images(nb):
+  return sum("image/png" in out.get("data", {}) for c in _code_cells(nb) for out in c.outputs)
+
+
+def _check_run(run_dir, classifier):
+  for name in ("config.json", "privacy.json", "release.npz", "synthetic.npz", "samples.png",
+               "metrics.json", "report.md", "report.html"):
+    assert (run_dir / name).exists(), name
+  privacy = _read(run_dir / "privacy.json")
+  assert privacy["within_budget"] is True and len(privacy["releases"]) == 1
+  assert privacy["epsilon"] == 1.0 and privacy["delta"] == 1e-5
+  assert 0.0 <= _read(run_dir / "metrics.json")["accuracy"][classifier] <= 1.0
+  return _read(run_dir / "config.json")
+
+
+def test_quickstart_notebook(tmp_path, monkeypatch):
+  nb, work, _ = _execute("quickstart.ipynb", tmp_path, monkeypatch)
+  config = _check_run(work / "runs" / "dpntk-fashion", "logistic_regression")
+  assert config["method"] == "dp-ntk" and config["ntk_layers"][0] == 64
+  assert _read(work / "runs" / "dpntk-fashion" / "privacy.json")["num_private_examples"] == 1000
+  text = _text(nb)
+  assert "SMALL mode" in text and "backend CPU" in text
+  assert "-differentially private with respect to the 1000 private training examples" in text
+  assert "| logistic_regression |" in text
+  assert _images(nb) == 1  # samples.png
+
+
+def test_vpntk_notebook(tmp_path, monkeypatch):
+  nb, work, _ = _execute("vpntk.ipynb", tmp_path, monkeypatch)
+  for size in (28, 32):
+    spec = _read(work / "public" / f"mnist-{size}" / "public.json")
+    assert spec["image_shape"] == [size, size, 1] and "no privacy cost" in spec["privacy"]
+  fashion = _check_run(work / "runs" / "vpntk-fashion", "cnn")
+  assert fashion["method"] == "vp-ntk" and fashion["check_public_overlap"] is True
+  assert fashion["prompt"]["kappa"] == 0.5 and fashion["prompt"]["label_map"] == "learned"
+  fallback = _check_run(work / "runs" / "vpntk-fallback-32", "cnn")
+  assert fallback["image_size"] == 32
+  assert fallback["public_model"].endswith(os.path.join("public", "mnist-32"))
+  for run in ("vpntk-fashion", "vpntk-fallback-32"):
+    assert (work / "runs" / run / "public.json").exists()
+  text = _text(nb)
+  assert "OFFLINE FALLBACK" in text and "prompt.kappa" in text
+  assert "is treated as public" in text
+  assert _images(nb) == 2
