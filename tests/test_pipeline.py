@@ -222,3 +222,22 @@ def test_release_warnings():
   quiet = pipeline.release_warnings(np.ones((8, 3)), make_dataset(images, labels, num_classes=2),
                                     RunConfig(delta=1e-5), noise_std=1e-3)
   assert quiet == []
+
+
+def test_run_from_in_memory_arrays(tiny_npz, tmp_path):
+  from vpntk_jax import config_files
+  from vpntk_jax.data import make_dataset
+  z = np.load(tiny_npz)
+  private = make_dataset(z["x"], z["y"], name="arrays")
+  test = make_dataset(z["x_test"], z["y_test"], num_classes=private.num_classes, name="arrays-test")
+  config = config_files.apply_overrides(config_files.load_config_file(_TINY_CONFIG), {
+      "train.steps": "2", "train.batch_size": "20", "num_synthetic": "100",
+      "eval_train_size": "50", "classifiers": "logistic_regression", "noise_seed": "1"})
+  summary = pipeline.run_synthesis(config, str(tmp_path / "mem"), quiet=True,
+                                   datasets=(private, test))
+  assert summary["accuracy"]["logistic_regression"] >= 0
+  assert _read(tmp_path / "mem" / "config.json")["data"] == "in-memory:arrays"
+  with np.load(tmp_path / "mem" / "synthetic.npz") as s:
+    assert s["images"].shape == (100, 28, 28, 1)
+  with pytest.raises(Exception, match="in-memory"):
+    pipeline.evaluate_run(str(tmp_path / "mem"))

@@ -201,12 +201,20 @@ def _load_config(run_path: str) -> RunConfig:
 # Stages.
 
 
-def load_private_and_test(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
-  kwargs = dict(data_dir=config.data_dir, download=config.download,
-                label_attribute=config.label_attribute)
-  private = resize_dataset(load_dataset(config.data, "train", **kwargs), config.image_size)
-  test = resize_dataset(load_dataset(config.data, "test", num_classes=private.num_classes,
-                                     **kwargs), config.image_size)
+def load_private_and_test(config: RunConfig, datasets=None) -> tuple[ImageDataset, ImageDataset]:
+  """The private training set and the real test set, from `config.data` or given in memory."""
+  if datasets is not None:
+    private, test = datasets
+  else:
+    kwargs = dict(data_dir=config.data_dir, download=config.download,
+                  label_attribute=config.label_attribute)
+    private = load_dataset(config.data, "train", **kwargs)
+    test = load_dataset(config.data, "test", num_classes=private.num_classes, **kwargs)
+  if test.num_classes != private.num_classes:
+    raise RunDirError(f"the test set has {test.num_classes} classes, the private set "
+                      f"{private.num_classes}")
+  private = resize_dataset(private, config.image_size)
+  test = resize_dataset(test, config.image_size)
   if test.image_shape != private.image_shape:
     raise RunDirError(f"test images {test.image_shape} differ from training images "
                       f"{private.image_shape}")
@@ -362,8 +370,12 @@ def check_reusable_release(source: str, config: RunConfig) -> None:
 
 def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
                   new_release: bool = False, quiet: bool = False,
-                  reuse_release: str | None = None) -> dict:
+                  reuse_release: str | None = None,
+                  datasets: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
   """The whole job. Returns a summary dict (paths, privacy, accuracy).
+
+  `datasets`: (private, test) ImageDatasets given in memory (`make_dataset`)
+  instead of loading `config.data`; pass the same ones again to resume.
 
   `reuse_release`: another run directory whose release (and ledger) this run
   copies instead of releasing again; its release settings must be identical,
@@ -376,7 +388,9 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     check_reusable_release(reuse_release, config)
   # Read and check the data before touching the output directory, so bad input
   # leaves nothing behind.
-  private, test = load_private_and_test(config)
+  if datasets is not None:
+    config = dataclasses.replace(config, data=f"in-memory:{datasets[0].name}")
+  private, test = load_private_and_test(config, datasets)
   features, sampler = build_method(config, private.image_shape, private.num_classes)
   public_spec = (check_public_models(config, private)
                  if config.method in config_lib.PUBLIC_METHODS else None)
@@ -435,6 +449,9 @@ def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
     raise RunDirError(f"{run_path} has no {SYNTHETIC}; run `vpntk synthesize` first")
   with np.load(path) as z:
     images, labels = z["images"], z["labels"]
+  if config.data.startswith("in-memory:"):
+    raise RunDirError(f"{run_path} was made from in-memory arrays ({config.data}); evaluate "
+                      f"it with pipeline.evaluate(images, labels, test_dataset, config, ...)")
   _, test = load_private_and_test(config)
   return evaluate(images, labels, test, config, RunDir(run_path, run_path), quiet=quiet)
 
