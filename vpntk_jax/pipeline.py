@@ -42,7 +42,7 @@ from vpntk_jax import training
 from vpntk_jax import visualize
 from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
-from vpntk_jax.errors import ConfigError, RunDirError
+from vpntk_jax.errors import ConfigError, RunDirError, VpntkError
 from vpntk_jax.evaluation import evaluate_synthetic, fid
 from vpntk_jax.evaluation.protocol import balanced_subsample
 from vpntk_jax.features import NTKFeatureMap, RFFFeatureMap
@@ -331,7 +331,12 @@ def evaluate(images, labels, test: ImageDataset, config: RunConfig, run: RunDir,
                                cnn_epochs=config.cnn_epochs, progress=not quiet)
   metrics["test_set"] = test.name
   if config.public_model:
-    metrics["public_feature_distance"] = public_feature_distance(images, labels, test, config)
+    # An auxiliary metric: its failure is recorded, never allowed to lose the run.
+    try:
+      metrics["public_feature_distance"] = public_feature_distance(images, labels, test, config)
+    except VpntkError as e:
+      metrics["public_feature_distance"] = {"error": str(e)}
+      _say(f"WARNING: public feature distance not computed: {e}", quiet=False)
   io_utils.write_json_atomic(run.file(METRICS), metrics)
   return metrics
 

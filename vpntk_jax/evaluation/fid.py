@@ -59,12 +59,9 @@ INCEPTION_DIM = 2048
 # TensorFlow's BatchNorm epsilon, kept by the PyTorch port.
 BN_EPS = 1e-3
 SEP = "/"
-# Imaginary parts of diag(sqrtm(S1 S2)) above this mean the product is not
-# numerically PSD-like and the distance is not trustworthy (pytorch-fid's bound).
-IMAG_ATOL = 1e-3
-# A computed square root whose square misses the product by more than this
-# (relative, Frobenius) is treated as a failure of sqrtm on a near-singular product.
-SQRTM_RTOL = 1e-6
+# A covariance eigenvalue below -this * (largest |eigenvalue|) is not rounding
+# error: the matrix is not a covariance.
+NEGATIVE_EIG_RTOL = 1e-6
 
 Variables = dict[str, Any]
 FeatureFn = Callable[[Any], Any]
@@ -102,50 +99,41 @@ def _check_gaussian(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.nd
   return mu, sigma
 
 
-def _sqrtm_ok(root: np.ndarray, product: np.ndarray) -> bool:
-  if not np.isfinite(root).all():
-    return False
-  scale = max(np.linalg.norm(product), np.finfo(np.float64).tiny)
-  return np.linalg.norm(root @ root - product) <= SQRTM_RTOL * scale
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+  w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+  return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def _sqrtm(matrix: np.ndarray) -> np.ndarray:
-  # Singular products are expected (F > N); _sqrtm_ok judges the result instead.
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return scipy.linalg.sqrtm(matrix)
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """tr(sqrtm(sigma1 @ sigma2)) for covariance matrices.
 
-
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6) -> float:
-  """tr(sqrtm(sigma1 @ sigma2)); retried with eps * I added to both when near-singular."""
-  product = sigma1 @ sigma2
-  root = _sqrtm(product)
-  if not _sqrtm_ok(root, product):
-    offset = eps * np.eye(sigma1.shape[0])
-    root = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if not np.isfinite(root).all():
-      raise DataError(f"sqrtm(sigma1 @ sigma2) is not finite even with eps={eps} added")
-  diagonal = np.diagonal(root)
-  if np.iscomplexobj(root):
-    imag = float(np.abs(diagonal.imag).max())
-    if imag > IMAG_ATOL:
-      raise DataError(
-        f"sqrtm(sigma1 @ sigma2) has an imaginary diagonal part of {imag:.3g} (> {IMAG_ATOL}); "
-        "the covariances are probably not positive semi-definite"
-      )
-  return float(np.sum(diagonal.real))
+  Computed as sum sqrt(eig(S1^1/2 S2 S1^1/2)): that matrix is symmetric PSD
+  with the same eigenvalues as S1 S2, so there are no complex roots and no
+  failures on the rank-deficient covariances of few or collapsed samples
+  (scipy's sqrtm of the non-symmetric product can return large imaginary
+  parts there). Eigenvalues below 0 are rounding error and count as 0; a
+  matrix with clearly negative eigenvalues is not a covariance: error.
+  """
+  for name, s in (("first", sigma1), ("second", sigma2)):
+    w = np.linalg.eigvalsh((s + s.T) / 2)
+    if w.min() < -NEGATIVE_EIG_RTOL * max(abs(w).max(), np.finfo(np.float64).tiny):
+      raise DataError(f"the {name} covariance has a negative eigenvalue {w.min():.3g}: it is "
+                      f"not positive semi-definite")
+  root = _psd_sqrt(sigma1)
+  middle = root @ sigma2 @ root
+  eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+  return float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
 
 
 def frechet_distance(
-  mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6
+  mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
   """Frechet distance of N(mu1, sigma1) and N(mu2, sigma2).
 
   ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2)). Not clamped: a
-  tiny negative value is rounding error around 0. When sqrtm fails on a
-  near-singular product, `eps` * I is added to both covariances inside the square
-  root only (as pytorch-fid does), which lowers the result by about 2 * d * eps.
+  tiny negative value is rounding error around 0. The trace of the square root
+  is exact for rank-deficient covariances (no eps offset, unlike pytorch-fid,
+  whose offset lowers the result by about 2 * d * eps when it triggers).
   """
   mu1, sigma1 = _check_gaussian(mu1, sigma1, "first Gaussian")
   mu2, sigma2 = _check_gaussian(mu2, sigma2, "second Gaussian")
@@ -153,8 +141,7 @@ def frechet_distance(
     raise DataError(f"the Gaussians differ in dimension: {mu1.shape[0]} vs {mu2.shape[0]}")
   diff = mu1 - mu2
   covariance_term = np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(
-    sigma1, sigma2, eps=eps
-  )
+    sigma1, sigma2)
   return float(diff @ diff + covariance_term)
 
 
