@@ -204,7 +204,7 @@ def test_public_models_round_trip(tiny_public):
   models = public.load_public(str(out))
   spec = json.loads((out / "public.json").read_text())
   assert spec["image_shape"] == [28, 28, 1] and spec["extractor"]["feature_dim"] == 8 + 16 + 16
-  assert models.feature_mean.shape == (40,) and np.all(models.feature_std > 0)
+  assert models.feature_mean.shape == (40,) and np.all(public.feature_scale(models.feature_std) > 0)
   assert "no privacy cost" in spec["privacy"]
 
 
@@ -385,3 +385,9 @@ def test_reuse_release_for_post_processing_only(tiny_public, private_npz, tmp_pa
   assert cli.main(_vp_args(private_npz, tiny_public[0], other, "--epsilon", "2",
                            "--reuse-release", str(base))) == 2
   assert "epsilon differ" in capsys.readouterr().err and not other.exists()
+
+
+def test_dead_public_features_are_not_amplified():
+  std = np.array([0.0, 1e-6, 0.5, 1.0, 2.0])
+  scale = public.feature_scale(std)
+  np.testing.assert_allclose(scale, [0.1, 0.1, 0.5, 1.0, 2.0], rtol=1e-6)

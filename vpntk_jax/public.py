@@ -42,9 +42,12 @@ from vpntk_jax.models.generator import ConvCondGenerator
 PUBLIC_JSON = "public.json"
 MODELS = "models"
 FORMAT = "vpntk-public-models/1"
-# Extractor features whose public std is below this are constant; dividing
-# by the floor keeps them finite (the NTK normalisation bounds norms anyway).
-MIN_FEATURE_STD = 1e-6
+# Standardising divides by the public std. Features (nearly) constant on the
+# public data (dead ReLUs) may be active on other data; dividing by their tiny
+# std would let them swamp the rest. So no feature is divided by less than
+# this fraction of the median public std. (Norms are bounded after the NTK
+# anyway; this is about feature quality, not privacy.)
+RELATIVE_STD_FLOOR = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +98,8 @@ class PublicModels:
 
   def feature_map(self, network: ntk.NTKNetwork, seed: int) -> ExtractorNTKFeatureMap:
     return ExtractorNTKFeatureMap(self.extractor, self.extractor_params, self.feature_mean,
-                                  self.feature_std, self.image_shape, network, seed=seed)
+                                  feature_scale(self.feature_std), self.image_shape, network,
+                                  seed=seed)
 
 
 def _modules(spec: dict) -> tuple[ConvCondGenerator, ConvExtractor]:
@@ -199,7 +203,13 @@ def _feature_statistics(extractor, params, images: np.ndarray, shape) -> tuple[n
                                                            np.float32),
                                np.ones((extractor.feature_dim(shape[0]),), np.float32),
                                shape, ntk.NTKNetwork((1,))).extract(images)
-  return raw.mean(0), np.maximum(raw.std(0), MIN_FEATURE_STD)
+  return raw.mean(0), raw.std(0)
+
+
+def feature_scale(std: np.ndarray) -> np.ndarray:
+  """The divisor of each standardised feature: its public std, floored (RELATIVE_STD_FLOOR)."""
+  std = np.asarray(std, np.float32)
+  return np.maximum(std, RELATIVE_STD_FLOOR * float(np.median(std)) + 1e-12).astype(np.float32)
 
 
 def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
