@@ -68,9 +68,6 @@ def main():
   parser.add_argument("--out", default="runs/vptable")
   args = parser.parse_args()
   results = {}
-  if os.path.exists(RESULTS):
-    with open(RESULTS) as f:
-      results = json.load(f)
   for size in args.sizes:
     public_dir = public_models(size, args.pretrain_steps, args.pretrain_batch_size,
                                args.extractor_epochs)
@@ -82,13 +79,39 @@ def main():
           config = dataclasses.replace(
               variant_config(variant, size, eps, seed, args.steps, args.batch_size, public_dir),
               classifiers=tuple(args.classifiers.split(",")))
-          resume = os.path.exists(os.path.join(out, "release.npz"))
-          summary = run_synthesis(config, out, resume=resume, quiet=True)
-          results[name] = {"variant": variant, "size": size, "epsilon": eps, "seed": seed,
-                           "steps": args.steps, "batch_size": args.batch_size, **summary}
-          io_utils.write_json_atomic(RESULTS, results)
+          if os.path.exists(os.path.join(out, "metrics.json")):
+            summary = finished_summary(out)  # finished earlier: collect, do not redo
+          else:
+            resume = os.path.exists(os.path.join(out, "release.npz"))
+            summary = run_synthesis(config, out, resume=resume, quiet=True)
+          results = merge_result(name, {"variant": variant, "size": size, "epsilon": eps,
+                                        "seed": seed, "steps": args.steps,
+                                        "batch_size": args.batch_size, **summary})
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))
+
+
+def finished_summary(out: str) -> dict:
+  with open(os.path.join(out, "metrics.json")) as f:
+    metrics = json.load(f)
+  with open(os.path.join(out, "config.json")) as f:
+    config = json.load(f)
+  seconds = np.loadtxt(os.path.join(out, "train_log.csv"), delimiter=",", skiprows=1, ndmin=2)
+  return {"run_dir": out, "epsilon": config["epsilon"], "delta": config["delta"],
+          "accuracy": metrics["accuracy"],
+          "seconds": float(seconds[-1, 2]) if len(seconds) else None,
+          "seconds_note": "training seconds only (collected from a finished run)"}
+
+
+def merge_result(name: str, record: dict) -> dict:
+  """Re-reads the results file before writing, so concurrent table runs do not drop rows."""
+  results = {}
+  if os.path.exists(RESULTS):
+    with open(RESULTS) as f:
+      results = json.load(f)
+  results[name] = record
+  io_utils.write_json_atomic(RESULTS, results)
+  return results
 
 
 def markdown_table(results: dict) -> str:
@@ -102,7 +125,7 @@ def markdown_table(results: dict) -> str:
     for clf in ("logistic_regression", "mlp", "cnn"):
       acc = np.array([r["accuracy"][clf] for r in runs if clf in r["accuracy"]])
       cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}" if len(acc) else "-")
-    secs = np.mean([r["seconds"] for r in runs])
+    secs = np.mean([r["seconds"] or np.nan for r in runs])
     rows.append(f"| {size} | {eps:g} | {variant} | {len(runs)} | {' | '.join(cells)} | "
                 f"{secs:.0f} |")
   return "\n".join(rows)
