@@ -313,11 +313,12 @@ def train_generator(features, sampler, release: np.ndarray, num_classes: int,
                                  progress=not quiet)
 
 
-def synthesize(sampler, state, num_classes: int, config: RunConfig, run: RunDir):
+def synthesize(sampler, state, num_classes: int, config: RunConfig, run: RunDir, *,
+               quiet: bool = False):
   """Balanced labelled synthetic set -> synthetic.npz and samples.png."""
   labels = np.arange(config.num_synthetic) % num_classes
   images = training.generate(sampler, state, jax.random.key(config.seed + 1), labels,
-                             latent_dim=config.train.latent_dim)
+                             latent_dim=config.train.latent_dim, progress=not quiet)
   io_utils.save_npz_atomic(run.file(SYNTHETIC), images=images, labels=labels.astype(np.int32))
   visualize.save_sample_grid(run.file(SAMPLES), images, labels, num_classes)
   return images, labels
@@ -427,7 +428,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   state = train_generator(features, sampler, release, test.num_classes, config, run,
                           quiet=quiet)
   _save_loss_curve(run)
-  images, labels = synthesize(sampler, state, test.num_classes, config, run)
+  images, labels = synthesize(sampler, state, test.num_classes, config, run, quiet=quiet)
   metrics = evaluate(images, labels, test, config, run, quiet=quiet)
   report.write_report(run.work)
   run.finish()

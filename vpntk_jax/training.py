@@ -298,7 +298,7 @@ def train_to_match(features, model, target_matrix, *, num_classes: int, config: 
 
 
 def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
-             batch_size: int = 5000) -> np.ndarray:
+             batch_size: int = 5000, progress: bool = False) -> np.ndarray:
   """Images (uint8 NHWC) for the given labels, in batches, BN in inference mode."""
   sampler = as_sampler(model)
 
@@ -310,8 +310,11 @@ def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: in
 
   labels = np.asarray(labels, np.int32)
   out = []
+  bar = tqdm(total=len(labels), desc="synthesize", disable=not progress, dynamic_ncols=True)
   for i, rows in enumerate(arrays.consecutive_rows(len(labels), batch_size)):
     padded, _ = arrays.padded_chunk(labels, rows, batch_size)
     out.append(np.asarray(sample(state.params, state.model_state, jax.random.fold_in(key, i),
                                  padded))[:len(rows)])
+    bar.update(len(rows))
+  bar.close()
   return np.concatenate(out, axis=0)
