@@ -16,6 +16,7 @@ only the private data a later `vpntk synthesize --method vp-ntk` run releases.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -137,11 +138,21 @@ def save_public(models: PublicModels, out: str) -> None:
 
 
 def load_public(path: str) -> PublicModels:
-  """Loads `vpntk pretrain` output (or models a user saved in the same format)."""
+  """Loads `vpntk pretrain` output (or models a user saved in the same format).
+
+  Cached per directory and public.json mtime: a run's stages share one load.
+  """
   spec_path = os.path.join(path, PUBLIC_JSON)
   if not os.path.isfile(spec_path):
     raise ConfigError(f"{path} holds no public models ({PUBLIC_JSON} missing); make them with "
                       f"`vpntk pretrain --out {path}`")
+  return _load_public(os.path.abspath(path), os.path.getmtime(spec_path))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_public(path: str, mtime: float) -> PublicModels:
+  del mtime  # part of the cache key: rewritten models are loaded again
+  spec_path = os.path.join(path, PUBLIC_JSON)
   with open(spec_path) as f:
     spec = json.load(f)
   if spec.get("format") != FORMAT:
