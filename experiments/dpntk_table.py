@@ -11,13 +11,12 @@ and prints a Markdown table (mean +- std over seeds).
 
 import argparse
 import dataclasses
-import json
 import os
 
 import numpy as np
 
 from experiments.fashion_dpntk import get_config
-from vpntk_jax import io_utils
+from experiments.results_file import merge_result, read_results
 from vpntk_jax.pipeline import run_synthesis
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "dpntk_fashion.json")
@@ -29,10 +28,7 @@ def main():
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--out", default="runs/table")
   args = parser.parse_args()
-  results = {}
-  if os.path.exists(RESULTS):
-    with open(RESULTS) as f:
-      results = json.load(f)
+  results = read_results(RESULTS)
   for eps in args.epsilons:
     for seed in args.seeds:
       name = f"eps{eps:g}_seed{seed}"
@@ -40,8 +36,7 @@ def main():
       config = dataclasses.replace(get_config(), epsilon=eps, seed=seed, noise_seed=seed)
       resume = os.path.exists(os.path.join(out, "release.npz"))
       summary = run_synthesis(config, out, resume=resume, quiet=True)
-      results[name] = {"epsilon": eps, "seed": seed, **summary}
-      io_utils.write_json_atomic(RESULTS, results)
+      results = merge_result(RESULTS, name, {"epsilon": eps, "seed": seed, **summary})
       print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))
 

@@ -11,12 +11,11 @@ experiments/results/vpntk_ablation.json; prints a Markdown table.
 """
 
 import argparse
-import dataclasses
-import json
 import os
 
-from vpntk_jax import config as config_lib, io_utils
-from vpntk_jax.pipeline import _load_config, run_synthesis
+from experiments.results_file import merge_result, read_results
+from vpntk_jax import config as config_lib
+from vpntk_jax.pipeline import resume_config, run_synthesis
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_ablation.json")
 # name -> overrides of the base config (dotted names, as on the command line).
@@ -46,13 +45,10 @@ def main():
   parser.add_argument("--variants", nargs="+", help="subset of the variant names")
   parser.add_argument("--out", default="runs/vpablation")
   args = parser.parse_args()
-  base = _load_config(args.base)
+  base = resume_config(args.base, {})  # the base run's stored config
   common = {"train.steps": args.steps, "train.batch_size": args.batch_size,
             "num_synthetic": args.num_synthetic, "classifiers": tuple(args.classifiers.split(","))}
-  results = {}
-  if os.path.exists(RESULTS):
-    with open(RESULTS) as f:
-      results = json.load(f)
+  results = read_results(RESULTS)
   for i, (name, overrides) in enumerate(VARIANTS.items()):
     if args.variants and name not in args.variants:
       continue
@@ -61,9 +57,9 @@ def main():
     if os.path.exists(os.path.join(out, "metrics.json")):
       continue
     summary = run_synthesis(config, out, quiet=True, reuse_release=args.base)
-    results[name] = {"base": args.base, "overrides": {k: str(v) for k, v in overrides.items()},
-                     "steps": args.steps, "batch_size": args.batch_size, **summary}
-    io_utils.write_json_atomic(RESULTS, results)
+    results = merge_result(RESULTS, name, {
+        "base": args.base, "overrides": {k: str(v) for k, v in overrides.items()},
+        "steps": args.steps, "batch_size": args.batch_size, **summary})
     print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))
 

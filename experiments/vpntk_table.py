@@ -17,7 +17,8 @@ import os
 import numpy as np
 
 from experiments.fashion_vpntk import get_config
-from vpntk_jax import io_utils, public, training
+from experiments.results_file import merge_result, read_results
+from vpntk_jax import public, training
 from vpntk_jax.pipeline import run_synthesis
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
@@ -67,7 +68,7 @@ def main():
   parser.add_argument("--classifiers", default="logistic_regression,mlp,cnn")
   parser.add_argument("--out", default="runs/vptable")
   args = parser.parse_args()
-  results = {}
+  results = read_results(RESULTS)
   for size in args.sizes:
     public_dir = public_models(size, args.pretrain_steps, args.pretrain_batch_size,
                                args.extractor_epochs)
@@ -84,7 +85,7 @@ def main():
           else:
             resume = os.path.exists(os.path.join(out, "release.npz"))
             summary = run_synthesis(config, out, resume=resume, quiet=True)
-          results = merge_result(name, {"variant": variant, "size": size, "epsilon": eps,
+          results = merge_result(RESULTS, name, {"variant": variant, "size": size, "epsilon": eps,
                                         "seed": seed, "steps": args.steps,
                                         "batch_size": args.batch_size, **summary})
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
@@ -101,17 +102,6 @@ def finished_summary(out: str) -> dict:
           "accuracy": metrics["accuracy"],
           "seconds": float(seconds[-1, 2]) if len(seconds) else None,
           "seconds_note": "training seconds only (collected from a finished run)"}
-
-
-def merge_result(name: str, record: dict) -> dict:
-  """Re-reads the results file before writing, so concurrent table runs do not drop rows."""
-  results = {}
-  if os.path.exists(RESULTS):
-    with open(RESULTS) as f:
-      results = json.load(f)
-  results[name] = record
-  io_utils.write_json_atomic(RESULTS, results)
-  return results
 
 
 def markdown_table(results: dict) -> str:
