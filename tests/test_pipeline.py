@@ -241,3 +241,65 @@ def test_run_from_in_memory_arrays(tiny_npz, tmp_path):
     assert s["images"].shape == (100, 28, 28, 1)
   with pytest.raises(Exception, match="in-memory"):
     pipeline.evaluate_run(str(tmp_path / "mem"))
+
+
+def test_validation_release_is_charged_and_picks_the_closest_checkpoint(tiny_npz, tmp_path,
+                                                                         monkeypatch):
+  out = tmp_path / "val"
+  # The last checkpoint is made the worst, so picking it (no selection) would be caught.
+  real_distance = pipeline.training.make_validation_distance
+  def last_is_worst(*args, **kwargs):
+    distance = real_distance(*args, **kwargs)
+    return lambda state: distance(state) + (1e9 if int(state.step) == 6 else 0.0)
+  monkeypatch.setattr(pipeline.training, "make_validation_distance", last_is_worst)
+  # A constant learning rate, so a shorter run follows the same trajectory (below).
+  assert cli.main(_args(tiny_npz, out, "--steps", "6", "--checkpoint-every", "2",
+                        "--validation-noise-scale", "10",
+                        "--config.train.schedule=constant")) == 0
+  privacy = _read(out / "privacy.json")
+  main, val = privacy["releases"]
+  assert (main["name"], val["name"]) == ("labelled_mean_embedding", "validation_embedding")
+  assert val["sigma"] == pytest.approx(10 * main["sigma"])
+  assert val["sensitivity"] == main["sensitivity"]
+  # Both releases together spend the budget: eps(main and validation) <= epsilon.
+  assert privacy["within_budget"] is True
+  assert float(privacy["total_epsilon"]) == pytest.approx(privacy["epsilon"], rel=1e-2)
+  from vpntk_jax.privacy import accounting
+  alone = accounting.calibrate_gaussian(privacy["epsilon"], privacy["delta"])
+  assert main["sigma"] > alone  # the main release pays for the validation one
+  with np.load(out / "release.npz") as z:
+    assert set(z.files) == {"embedding", "validation_embedding"}
+    assert not np.array_equal(z["embedding"], z["validation_embedding"])
+  selection = _read(out / "selection.json")
+  distances = {int(k): v for k, v in selection["distances"].items()}
+  assert sorted(distances) == [2, 4, 6]
+  assert selection["selected_step"] == min(distances, key=distances.get) < 6
+  assert os.path.isdir(out / "best")
+
+  # Synthesis used the selected checkpoint: a run stopped at that step makes the same images.
+  stopped = tmp_path / "stopped"
+  # (Same settings, so the same distances: its own choice among steps <= the best is the best.)
+  assert cli.main(_args(tiny_npz, stopped, "--steps", str(selection["selected_step"]),
+                        "--validation-noise-scale", "10", "--config.train.schedule=constant",
+                        "--reuse-release", str(out))) == 0
+  with np.load(out / "synthetic.npz") as a, np.load(stopped / "synthetic.npz") as b:
+    np.testing.assert_array_equal(a["images"], b["images"])
+
+  # Resuming reuses both releases and the selection record.
+  release = (out / "release.npz").read_bytes()
+  assert cli.main(["synthesize", "--out", str(out), "--resume", "--steps", "8", "--quiet"]) == 0
+  assert (out / "release.npz").read_bytes() == release
+  assert len(_read(out / "privacy.json")["releases"]) == 2
+  assert sorted(int(k) for k in _read(out / "selection.json")["distances"]) == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--validation-noise-scale", "0"], "validation_noise_scale"),
+    (["--validation-noise-scale", "10", "--accountant", "analytic"], "analytic"),
+])
+def test_bad_validation_settings_exit_nonzero_and_write_nothing(tiny_npz, tmp_path, capsys,
+                                                                extra, message):
+  out = tmp_path / "bad"
+  assert cli.main(_args(tiny_npz, out, *extra)) != 0
+  assert message in capsys.readouterr().err
+  assert not out.exists()

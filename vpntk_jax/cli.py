@@ -27,6 +27,7 @@ _CONFIG_OPTIONS = {
     "image_prompt": "prompt.image_prompt", "label_map": "prompt.label_map",
     "finetune_generator": "prompt.finetune_generator",
     "check_public_overlap": "check_public_overlap",
+    "validation_noise_scale": "validation_noise_scale",
 }
 # Options of `pretrain` that map onto PretrainConfig fields.
 _PRETRAIN_OPTIONS = {
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--batch-size", type=int, help=f"synthetic batch per step (default {d.train.batch_size})")
   s.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.train.learning_rate})")
   s.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.train.checkpoint_every})")
+  s.add_argument("--validation-noise-scale", type=float, metavar="K",
+                 help="also release a K x noisier copy of the embedding (the budget covers both) "
+                      "and synthesize from the checkpoint closest to it (default: off; DP-MEPF used 10)")
   s.add_argument("--num-synthetic", type=int, help=f"synthetic examples to generate (default {d.num_synthetic})")
   s.add_argument("--eval-train-size", type=int, help=f"balanced synthetic subsample for the classifiers (default {d.eval_train_size})")
   s.add_argument("--cnn-epochs", type=int, help=f"CNN epochs (default {d.cnn_epochs})")

@@ -44,6 +44,11 @@ class RunConfig:
   # None: privacy noise from OS entropy. An int makes the noise reproducible
   # (experiments only); it is recorded as such in privacy.json.
   noise_seed: int | None = None
+  # Optional second, noisier release of the same embedding (noise std
+  # validation_noise_scale x the main one; the budget covers both) used only to
+  # pick the training checkpoint whose synthetic embedding is closest to it
+  # (DP-MEPF's model selection; 10 there). None: no validation release.
+  validation_noise_scale: float | None = None
   # Public seed: NTK network, generator init, latent batches, synthesis.
   seed: int = 0
   # Features.
@@ -95,6 +100,15 @@ class RunConfig:
     if self.method in PUBLIC_METHODS and not self.public_model:
       raise ConfigError(f"{self.method} needs public models: --public-model DIR (made by "
                         f"`vpntk pretrain`)")
+    if self.validation_noise_scale is not None:
+      if not (isinstance(self.validation_noise_scale, (int, float))
+              and math.isfinite(self.validation_noise_scale)
+              and self.validation_noise_scale > 0):
+        raise ConfigError(f"validation_noise_scale must be a finite number > 0, got "
+                          f"{self.validation_noise_scale!r}")
+      if self.accountant == "analytic":
+        raise ConfigError("a validation release makes two releases; the analytic accountant "
+                          "covers one: use --accountant pld or rdp")
     if not self.mepf_second_moment_weight >= 0:
       raise ConfigError("mepf_second_moment_weight must be >= 0")
     if self.method == "vp-ntk":

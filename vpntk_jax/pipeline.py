@@ -6,8 +6,13 @@ edges: the run directory, files, progress output and the order of stages.
 Run directory contract (`runs/NAME/`):
   config.json     the RunConfig
   privacy.json    the privacy ledger (every release, its sensitivity, sigma, ...)
-  release.npz     the noisy embedding: the only output that touched private data
+  release.npz     the noisy embedding (and, with --validation-noise-scale, a
+                  noisier copy for model selection): the only outputs that touched
+                  private data
   checkpoints/    Orbax checkpoints of the generator training state
+  best/, selection.json
+                  with a validation release only: the checkpoint closest to it,
+                  which synthesis uses, and every checkpoint's distance
   train_log.csv   step, loss, seconds
   synthetic.npz   `images` uint8 NHWC and `labels`
   samples.png     one row per class
@@ -53,8 +58,12 @@ from vpntk_jax.models.prompt import PromptedGenerator
 from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, accounting, read_ledger, write_ledger
 from vpntk_jax.privacy.release import gaussian_release, noise_key
 from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOSS_PNG, METRICS, PRIVACY, PUBLIC,
-                                  RELEASE, SAMPLES, SYNTHETIC, TRAIN_LOG)
+                                  RELEASE, SAMPLES, SELECTION, SELECTION_CHECKPOINTS,
+                                  SYNTHETIC, TRAIN_LOG)
 RELEASE_NAME = "labelled_mean_embedding"
+VALIDATION_RELEASE_NAME = "validation_embedding"
+# Ledger name -> array name in release.npz.
+RELEASE_ARRAYS = {RELEASE_NAME: "embedding", VALIDATION_RELEASE_NAME: "validation_embedding"}
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -238,16 +247,22 @@ def check_public_models(config: RunConfig, private: ImageDataset) -> dict:
 
 def release_embedding(features, private: ImageDataset, config: RunConfig, *,
                       prior: PrivacyLedger | None = None, quiet: bool = False
-                      ) -> tuple[np.ndarray, PrivacyLedger]:
+                      ) -> tuple[dict[str, np.ndarray], PrivacyLedger]:
   """Computes the labelled mean embedding and releases it once (Gaussian mechanism).
 
-  Returns the noisy (P, C) matrix and the ledger with this release added.
+  Returns the release.npz arrays, {"embedding": noisy (P, C) matrix} plus
+  "validation_embedding" (a second, noisier release of the same mean) when
+  `config.validation_noise_scale` is set, and the ledger with them added. With
+  a validation release the noise of both is calibrated for their composition.
   """
   m = len(private.labels)
   sensitivity = accounting.mean_embedding_sensitivity(m, config.adjacency,
                                                       norm_bound=features.norm_bound)
-  sigma = accounting.calibrate_gaussian(config.epsilon, config.delta,
-                                        accountant=config.accountant)
+  scales = {RELEASE_NAME: 1.0}
+  if config.validation_noise_scale is not None:
+    scales[VALIDATION_RELEASE_NAME] = float(config.validation_noise_scale)
+  sigmas = dict(zip(scales, accounting.calibrate_composition(
+      config.epsilon, config.delta, list(scales.values()), accountant=config.accountant)))
   bar = tqdm(total=m, desc="private embedding", disable=quiet, dynamic_ncols=True)
   done = [0]
 
@@ -260,13 +275,9 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
                                progress=progress, mesh=device_mesh(config))
   bar.close()
   mean = ntk.embedding_to_matrix(total) / m
-  for warning in release_warnings(np.asarray(mean), private, config, sensitivity * sigma):
+  for warning in release_warnings(np.asarray(mean), private, config,
+                                  sensitivity * sigmas[RELEASE_NAME]):
     _say(f"WARNING: {warning}", quiet=False)
-  noisy = gaussian_release(mean, sensitivity=sensitivity, sigma=sigma,
-                           key=noise_key(config.noise_seed))
-  _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
-       f"{time.perf_counter() - t0:.1f} s: sensitivity {sensitivity:.3g}, sigma {sigma:.4g}, "
-       f"noise std {sensitivity * sigma:.3g}", quiet)
   ledger = PrivacyLedger(epsilon=config.epsilon, delta=config.delta,
                          accountant=config.accountant, adjacency=config.adjacency)
   if prior is not None:
@@ -274,12 +285,38 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
       ledger = ledger.add(dataclasses.replace(
           record, status="superseded",
           notes=record.notes or "from the run this one replaced (--force); still charged"))
-  ledger = ledger.add(ReleaseRecord.make(
-      RELEASE_NAME, sensitivity=sensitivity, sigma=sigma, adjacency=config.adjacency,
-      accountant=config.accountant, epsilon=config.epsilon, delta=config.delta,
-      num_private_examples=m, noise_seed=config.noise_seed, shape=mean.shape,
-      notes=f"{config.method} features; per-example norm <= {features.norm_bound}"))
-  return np.asarray(noisy, np.float32), ledger
+  key = noise_key(config.noise_seed)
+  arrays = {}
+  for i, (name, sigma) in enumerate(sigmas.items()):
+    # Independent noise per release; the main release keeps the key it had
+    # before validation releases existed.
+    noisy = gaussian_release(mean, sensitivity=sensitivity, sigma=sigma,
+                             key=key if i == 0 else jax.random.fold_in(key, i))
+    arrays[RELEASE_ARRAYS[name]] = np.asarray(noisy, np.float32)
+    purpose = ("training target" if name == RELEASE_NAME else
+               "model selection only (noise x{:g})".format(scales[name]))
+    ledger = ledger.add(ReleaseRecord.make(
+        name, sensitivity=sensitivity, sigma=sigma, adjacency=config.adjacency,
+        accountant=config.accountant, epsilon=config.epsilon, delta=config.delta,
+        num_private_examples=m, noise_seed=config.noise_seed, shape=mean.shape,
+        notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
+              f"{purpose}"))
+  _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
+       f"{time.perf_counter() - t0:.1f} s: sensitivity {sensitivity:.3g}, " +
+       ", ".join(f"{n} sigma {s:.4g} (noise std {sensitivity * s:.3g})"
+                 for n, s in sigmas.items()), quiet)
+  return arrays, ledger
+
+
+def load_release(path: str, config: RunConfig) -> dict[str, np.ndarray]:
+  """The arrays of a stored release.npz; checks it holds what `config` released."""
+  with np.load(path) as z:
+    release = {k: z[k] for k in z.files}
+  wanted = {"embedding"} | ({"validation_embedding"} if config.validation_noise_scale else set())
+  if set(release) != wanted:
+    raise RunDirError(f"{path} holds {sorted(release)}, this run's settings need "
+                      f"{sorted(wanted)}: it was not made with these settings")
+  return release
 
 
 def release_warnings(mean: np.ndarray, private: ImageDataset, config: RunConfig,
@@ -302,11 +339,19 @@ def release_warnings(mean: np.ndarray, private: ImageDataset, config: RunConfig,
   return warnings
 
 
-def train_generator(features, sampler, release: np.ndarray, num_classes: int,
+def train_generator(features, sampler, release: dict[str, np.ndarray], num_classes: int,
                     config: RunConfig, run: RunDir, *, quiet: bool = False):
-  """Trains the generator (or prompts) against the release, resuming from checkpoints."""
+  """Trains the generator (or prompts) against the release, resuming from checkpoints.
+
+  With a validation release, returns the checkpoint closest to it (selection.json
+  records the choice), else the last state.
+  """
   loss = training.embedding_loss(config.resolved_loss(), config.cosine_weight)
-  return training.train_to_match(features, sampler, release, num_classes=num_classes,
+  return training.train_to_match(features, sampler, release["embedding"],
+                                 num_classes=num_classes,
+                                 validation_matrix=release.get("validation_embedding"),
+                                 selection_dir=run.file(SELECTION_CHECKPOINTS),
+                                 selection_log=run.file(SELECTION),
                                  config=config.train, seed=config.seed, loss_fn=loss,
                                  checkpoint_dir=run.file(CHECKPOINTS),
                                  log_path=run.file(TRAIN_LOG), mesh=device_mesh(config),
@@ -411,7 +456,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
     _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
   if run.resumed or reuse_release is not None:
-    release = np.load(run.file(RELEASE))["embedding"]
+    release = load_release(run.file(RELEASE), config)
     ledger = read_ledger(run.file(PRIVACY))
     _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
   else:
@@ -419,7 +464,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     # Ledger first: a crash in between leaves a charged release that is
     # missing (conservative), never a stored release that is not charged.
     write_ledger(run.file(PRIVACY), ledger)
-    io_utils.save_npz_atomic(run.file(RELEASE), embedding=release)
+    io_utils.save_npz_atomic(run.file(RELEASE), **release)
     if not ledger.within_budget():
       _say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
            f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "

@@ -7,6 +7,7 @@ run for any number of steps at no privacy cost. The private data never enters.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -41,10 +42,15 @@ class TrainConfig:
   checkpoint_every: int = 500
   max_to_keep: int = 2
   log_every: int = 50
+  # With a validation release: synthetic samples (balanced over classes) whose
+  # embedding is compared with it at every checkpoint.
+  validation_samples: int = 2000
 
   def __post_init__(self):
     if self.steps < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
       raise ValueError("steps >= 0, batch_size > 0 and learning_rate > 0 are required")
+    if self.checkpoint_every <= 0 or self.validation_samples <= 0:
+      raise ValueError("checkpoint_every > 0 and validation_samples > 0 are required")
     if self.schedule not in ("constant", "cosine"):
       raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
@@ -222,13 +228,59 @@ class Checkpointer:
     self._manager.close()
 
 
+class BestCheckpoint:
+  """Keeps the TrainState with the smallest validation distance so far (Orbax
+  `best_fn`, one checkpoint), so a resumed run knows its best."""
+
+  def __init__(self, directory: str):
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["distance"],
+                                           best_mode="min", create=True)
+    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def offer(self, state: TrainState, distance: float) -> None:
+    step = int(state.step)
+    if step not in self._manager.all_steps():  # re-offered after a resume
+      self._manager.save(step, args=ocp.args.StandardSave(state),
+                         metrics={"distance": float(distance)}, force=True)
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def restore_best(self, like: TrainState) -> TrainState:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(self.best_step(), args=ocp.args.StandardRestore(abstract))
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def make_validation_distance(model, embed_fn: Callable, target, *, num_classes: int,
+                             per_class: int, latent_dim: int, key: jax.Array) -> Callable:
+  """Returns `distance(state) -> ||target - mu_syn||^2` on a fixed synthetic set.
+
+  The samples use the same latents at every call and inference-mode BatchNorm,
+  as synthesis does, so distances of different checkpoints are comparable.
+  """
+  sampler = as_sampler(model)
+  z, labels = class_grouped_batch(key, num_classes, per_class, latent_dim)
+
+  @jax.jit
+  def distance(params, model_state, target):
+    images, _ = sampler.apply(params, model_state, z, labels, train=False)
+    return squared_distance(target, embed_fn(images.reshape(num_classes, per_class, -1)))
+
+  return lambda state: distance(state.params, state.model_state, target)
+
+
 def fit(step_fn, state: TrainState, config: TrainConfig, *,
         checkpointer: Checkpointer | None = None, log_path: str | None = None,
-        progress: bool = True) -> TrainState:
+        progress: bool = True,
+        on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
   """Runs `step_fn` until `config.steps`, checkpointing and logging at the edges.
 
   Appends `step,loss,seconds` rows to `log_path` (CSV), so a resumed run keeps
-  its earlier log.
+  its earlier log. `on_checkpoint(state)` runs at every checkpoint step.
   """
   start_step = int(state.step)
   if log_path is not None and not os.path.exists(log_path):
@@ -247,8 +299,11 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
       rows.append(f"{step},{loss_value:.8g},{time.perf_counter() - t0:.3f}\n")
       bar.set_postfix(loss=f"{loss_value:.4g}")
     bar.update(1)
-    if checkpointer is not None and (step % config.checkpoint_every == 0 or step == config.steps):
-      checkpointer.save(state, force=step == config.steps)
+    if step % config.checkpoint_every == 0 or step == config.steps:
+      if checkpointer is not None:
+        checkpointer.save(state, force=step == config.steps)
+      if on_checkpoint is not None:
+        on_checkpoint(state)
       _flush_rows(log_path, rows)
   bar.close()
   _flush_rows(log_path, rows)
@@ -265,18 +320,27 @@ def _flush_rows(log_path: str | None, rows: list) -> None:
 def train_to_match(features, model, target_matrix, *, num_classes: int, config: TrainConfig,
                    seed: int, loss_fn: Callable = squared_distance,
                    checkpoint_dir: str | None = None, log_path: str | None = None, mesh=None,
-                   progress: bool = True) -> TrainState:
+                   progress: bool = True, validation_matrix=None,
+                   selection_dir: str | None = None,
+                   selection_log: str | None = None) -> TrainState:
   """Trains `model` so its labelled mean embedding matches `target_matrix` (P, C).
 
   Resumes from the last checkpoint in `checkpoint_dir` when there is one; the
   batches after resuming are those an uninterrupted run would draw.
+
+  With `validation_matrix` (a second release of the same embedding), every
+  checkpoint's synthetic embedding is compared with it; the closest state is
+  kept in `selection_dir` and returned instead of the last one, and every
+  distance is written to `selection_log` (JSON).
   """
   sampler = as_sampler(model)
   per_class = max(1, -(-config.batch_size // num_classes))  # round up to whole classes
-  target = ntk.matrix_to_embedding(jnp.asarray(target_matrix), features.template(num_classes))
+  template = features.template(num_classes)
+  target = ntk.matrix_to_embedding(jnp.asarray(target_matrix), template)
   optimizer = sampler.optimizer(make_optimizer(config))
   key_init, key_batches = jax.random.split(jax.random.key(seed))
   state = init_state(key_init, sampler, optimizer, config.latent_dim)
+  like = state
   checkpointer = None
   if checkpoint_dir is not None:
     checkpointer = Checkpointer(checkpoint_dir, every=config.checkpoint_every,
@@ -290,11 +354,47 @@ def train_to_match(features, model, target_matrix, *, num_classes: int, config: 
                             num_classes=num_classes, per_class=per_class,
                             latent_dim=config.latent_dim, base_key=key_batches,
                             loss_fn=loss_fn, mesh=mesh)
+  best, on_checkpoint = None, None
+  if validation_matrix is not None:
+    if selection_dir is None:
+      raise ValueError("a validation release needs a selection_dir for the best checkpoint")
+    best = BestCheckpoint(selection_dir)
+    distance = make_validation_distance(
+        sampler, features.synthetic_mean,
+        ntk.matrix_to_embedding(jnp.asarray(validation_matrix), template),
+        num_classes=num_classes, per_class=max(1, config.validation_samples // num_classes),
+        latent_dim=config.latent_dim, key=jax.random.fold_in(key_init, 1))
+
+    def on_checkpoint(s: TrainState) -> None:
+      d = float(distance(s))
+      best.offer(s, d)
+      if selection_log is not None:
+        _record_selection(selection_log, int(s.step), d, best.best_step())
+
   state = fit(step_fn, state, config, checkpointer=checkpointer, log_path=log_path,
-              progress=progress)
+              progress=progress, on_checkpoint=on_checkpoint)
   if checkpointer is not None:
     checkpointer.close()
+  if best is not None:
+    if best.best_step() is not None:
+      state = best.restore_best(like)
+      if progress:
+        tqdm.write(f"selected the checkpoint of step {int(state.step)} (closest to the "
+                   f"validation release)")
+    best.close()
   return state
+
+
+def _record_selection(path: str, step: int, distance: float, best_step: int | None) -> None:
+  """Adds one checkpoint's validation distance to the selection record (JSON)."""
+  record = {"metric": "squared distance between the synthetic embedding and the validation "
+                      "release", "distances": {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+  record["distances"][str(step)] = distance
+  record["selected_step"] = best_step
+  io_utils.write_json_atomic(path, record)
 
 
 def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
