@@ -275,6 +275,8 @@ def test_validation_release_is_charged_and_picks_the_closest_checkpoint(tiny_npz
   assert sorted(distances) == [2, 4, 6]
   assert selection["selected_step"] == min(distances, key=distances.get) < 6
   assert os.path.isdir(out / "best")
+  report = (out / "report.md").read_text()
+  assert f"step {selection['selected_step']}" in report and "validation_embedding" in report
 
   # Synthesis used the selected checkpoint: a run stopped at that step makes the same images.
   stopped = tmp_path / "stopped"

@@ -22,7 +22,8 @@ from vpntk_jax.io_utils import write_bytes_atomic
 from vpntk_jax.privacy.ledger import PrivacyLedger, read_ledger
 
 from vpntk_jax.run_files import (CONFIG, LOSS_PNG, METRICS, PRIVACY, PUBLIC, RELEASE,
-                                  REPORT_HTML, REPORT_MD, SAMPLES, SYNTHETIC, TRAIN_LOG)
+                                  REPORT_HTML, REPORT_MD, SAMPLES, SELECTION, SYNTHETIC,
+                                  TRAIN_LOG)
 
 # Expected files, in pipeline order, with what a reader loses when one is missing.
 EXPECTED_FILES = (
@@ -42,6 +43,7 @@ IMAGES = (
 CONFIG_KEYS = (
     "method", "data", "epsilon", "delta", "accountant", "adjacency", "noise_seed", "seed",
     "train.steps", "train.batch_size", "num_synthetic", "public_model",
+    "validation_noise_scale",
 )
 ADJACENCY_WORDS = {
     "replace_one": ("replace-one", "replacing any one of those examples with any other"),
@@ -312,6 +314,21 @@ def _load_config(run_dir: str) -> dict:
   return config
 
 
+def _selection(run_dir: str) -> str | None:
+  """One sentence on which checkpoint synthesis used, when a validation release chose it."""
+  path = os.path.join(run_dir, SELECTION)
+  try:
+    record = _read_json(path) if os.path.exists(path) else None
+  except (OSError, ValueError):
+    return f"{SELECTION} is unreadable: which checkpoint synthesis used is not known."
+  if not isinstance(record, dict) or not record.get("distances"):
+    return None
+  n = len(record["distances"])
+  return (f"Synthesis used the generator of step {record.get('selected_step')}: of {n} "
+          f"checkpoints, the one whose synthetic embedding is closest to the validation "
+          f"release (a charged release, listed under Privacy).")
+
+
 def build_report(run_dir: str) -> dict:
   """Reads a run directory into the report's sections (no files are written).
 
@@ -343,6 +360,7 @@ def build_report(run_dir: str) -> dict:
       "privacy": _privacy(run_dir, config, metrics),
       "images": [{"key": key, "file": name, "caption": caption, "present": exists(name)}
                  for key, name, caption in IMAGES],
+      "selection": _selection(run_dir),
       "metrics": _metrics(metrics, metrics_status, metrics_error),
       "config": {"rows": config_rows},
   }
@@ -438,6 +456,8 @@ def render_markdown(report: dict, run_dir: str) -> str:
       out += [f"![{img['caption']}]({link.replace(os.sep, '/')})", "", f"*{img['caption']}*", ""]
     else:
       out += [f"*{img['caption']}: `{img['file']}` is missing.*", ""]
+  if report.get("selection"):
+    out += [_md_text(report["selection"]), ""]
   out += ["## Metrics", ""]
   if metrics["status"] != "ok":
     out += [_md_text(_section_note(metrics["status"], metrics["error"], METRICS)), ""]
@@ -520,6 +540,8 @@ def render_html(report: dict, run_dir: str) -> str:
     else:
       out.append(f'<p class="missing">{_h(img["caption"])}: <code>{_h(img["file"])}</code> '
                  "is missing.</p>")
+  if report.get("selection"):
+    out.append(f"<p>{_h(report['selection'])}</p>")
   out.append("<h2>Metrics</h2>")
   if metrics["status"] != "ok":
     note = _section_note(metrics["status"], metrics["error"], METRICS)
