@@ -163,3 +163,10 @@ def test_save_loss_curve_without_usable_points(tmp_path):
   save_loss_curve(path, [0, 1], [0.0, -1.0])
   with Image.open(path) as pil:
     assert pil.size == (640, 400)
+
+
+def test_protocol_description_follows_the_classifier_settings(monkeypatch):
+  from vpntk_jax.evaluation import classifiers, protocol
+  assert "max_iter=5000" in protocol.protocol_description(6000, 10000, 10)
+  monkeypatch.setitem(classifiers.MLP_KWARGS, "max_iter", 123)
+  assert "max_iter=123" in protocol.protocol_description(6000, 10000, 10)

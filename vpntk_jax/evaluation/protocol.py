@@ -67,11 +67,12 @@ def _check_inputs(
 
 def protocol_description(train_size: int, test_size: int, cnn_epochs: int) -> str:
   """One-paragraph summary of the fixed protocol, stored next to the numbers."""
+  def call(name, kwargs):  # the settings the classifiers really get
+    return f"sklearn {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
   return (
     f"class-balanced subsample of {train_size} training images, pixels in [0,1]; "
-    f"logistic_regression: sklearn LogisticRegression(lbfgs, max_iter=5000) on flattened pixels; "
-    f"mlp: sklearn MLPClassifier(hidden=(100,), adam lr 1e-3, batch min(200, n), max_iter=500, "
-    f"no early stopping); "
+    f"logistic_regression: {call('LogisticRegression', sk.LOGISTIC_REGRESSION_KWARGS)} on "
+    f"flattened pixels; mlp: {call('MLPClassifier', sk.MLP_KWARGS)}; "
     f"cnn: conv3x3(32)-pool-conv3x3(64)-pool-dense(128), adam lr {LEARNING_RATE}, "
     f"batch {BATCH_SIZE}, fixed {cnn_epochs} epochs on {1 - CNN_VAL_FRACTION:.0%} of the subsample "
     f"(the rest only reported as synthetic_val_accuracy); "
