@@ -1,0 +1,55 @@
+"""The experiment configs load, validate and (CelebA, on tfds mock data) run end to end."""
+
+import dataclasses
+import importlib
+import json
+import os
+
+import pytest
+
+from vpntk_jax import public, training
+from vpntk_jax.config import RunConfig
+from vpntk_jax.pipeline import run_synthesis
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
+
+
+def _is_config_file(name: str) -> bool:
+  with open(os.path.join(EXPERIMENTS, name)) as f:
+    return "def get_config(" in f.read()
+
+
+CONFIGS = sorted(f[:-3] for f in os.listdir(EXPERIMENTS)
+                 if f.endswith(".py") and _is_config_file(f))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_experiment_config_is_a_valid_run_config(name):
+  config = importlib.import_module(f"experiments.{name}").get_config()
+  assert isinstance(config, RunConfig)
+  config.validate()
+
+
+def test_celeba_vpntk_config_runs_on_mock_tfds_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from experiments.celeba_vpntk import get_config
+  base = get_config()
+  assert (base.data, base.label_attribute, base.method) == ("tfds:celeb_a", "Male", "vp-ntk")
+  for size in (32, 64, 128):
+    assert get_config(size).image_size == size and str(size) in get_config(size).public_model
+  with tfds.testing.mock_data(num_examples=40):
+    pretrain = public.PretrainConfig(data="tfds:cifar10", image_size=32, extractor_epochs=1,
+                                     extractor_widths=(8, 16, 16), extractor_hidden=16,
+                                     ntk_layers=(32, "relu", "layernorm", 10),
+                                     train=training.TrainConfig(steps=2, batch_size=20))
+    public.pretrain(pretrain, str(tmp_path / "public"), quiet=True)
+    config = dataclasses.replace(
+        get_config(32), public_model=str(tmp_path / "public"), noise_seed=0,
+        ntk_layers=(32, "relu", "layernorm", 10), num_synthetic=40, eval_train_size=20,
+        classifiers=("logistic_regression",), delta=1e-3,
+        train=dataclasses.replace(base.train, steps=2, batch_size=10, checkpoint_every=2))
+    summary = run_synthesis(config, str(tmp_path / "run"), quiet=True)
+  assert summary["total_epsilon"] <= config.epsilon * (1 + 1e-6)
+  with open(tmp_path / "run" / "public.json") as f:
+    assert json.load(f)["public_data"].startswith("tfds:cifar10")
+  assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
