@@ -82,6 +82,7 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
   if config.method == "vp-ntk":
     models = public.load_public(config.public_model)
     public.check_compatible(models, image_shape)
+    public.require_generator(models)
     if config.train.latent_dim != models.latent_dim:
       raise ConfigError(f"train.latent_dim is {config.train.latent_dim}; the public generator "
                         f"takes {models.latent_dim}")

@@ -11,6 +11,11 @@ and saves them in a directory:
 public.json is written last, so a directory with it is complete. These models
 carry no guarantee about their own (public) training data; privacy concerns
 only the private data a later `vpntk synthesize --method vp-ntk` run releases.
+
+A directory may also hold an extractor only: torchvision's ImageNet VGG19
+converted by `python -m vpntk_jax.models.vgg` (public.json "extractor":
+{"kind": "vgg19", ...}, no "generator"). DP-MEPF uses it; vp-ntk, which
+prompts the public generator, refuses it (`require_generator`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
+from vpntk_jax.models.vgg import KIND as VGG19_KIND, VGG19Features
 
 PUBLIC_JSON = "public.json"
 MODELS = "models"
@@ -76,14 +82,18 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PublicModels:
-  """A public generator and extractor with their description (public.json)."""
+  """A public generator and extractor with their description (public.json).
+
+  Extractor-only directories (VGG19) have generator and generator_variables None.
+  """
   spec: dict
-  generator: ConvCondGenerator
-  generator_variables: dict
-  extractor: ConvExtractor
+  generator: ConvCondGenerator | None
+  generator_variables: dict | None
+  extractor: ConvExtractor | VGG19Features
   extractor_params: Any
   feature_mean: np.ndarray
   feature_std: np.ndarray
+  path: str | None = None  # where it was loaded from, for messages
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -95,6 +105,7 @@ class PublicModels:
 
   @property
   def latent_dim(self) -> int:
+    require_generator(self)
     return int(self.spec["generator"]["latent_dim"])
 
   def feature_map(self, network: ntk.NTKNetwork, seed: int) -> ExtractorNTKFeatureMap:
@@ -103,13 +114,29 @@ class PublicModels:
                                   seed=seed)
 
 
-def _modules(spec: dict) -> tuple[ConvCondGenerator, ConvExtractor]:
-  g, e = spec["generator"], spec["extractor"]
-  generator = ConvCondGenerator(num_classes=spec["num_classes"],
-                                image_shape=tuple(spec["image_shape"]), hidden=g["hidden"],
-                                channels=g["channels"])
-  extractor = ConvExtractor(num_classes=spec["num_classes"], widths=tuple(e["widths"]),
-                            hidden=e["hidden"])
+def require_generator(models: PublicModels) -> None:
+  """Raises ConfigError unless `models` has a generator (vp-ntk needs one)."""
+  if models.generator is None:
+    kind = models.spec.get("extractor", {}).get("kind", "an extractor")
+    raise ConfigError(f"{models.path or 'the public model directory'} has no public generator "
+                      f"(it holds a {kind} extractor only, usable by dp-mepf); vp-ntk needs one "
+                      f"made by `vpntk pretrain`")
+
+
+def _modules(spec: dict) -> tuple[ConvCondGenerator | None, ConvExtractor | VGG19Features]:
+  g, e = spec.get("generator"), spec["extractor"]
+  generator = None if g is None else ConvCondGenerator(
+      num_classes=spec["num_classes"], image_shape=tuple(spec["image_shape"]),
+      hidden=g["hidden"], channels=g["channels"])
+  kind = e.get("kind", "ConvExtractor")
+  if kind == "ConvExtractor":
+    extractor = ConvExtractor(num_classes=spec["num_classes"], widths=tuple(e["widths"]),
+                              hidden=e["hidden"])
+  elif kind == VGG19_KIND:
+    extractor = VGG19Features()
+  else:
+    raise ConfigError(f"unknown extractor kind {kind!r} in {PUBLIC_JSON}; expected "
+                      f"ConvExtractor or {VGG19_KIND}")
   return generator, extractor
 
 
@@ -117,21 +144,24 @@ def _abstract_tree(spec: dict) -> dict:
   """The checkpoint's pytree structure (shapes only) for the architectures in `spec`."""
   generator, extractor = _modules(spec)
   h, w, c = spec["image_shape"]
-  g = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((2, spec["generator"][
-      "latent_dim"])), jnp.zeros((2,), jnp.int32), train=False))
   e = jax.eval_shape(lambda: extractor.init(jax.random.key(0), jnp.zeros((2, h, w, c))))
   f = extractor.feature_dim(h)
   stats = jax.ShapeDtypeStruct((f,), jnp.float32)
-  return {"generator": {"params": g["params"], "batch_stats": g["batch_stats"]},
-          "extractor": {"params": e["params"]}, "feature_mean": stats, "feature_std": stats}
+  tree = {"extractor": {"params": e["params"]}, "feature_mean": stats, "feature_std": stats}
+  if generator is not None:
+    g = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((2, spec["generator"][
+        "latent_dim"])), jnp.zeros((2,), jnp.int32), train=False))
+    tree["generator"] = {"params": g["params"], "batch_stats": g["batch_stats"]}
+  return tree
 
 
 def save_public(models: PublicModels, out: str) -> None:
   """Writes models/ then public.json into `out` (which must not hold models yet)."""
-  tree = {"generator": models.generator_variables,
-          "extractor": {"params": models.extractor_params},
+  tree = {"extractor": {"params": models.extractor_params},
           "feature_mean": jnp.asarray(models.feature_mean, jnp.float32),
           "feature_std": jnp.asarray(models.feature_std, jnp.float32)}
+  if models.generator_variables is not None:
+    tree["generator"] = models.generator_variables
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.abspath(os.path.join(out, MODELS)), tree)
   io_utils.write_json_atomic(os.path.join(out, PUBLIC_JSON), models.spec)
@@ -161,13 +191,16 @@ def _load_public(path: str, mtime: float) -> PublicModels:
     with ocp.StandardCheckpointer() as checkpointer:
       tree = checkpointer.restore(os.path.abspath(os.path.join(path, MODELS)),
                                   _abstract_tree(spec))
+  except ConfigError:
+    raise
   except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
     raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the architecture and "
                       f"resolution in its {PUBLIC_JSON} ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
   generator, extractor = _modules(spec)
-  return PublicModels(spec, generator, tree["generator"], extractor, tree["extractor"]["params"],
-                      np.asarray(tree["feature_mean"]), np.asarray(tree["feature_std"]))
+  return PublicModels(spec, generator, tree.get("generator"), extractor,
+                      tree["extractor"]["params"], np.asarray(tree["feature_mean"]),
+                      np.asarray(tree["feature_std"]), path=path)
 
 
 def check_compatible(models: PublicModels, image_shape: tuple[int, int, int]) -> None:
@@ -209,11 +242,13 @@ def _say(msg: str, quiet: bool) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _feature_statistics(extractor, params, images: np.ndarray, shape) -> tuple[np.ndarray, ...]:
-  raw = ExtractorNTKFeatureMap(extractor, params, np.zeros((extractor.feature_dim(shape[0]),),
-                                                           np.float32),
-                               np.ones((extractor.feature_dim(shape[0]),), np.float32),
-                               shape, ntk.NTKNetwork((1,))).extract(images)
+def feature_statistics(extractor, params, images: np.ndarray, shape, *,
+                       chunk_size: int = 1024) -> tuple[np.ndarray, ...]:
+  """Mean and std of the extractor's pooled features on (public) uint8 images."""
+  f = extractor.feature_dim(shape[0])
+  raw = ExtractorNTKFeatureMap(extractor, params, np.zeros((f,), np.float32),
+                               np.ones((f,), np.float32), shape, ntk.NTKNetwork((1,)),
+                               chunk_size=chunk_size).extract(images)
   return raw.mean(0), raw.std(0)
 
 
@@ -250,7 +285,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
     pred = predict_cnn(extractor_params, test.images, num_classes=num_classes, model=extractor)
     accuracy = float(np.mean(pred == test.labels))
     _say(f"extractor accuracy on {test.name}: {accuracy:.3f}", quiet)
-  mean, std = _feature_statistics(extractor, extractor_params, data.images, shape)
+  mean, std = feature_statistics(extractor, extractor_params, data.images, shape)
 
   # The generator: DP-NTK on the public pixels with the exact (noise-free) embedding.
   pixel_features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers)),

@@ -23,6 +23,9 @@ import numpy as np
 from vpntk_jax.features import labelled, ntk
 
 
+MAX_CHUNK_FLOATS = 2**26  # 256 MB of float32 features per chunk
+
+
 @functools.lru_cache(maxsize=4)
 def _moment_fn(extractor, image_shape: tuple, weight: float):
   """Hashable (params, images uint8 or [0, 1]) -> (N, 2F) stacked moments."""
@@ -43,7 +46,9 @@ class PerceptualFeatureMap:
   extractor_params: Any
   image_shape: tuple[int, int, int]
   second_moment_weight: float = 1.0
-  chunk_size: int = 1024
+  # Rows per private chunk; None: as many as keep one chunk's features near
+  # MAX_CHUNK_FLOATS (VGG19's 606k-wide features would need 2.5 GB at 1024 rows).
+  chunk_size: int | None = None
 
   @property
   def norm_bound(self) -> float:
@@ -56,8 +61,10 @@ class PerceptualFeatureMap:
   def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
                   progress: Callable[[int], None] | None = None, mesh=None) -> dict:
     del mesh
+    chunk_size = self.chunk_size or int(np.clip(
+        MAX_CHUNK_FLOATS // self.template(1)["mepf"].shape[0], 16, 1024))
     total = labelled.labelled_feature_sum(self._fn, self.extractor_params, images, labels,
-                                          num_classes, chunk_size=self.chunk_size,
+                                          num_classes, chunk_size=chunk_size,
                                           progress=progress)
     return {"mepf": jnp.asarray(total, jnp.float32)}
 
