@@ -35,10 +35,11 @@ def method_config(method: str):
   return importlib.import_module(f"experiments.fashion_{method.replace('-', '')}").get_config()
 
 
-def run_name(method: str, eps: float, seed: int) -> str:
+def run_name(method: str, eps: float, seed: int, steps: int | None = None) -> str:
   # DP-NTK keeps its original names so earlier runs and results stay valid.
   prefix = "" if method == "dp-ntk" else f"{method}_"
-  return f"{prefix}eps{eps:g}_seed{seed}"
+  suffix = "" if steps is None else f"_steps{steps}"
+  return f"{prefix}eps{eps:g}_seed{seed}{suffix}"
 
 
 def main():
@@ -46,6 +47,9 @@ def main():
   parser.add_argument("--methods", nargs="+", choices=METHODS, default=["dp-ntk"])
   parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0, 0.2])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--steps", type=int, default=None,
+                      help="generator steps (default: the config's, 2000); recorded, and named "
+                           "in the run directory")
   parser.add_argument("--out", default="runs/table")
   parser.add_argument("--public-model", default=None,
                       help="public models for DP-MEPF (default: pretrain into public/mnist28)")
@@ -56,13 +60,17 @@ def main():
       base = dataclasses.replace(base, public_model=args.public_model or pretrained(base))
     for eps in args.epsilons:
       for seed in args.seeds:
-        name = run_name(method, eps, seed)
+        name = run_name(method, eps, seed, args.steps)
         out = os.path.join(args.out, name)
         config = dataclasses.replace(base, epsilon=eps, seed=seed, noise_seed=seed)
+        if args.steps is not None:
+          config = dataclasses.replace(
+              config, train=dataclasses.replace(config.train, steps=args.steps))
         resume = os.path.exists(os.path.join(out, "release.npz"))
         summary = run_synthesis(config, out, resume=resume, quiet=True)
         merge_result(results_path(method), name,
-                     {"method": method, "epsilon": eps, "seed": seed, **summary})
+                     {"method": method, "epsilon": eps, "seed": seed,
+                      "steps": config.train.steps, **summary})
         print(method, name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table({m: read_results(results_path(m)) for m in METHODS}))
 
@@ -76,17 +84,19 @@ def pretrained(config) -> str:
 
 
 def markdown_table(results_by_method: dict) -> str:
-  rows = ["| method | epsilon | seeds | logistic regression | MLP | CNN | seconds per run |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
+  rows = ["| method | epsilon | steps | seeds | logistic regression | MLP | CNN | seconds per run |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for method, results in results_by_method.items():
-    for eps in sorted({r["epsilon"] for r in results.values()}):
-      runs = [r for r in results.values() if r["epsilon"] == eps]
+    for eps, steps in sorted({(r["epsilon"], r.get("steps", 2000)) for r in results.values()}):
+      runs = [r for r in results.values()
+              if (r["epsilon"], r.get("steps", 2000)) == (eps, steps)]
       cells = []
       for clf in ("logistic_regression", "mlp", "cnn"):
         acc = np.array([r["accuracy"][clf] for r in runs])
         cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}")
       secs = np.mean([r["seconds"] for r in runs])
-      rows.append(f"| {method} | {eps:g} | {len(runs)} | {' | '.join(cells)} | {secs:.0f} |")
+      rows.append(f"| {method} | {eps:g} | {steps} | {len(runs)} | {' | '.join(cells)} | "
+                  f"{secs:.0f} |")
   return "\n".join(rows)
 
 
