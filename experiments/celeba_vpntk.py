@@ -18,7 +18,7 @@ from vpntk_jax.models.prompt import PromptConfig
 def get_config(image_size: int = 64) -> RunConfig:
   return RunConfig(method="vp-ntk", data="tfds:celeb_a", download=True,
                    label_attribute="Male", image_size=image_size, epsilon=1.0, delta=1e-6,
-                   public_model=f"public/cifar10_{image_size}", loss="mmd+cosine",
+                   public_model=f"public/cifar10_{image_size}",
                    # The sklearn MLP is slow on 64x64x3 pixels; LR and the CNN are not.
                    classifiers=("logistic_regression", "cnn"),
                    # Two private classes, ten public ones: the map is learned.
