@@ -93,7 +93,7 @@ def markdown_table(results_by_method: dict) -> str:
       cells = []
       for clf in ("logistic_regression", "mlp", "cnn"):
         acc = np.array([r["accuracy"][clf] for r in runs])
-        cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}")
+        cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}" if len(acc) > 1 else f"{acc[0]:.3f}")
       secs = np.mean([r["seconds"] for r in runs])
       rows.append(f"| {method} | {eps:g} | {steps} | {len(runs)} | {' | '.join(cells)} | "
                   f"{secs:.0f} |")
