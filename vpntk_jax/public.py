@@ -258,6 +258,26 @@ def feature_scale(std: np.ndarray) -> np.ndarray:
   return np.maximum(std, RELATIVE_STD_FLOOR * float(np.median(std)) + 1e-12).astype(np.float32)
 
 
+def open_staging(out: str, *, force: bool) -> str:
+  """A fresh `out`.partial to build public models in; refuses a non-empty `out`
+  unless `force`, before anything is written."""
+  if os.path.exists(out) and os.listdir(out) and not force:
+    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
+                      f"--out")
+  staging = out.rstrip("/") + ".partial"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  return staging
+
+
+def publish(models: PublicModels, staging: str, out: str) -> None:
+  """Saves `models` in `staging` and swaps it in as `out` (a failure leaves `out` as it was)."""
+  save_public(models, staging)
+  if os.path.exists(out):
+    shutil.rmtree(out)
+  os.replace(staging, out)
+
+
 def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
              quiet: bool = False) -> PublicModels:
   """Trains the public extractor and generator and saves them in `out`."""
@@ -266,12 +286,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
     test = load_public_data(config, "test")
   except DataError:
     test = None  # accuracy is reported only where a test split exists
-  if os.path.exists(out) and os.listdir(out) and not force:
-    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
-                      f"--out")
-  staging = out.rstrip("/") + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
+  staging = open_staging(out, force=force)
   t0 = time.perf_counter()
   shape, num_classes = data.image_shape, data.num_classes
   key = jax.random.key(config.seed)
@@ -316,9 +331,6 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   models = PublicModels(spec, generator, {"params": state.params,
                                           "batch_stats": state.model_state},
                         extractor, extractor_params, mean, std)
-  save_public(models, staging)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.replace(staging, out)
+  publish(models, staging, out)
   _say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
   return models

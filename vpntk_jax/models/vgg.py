@@ -45,7 +45,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Any, Mapping
@@ -239,13 +238,10 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
   """
   from vpntk_jax import public  # pylint: disable=g-import-not-at-top  (public imports this module)
   from vpntk_jax.data import resize_dataset  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.errors import RunDirError  # pylint: disable=g-import-not-at-top
 
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}")
-  if os.path.exists(out) and os.listdir(out) and not force:
-    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
-                      f"--out")
+  staging = public.open_staging(out, force=force)
   t0 = time.perf_counter()
   shape = (int(image_size), int(image_size), int(channels))
   extractor = VGG19Features()
@@ -274,14 +270,8 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
       "privacy": "public data only (ImageNet weights; public images for the feature "
                  "statistics): no privacy cost, no guarantee for the public data",
   }
-  models = public.PublicModels(spec, None, None, extractor, params, mean, std)
-  staging = out.rstrip("/") + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  public.save_public(models, staging)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.replace(staging, out)
+  public.publish(public.PublicModels(spec, None, None, extractor, params, mean, std),
+                 staging, out)
   if not quiet:
     print(f"VGG19 public extractor saved in {out}", file=sys.stderr)
   return public.load_public(out)
