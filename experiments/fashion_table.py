@@ -80,7 +80,7 @@ def pretrained(config) -> str:
   from experiments.vpntk_table import public_models  # pylint: disable=import-outside-toplevel
   root, name = os.path.split(config.public_model)
   size = int(name.removeprefix("mnist"))
-  return public_models(size, steps=2000, batch_size=500, extractor_epochs=10, root=root)
+  return public_models(size, root=root)
 
 
 def markdown_table(results_by_method: dict) -> str:

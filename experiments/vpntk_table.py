@@ -30,8 +30,8 @@ VARIANTS = {
 }
 
 
-def public_models(size: int, steps: int, batch_size: int, extractor_epochs: int,
-                  root: str = "public") -> str:
+def public_models(size: int, steps: int = 2000, batch_size: int = 500,
+                  extractor_epochs: int = 10, root: str = "public") -> str:
   """Public models at `size`, pretrained once (reused when public/mnistSIZE exists)."""
   out = os.path.join(root, f"mnist{size}")
   if not os.path.exists(os.path.join(out, public.PUBLIC_JSON)):
