@@ -42,6 +42,17 @@ def test_private_sum_and_synthetic_mean_agree_with_direct_computation():
   np.testing.assert_allclose(fmap.synthetic_mean(grouped)["rff"], direct / 12, atol=1e-6)
 
 
+def test_frequencies_are_drawn_once_and_concretely_even_when_first_needed_in_a_trace():
+  from vpntk_jax.features import rff
+  rff._frequencies.cache_clear()
+  fmap = RFFFeatureMap(input_dim=12, num_features=64, seed=3)
+  jax.jit(fmap.synthetic_mean)(jnp.zeros((2, 3, 12)))  # first use inside jit, as on resume
+  w = fmap.frequencies
+  assert w is fmap.frequencies  # cached: a jitted step closes over one constant
+  direct = jax.random.normal(jax.random.key(3), (12, 32)) / fmap.bandwidth
+  np.testing.assert_array_equal(np.asarray(w), direct)  # a leaked tracer would raise here
+
+
 def test_median_heuristic_is_positive_and_scale_aware():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (50, 4, 4, 1), np.uint8)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from vpntk_jax.features import ntk
+from vpntk_jax.features.public_params import public_constant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +46,6 @@ class NTKFeatureMap:
             "num_params": ntk.num_params(self.params)}
 
 
-_PARAM_CACHE: dict = {}
-
-
+@public_constant
 def _cached_params(network: ntk.NTKNetwork, input_dim: int, seed: int) -> ntk.Params:
-  key = (network, input_dim, seed)
-  if key not in _PARAM_CACHE:
-    _PARAM_CACHE.clear()  # one network at a time is all a run needs
-    _PARAM_CACHE[key] = ntk.init_params(jax.random.key(seed), network, input_dim)
-  return _PARAM_CACHE[key]
+  return ntk.init_params(jax.random.key(seed), network, input_dim)

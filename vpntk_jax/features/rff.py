@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vpntk_jax.features import labelled, ntk
+from vpntk_jax.features.public_params import public_constant
 
 # DP-MERF's FashionMNIST setting, read as a kernel length scale on [0, 1]
 # pixels: sqrt(127) ~ 11.3, close to the typical distance between images.
@@ -43,6 +44,11 @@ def _rff_of_images(frequencies: jax.Array, images: jax.Array) -> jax.Array:
   return rff_features(frequencies, ntk.flatten_images(images))
 
 
+@public_constant
+def _frequencies(input_dim: int, num_features: int, bandwidth: float, seed: int) -> jax.Array:
+  return jax.random.normal(jax.random.key(seed), (input_dim, num_features // 2)) / bandwidth
+
+
 @dataclasses.dataclass(frozen=True)
 class RFFFeatureMap:
   """DP-MERF's feature map. Frequencies are public: drawn from `seed`."""
@@ -61,8 +67,7 @@ class RFFFeatureMap:
 
   @property
   def frequencies(self) -> jax.Array:
-    key = jax.random.key(self.seed)
-    return jax.random.normal(key, (self.input_dim, self.num_features // 2)) / self.bandwidth
+    return _frequencies(self.input_dim, self.num_features, self.bandwidth, self.seed)
 
   def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
                   progress: Callable[[int], None] | None = None, mesh=None) -> dict:
