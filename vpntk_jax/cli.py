@@ -72,7 +72,14 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--cnn-epochs", type=int, help=f"CNN epochs (default {d.cnn_epochs})")
   s.add_argument("--classifiers", type=lambda v: tuple(x for x in v.split(",") if x),
                  help="comma-separated subset of logistic_regression,mlp,cnn")
-  s.add_argument("--devices", type=int, help="data-parallel local devices (default: all)")
+  s.add_argument("--devices", type=int, help="data-parallel devices (default: all)")
+  s.add_argument("--distributed", action="store_true",
+                 help="multi-host job: run the same command on every host (JAX finds the job "
+                      "on TPU pods, SLURM, Open MPI; elsewhere add the three options below). "
+                      "--out must be storage all hosts share")
+  s.add_argument("--coordinator-address", metavar="HOST:PORT", help="multi-host: process 0's address")
+  s.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+  s.add_argument("--process-id", type=int, help="multi-host: this process's index")
   s.add_argument("--image-size", type=int, help="resize private and test images to N x N (default: as stored)")
   s.add_argument("--public-model", help="vp-ntk: directory made by `vpntk pretrain`")
   s.add_argument("--vp-features", choices=("extractor", "pixels"), help="vp-ntk: NTK features on the public extractor (default) or on pixels")
@@ -134,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
 def _synthesize(args, dotted: dict) -> dict:
   from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+  manual = (args.coordinator_address, args.num_processes, args.process_id)
+  if args.distributed or any(a is not None for a in manual):
+    from vpntk_jax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize(*manual)
   overrides = {field: getattr(args, opt) for opt, field in _CONFIG_OPTIONS.items()}
   overrides.update(dotted)
   if args.resume:
@@ -181,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "synthesize":
       summary = _synthesize(args, dotted)
       print(json.dumps(summary, indent=2))
-      print(f"outputs in {summary['run_dir']}: report.html, samples.png, synthetic.npz, "
-            f"privacy.json, metrics.json", file=sys.stderr)
+      if "process_index" in summary:
+        print(f"process {summary['process_index']} done; the primary process writes the "
+              f"outputs", file=sys.stderr)
+      else:
+        print(f"outputs in {summary['run_dir']}: report.html, samples.png, synthetic.npz, "
+              f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       print(json.dumps(pipeline.evaluate_run(args.run_dir, quiet=args.quiet), indent=2))

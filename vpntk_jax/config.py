@@ -70,7 +70,8 @@ class RunConfig:
   # VP-NTK's alpha in ||mu_p - mu_s||^2 + alpha * (1 - cos(mu_p, mu_s)).
   loss: str | None = None
   cosine_weight: float = 1.0
-  # Data-parallel devices (None: all local devices). Changes only float rounding.
+  # Data-parallel devices (None: all, of every host in a multi-host job).
+  # Changes only float rounding.
   devices: int | None = None
   # Generator training (post-processing of the release).
   train: TrainConfig = TrainConfig()

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vpntk_jax import config as config_lib
+from vpntk_jax import distributed
 from vpntk_jax import io_utils
 from vpntk_jax import public
 from vpntk_jax import report
@@ -107,8 +108,11 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
 
 
 def device_mesh(config: RunConfig):
-  """A data mesh when more than one device is used, else None (plain jit)."""
-  n = len(jax.local_devices()) if config.devices is None else config.devices
+  """A data mesh when more than one device is used, else None (plain jit).
+
+  In a multi-host job it spans the devices of every process.
+  """
+  n = jax.device_count() if config.devices is None else config.devices
   return sharding.data_mesh(n) if n > 1 else None
 
 
@@ -145,6 +149,10 @@ class RunDir:
 
 def _is_nonempty_dir(path: str) -> bool:
   return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def _staging_path(out: str) -> str:
+  return out.rstrip("/") + ".partial"
 
 
 def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
@@ -192,7 +200,7 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
           f"draws fresh noise on the private data, which costs privacy again: the new ledger "
           f"will charge both releases. Add --new-release to accept that, or use --resume to "
           f"reuse the existing release.")
-  staging = out.rstrip("/") + ".partial"
+  staging = _staging_path(out)
   if os.path.exists(staging):
     shutil.rmtree(staging)
   os.makedirs(staging)
@@ -348,15 +356,16 @@ def train_generator(features, sampler, release: dict[str, np.ndarray], num_class
   records the choice), else the last state.
   """
   loss = training.embedding_loss(config.resolved_loss(), config.cosine_weight)
+  primary = distributed.is_primary()  # the others write only their part of the checkpoints
   return training.train_to_match(features, sampler, release["embedding"],
                                  num_classes=num_classes,
                                  validation_matrix=release.get("validation_embedding"),
                                  selection_dir=run.file(SELECTION_CHECKPOINTS),
-                                 selection_log=run.file(SELECTION),
+                                 selection_log=run.file(SELECTION) if primary else None,
                                  config=config.train, seed=config.seed, loss_fn=loss,
                                  checkpoint_dir=run.file(CHECKPOINTS),
-                                 log_path=run.file(TRAIN_LOG), mesh=device_mesh(config),
-                                 progress=not quiet)
+                                 log_path=run.file(TRAIN_LOG) if primary else None,
+                                 mesh=device_mesh(config), progress=not quiet)
 
 
 def synthesize(sampler, state, num_classes: int, config: RunConfig, run: RunDir, *,
@@ -446,33 +455,48 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   features, sampler = build_method(config, private.image_shape, private.num_classes)
   public_spec = (check_public_models(config, private)
                  if config.method in config_lib.PUBLIC_METHODS else None)
-  run, config, prior = open_run_dir(out, config, resume=resume, force=force,
-                                    new_release=new_release)
+  quiet = quiet or not distributed.is_primary()
+
+  def open_and_record() -> tuple[RunDir, PrivacyLedger | None]:
+    run, _, prior = open_run_dir(out, config, resume=resume, force=force,
+                                 new_release=new_release)
+    io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
+    if public_spec is not None:
+      io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
+    if reuse_release is not None:
+      write_ledger(run.file(PRIVACY), read_ledger(os.path.join(reuse_release, PRIVACY)))
+      shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
+      _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
+    return run, prior
+
   t0 = time.perf_counter()
-  io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
-  if public_spec is not None:
-    io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
-  if reuse_release is not None:
-    write_ledger(run.file(PRIVACY), read_ledger(os.path.join(reuse_release, PRIVACY)))
-    shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
-    _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
+  # Only the primary process touches the directory; the others learn where it
+  # builds the run (in place or in staging) and whether it resumes.
+  opened = distributed.on_primary(open_and_record, "open the run directory")
+  run, prior = opened if opened is not None else (None, None)
+  staged, resumed = distributed.broadcast(np.asarray(
+      [run.work != run.path, run.resumed] if run is not None else [0, 0], np.int32))
+  if run is None:
+    run = RunDir(out, _staging_path(out) if staged else out, resumed=bool(resumed))
   if run.resumed or reuse_release is not None:
     release = load_release(run.file(RELEASE), config)
     ledger = read_ledger(run.file(PRIVACY))
     _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
   else:
+    # Every process sums its share of the private data; the primary's noisy
+    # release is the one stored and (broadcast below) the one all train on.
     release, ledger = release_embedding(features, private, config, prior=prior, quiet=quiet)
-    # Ledger first: a crash in between leaves a charged release that is
-    # missing (conservative), never a stored release that is not charged.
-    write_ledger(run.file(PRIVACY), ledger)
-    io_utils.save_npz_atomic(run.file(RELEASE), **release)
-    if not ledger.within_budget():
-      _say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
-           f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "
-           f"{config.epsilon}", quiet=False)
+    distributed.on_primary(lambda: _store_release(run, release, ledger, config, quiet),
+                           "store the release")
+  release = distributed.broadcast(release)
   del private  # nothing after this point sees private data
   state = train_generator(features, sampler, release, test.num_classes, config, run,
                           quiet=quiet)
+  distributed.barrier("trained")  # every process has closed its checkpoints
+  if not distributed.is_primary():
+    return {"run_dir": run.path, "process_index": jax.process_index()}
+  if distributed.is_multi_process():
+    state = jax.device_get(state)  # synthesis runs on the primary's devices only
   _save_loss_curve(run)
   images, labels = synthesize(sampler, state, test.num_classes, config, run, quiet=quiet)
   metrics = evaluate(images, labels, test, config, run, quiet=quiet)
@@ -482,6 +506,18 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
              "total_epsilon": ledger.total_epsilon(), "accuracy": metrics["accuracy"],
              "seconds": round(time.perf_counter() - t0, 1)}
   return summary
+
+
+def _store_release(run: RunDir, release: dict[str, np.ndarray], ledger: PrivacyLedger,
+                   config: RunConfig, quiet: bool) -> None:
+  # Ledger first: a crash in between leaves a charged release that is missing
+  # (conservative), never a stored release that is not charged.
+  write_ledger(run.file(PRIVACY), ledger)
+  io_utils.save_npz_atomic(run.file(RELEASE), **release)
+  if not ledger.within_budget():
+    _say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
+         f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "
+         f"{config.epsilon}", quiet=False)
 
 
 def resume_config(out: str, overrides: dict) -> RunConfig:

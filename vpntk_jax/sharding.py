@@ -1,4 +1,4 @@
-"""Data parallelism over local devices: one mesh axis, "data".
+"""Data parallelism over all devices (of every host): one mesh axis, "data".
 
 Private embeddings shard each chunk's rows over the devices and sum the
 per-device class sums with `psum` inside `jax.shard_map`. Generator steps
@@ -15,12 +15,18 @@ DATA_AXIS = "data"
 
 
 def data_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` local devices (all when None)."""
-  devices = jax.local_devices()
+  """A 1-D mesh over the first `num_devices` devices (all when None).
+
+  In a multi-host job (`vpntk_jax.distributed`) it must span every process's devices.
+  """
+  devices = jax.devices()
   n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(f"asked for {n} devices, {len(devices)} available "
                      f"({devices[0].platform})")
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"a multi-host job uses all {len(devices)} devices of its "
+                     f"{jax.process_count()} processes; asked for {n}")
   # Auto axes: XLA partitions whatever is not in a shard_map (the generator).
   return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:n])

@@ -201,6 +201,10 @@ def replicate(tree, mesh):
   if mesh is None:
     return tree
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    # Across hosts, device_put cannot move device arrays (a restored checkpoint);
+    # every process holds the same values, so each places its own host copy.
+    tree = jax.tree.map(np.asarray, tree)
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
