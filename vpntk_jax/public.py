@@ -189,8 +189,12 @@ def _load_public(path: str, mtime: float) -> PublicModels:
     raise ConfigError(f"{spec_path}: format {spec.get('format')!r}, expected {FORMAT!r}")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.restore(os.path.abspath(os.path.join(path, MODELS)),
-                                  _abstract_tree(spec))
+      directory = os.path.abspath(os.path.join(path, MODELS))
+      abstract = _abstract_tree(spec)
+      # Compared before restoring: a refused restore leaves Orbax's reader threads behind.
+      _check_shapes(_shapes(getattr(checkpointer.metadata(directory), "item_metadata", None)),
+                    _shapes(abstract))
+      tree = checkpointer.restore(directory, abstract)
   except ConfigError:
     raise
   except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
@@ -201,6 +205,19 @@ def _load_public(path: str, mtime: float) -> PublicModels:
   return PublicModels(spec, generator, tree.get("generator"), extractor,
                       tree["extractor"]["params"], np.asarray(tree["feature_mean"]),
                       np.asarray(tree["feature_std"]), path=path)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {jax.tree_util.keystr(k): tuple(leaf.shape)
+          for k, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_shapes(stored: dict[str, tuple], expected: dict[str, tuple]) -> None:
+  differ = sorted(k for k in stored.keys() | expected.keys() if stored.get(k) != expected.get(k))
+  if differ:
+    k = differ[0]
+    raise ValueError(f"{len(differ)} arrays differ, first {k}: stored {stored.get(k)}, "
+                     f"expected {expected.get(k)}")
 
 
 def check_compatible(models: PublicModels, image_shape: tuple[int, int, int]) -> None:
