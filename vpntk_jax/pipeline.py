@@ -157,11 +157,11 @@ def _staging_path(out: str) -> str:
 
 def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
                  new_release: bool = False
-                 ) -> tuple[RunDir, RunConfig, PrivacyLedger | None]:
+                 ) -> tuple[RunDir, PrivacyLedger | None]:
   """Decides how to use `out`. Creates directories only once that is settled.
 
-  Returns the run dir, the config to use (the stored one when resuming, with
-  its allowed changes), and the ledger of a run being replaced (its releases
+  When resuming, `config` must equal the stored one up to its allowed changes.
+  Returns the run dir and the ledger of a run being replaced (its releases
   stay charged).
   """
   if resume and force:
@@ -172,7 +172,7 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
     if resume:
       raise RunDirError(f"nothing to resume: {out} does not exist or is empty")
     os.makedirs(out, exist_ok=True)
-    return RunDir(out, out), config, None
+    return RunDir(out, out), None
   if resume:
     stored = _load_config(out)
     changed = [k for k in config_lib.diff(stored, config)
@@ -186,7 +186,7 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
       raise RunDirError(
           f"{out} has no complete private release (release.npz + privacy.json) to resume "
           f"from; use --force to start it over (its ledger, if any, stays charged).")
-    return RunDir(out, out, resumed=True), config, None
+    return RunDir(out, out, resumed=True), None
   if not force:
     raise RunDirError(
         f"{out} exists and is not empty. Use --resume to continue that run (reusing its "
@@ -204,7 +204,7 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
   if os.path.exists(staging):
     shutil.rmtree(staging)
   os.makedirs(staging)
-  return RunDir(out, staging), config, prior
+  return RunDir(out, staging), prior
 
 
 def _load_config(run_path: str) -> RunConfig:
@@ -458,8 +458,8 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   quiet = quiet or not distributed.is_primary()
 
   def open_and_record() -> tuple[RunDir, PrivacyLedger | None]:
-    run, _, prior = open_run_dir(out, config, resume=resume, force=force,
-                                 new_release=new_release)
+    run, prior = open_run_dir(out, config, resume=resume, force=force,
+                              new_release=new_release)
     io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
     if public_spec is not None:
       io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
