@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from benchmarks.ntk_embedding import _time
 from vpntk_jax import training
-from vpntk_jax.features import NTKFeatureMap, RFFFeatureMap
+from vpntk_jax.features import NTKFeatureMap, RFFFeatureMap, rff
 from vpntk_jax.features.perceptual import PerceptualFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
@@ -39,8 +39,7 @@ class _RedrawnRFF(RFFFeatureMap):
 
   @property
   def frequencies(self) -> jax.Array:
-    key = jax.random.key(self.seed)
-    return jax.random.normal(key, (self.input_dim, self.num_features // 2)) / self.bandwidth
+    return rff.draw_frequencies(self.input_dim, self.num_features, self.bandwidth, self.seed)
 
 
 def feature_maps() -> dict:

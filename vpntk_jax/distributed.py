@@ -3,8 +3,9 @@
 Every process runs the same command on the same data. The private embedding
 and the generator steps are data-parallel over the devices of all processes
 (`sharding.data_mesh` spans them); the primary process (index 0) alone decides
-about the run directory, draws the noise and writes files, and broadcasts what
-the others need, so every host trains on the exact release that was stored.
+about the run directory, draws the noise and writes files; the others learn
+its decisions by broadcast and read the release it stored, so every host
+trains on the exact bytes that were stored.
 Orbax checkpoints are collective: the run directory must be on storage every
 host sees (a shared file system, or a bucket mounted at the same path).
 """

@@ -254,15 +254,37 @@ def check_public_models(config: RunConfig, private: ImageDataset) -> dict:
                   "needing, the privacy guarantee"}
 
 
+def private_mean_embedding(features, private: ImageDataset, config: RunConfig, *,
+                           quiet: bool = False) -> jax.Array:
+  """The exact (P, C) labelled mean embedding of the private set. Never stored.
+
+  In a multi-host job every process takes part (each sums its share).
+  """
+  m = len(private.labels)
+  bar = tqdm(total=m, desc="private embedding", disable=quiet, dynamic_ncols=True)
+  done = [0]
+
+  def progress(n):
+    bar.update(n - done[0])
+    done[0] = n
+
+  total = features.private_sum(private.images, private.labels, private.num_classes,
+                               progress=progress, mesh=device_mesh(config))
+  bar.close()
+  return ntk.embedding_to_matrix(total) / m
+
+
 def release_embedding(features, private: ImageDataset, config: RunConfig, *,
-                      prior: PrivacyLedger | None = None, quiet: bool = False
+                      prior: PrivacyLedger | None = None, quiet: bool = False,
+                      mean: jax.Array | None = None
                       ) -> tuple[dict[str, np.ndarray], PrivacyLedger]:
-  """Computes the labelled mean embedding and releases it once (Gaussian mechanism).
+  """Releases the labelled mean embedding once (Gaussian mechanism).
 
   Returns the release.npz arrays, {"embedding": noisy (P, C) matrix} plus
   "validation_embedding" (a second, noisier release of the same mean) when
   `config.validation_noise_scale` is set, and the ledger with them added. With
   a validation release the noise of both is calibrated for their composition.
+  `mean`: the `private_mean_embedding` when already computed.
   """
   m = len(private.labels)
   sensitivity = accounting.mean_embedding_sensitivity(m, config.adjacency,
@@ -272,18 +294,9 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
     scales[VALIDATION_RELEASE_NAME] = float(config.validation_noise_scale)
   sigmas = dict(zip(scales, accounting.calibrate_composition(
       config.epsilon, config.delta, list(scales.values()), accountant=config.accountant)))
-  bar = tqdm(total=m, desc="private embedding", disable=quiet, dynamic_ncols=True)
-  done = [0]
-
-  def progress(n):
-    bar.update(n - done[0])
-    done[0] = n
-
   t0 = time.perf_counter()
-  total = features.private_sum(private.images, private.labels, private.num_classes,
-                               progress=progress, mesh=device_mesh(config))
-  bar.close()
-  mean = ntk.embedding_to_matrix(total) / m
+  if mean is None:
+    mean = private_mean_embedding(features, private, config, quiet=quiet)
   for warning in release_warnings(np.asarray(mean), private, config,
                                   sensitivity * sigmas[RELEASE_NAME]):
     _say(f"WARNING: {warning}", quiet=False)
@@ -479,16 +492,21 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   if run is None:
     run = RunDir(out, _staging_path(out) if staged else out, resumed=bool(resumed))
   if run.resumed or reuse_release is not None:
-    release = load_release(run.file(RELEASE), config)
-    ledger = read_ledger(run.file(PRIVACY))
     _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
   else:
-    # Every process sums its share of the private data; the primary's noisy
-    # release is the one stored and (broadcast below) the one all train on.
-    release, ledger = release_embedding(features, private, config, prior=prior, quiet=quiet)
-    distributed.on_primary(lambda: _store_release(run, release, ledger, config, quiet),
-                           "store the release")
-  release = distributed.broadcast(release)
+    # Every process sums its share of the private data; only the primary draws
+    # noise and stores the release, which every process then reads back below.
+    mean = private_mean_embedding(features, private, config, quiet=quiet)
+
+    def release_and_store() -> None:
+      release, ledger = release_embedding(features, private, config, prior=prior, quiet=quiet,
+                                          mean=mean)
+      _store_release(run, release, ledger, config, quiet)
+
+    distributed.on_primary(release_and_store, "release the embedding")
+  # What was stored is what every process trains on, fresh or resumed.
+  release = load_release(run.file(RELEASE), config)
+  ledger = read_ledger(run.file(PRIVACY))
   del private  # nothing after this point sees private data
   state = train_generator(features, sampler, release, test.num_classes, config, run,
                           quiet=quiet)

@@ -44,9 +44,13 @@ def _rff_of_images(frequencies: jax.Array, images: jax.Array) -> jax.Array:
   return rff_features(frequencies, ntk.flatten_images(images))
 
 
-@public_constant
-def _frequencies(input_dim: int, num_features: int, bandwidth: float, seed: int) -> jax.Array:
+def draw_frequencies(input_dim: int, num_features: int, bandwidth: float,
+                     seed: int) -> jax.Array:
+  """(input_dim, num_features / 2) frequencies W ~ N(0, 1 / bandwidth^2) from `seed`."""
   return jax.random.normal(jax.random.key(seed), (input_dim, num_features // 2)) / bandwidth
+
+
+_frequencies = public_constant(draw_frequencies)
 
 
 @dataclasses.dataclass(frozen=True)
