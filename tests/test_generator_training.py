@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from vpntk_jax import training
+from vpntk_jax.config import RunConfig
 from vpntk_jax.features import ntk
 from vpntk_jax.models.generator import ConvCondGenerator, UpsampleConv
+from vpntk_jax.pipeline import build_method
 
 
 @pytest.mark.parametrize("shape", [(7, 7, 4), (8, 6, 3)])
@@ -66,7 +68,19 @@ def test_training_reduces_the_embedding_distance():
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
 
 
+def test_run_config_sets_the_generator_width():
+  train = training.TrainConfig(latent_dim=7, generator_hidden=24, generator_channels=12)
+  config = RunConfig(train=train)
+  _, sampler = build_method(config, (28, 28, 1), num_classes=3)
+  params, _ = sampler.init(jax.random.key(0), train.latent_dim)
+  kernels = sorted(p.shape for p in jax.tree.leaves(params) if p.ndim == 2)
+  # first dense: [z, onehot] -> hidden; second: hidden -> 7*7*channels
+  assert (7 + 3, 24) in kernels and (24, 7 * 7 * 12) in kernels
+
+
 def test_train_config_rejects_bad_values():
+  with pytest.raises(ValueError):
+    training.TrainConfig(generator_hidden=0)
   with pytest.raises(ValueError):
     training.TrainConfig(batch_size=0)
   with pytest.raises(ValueError):

@@ -103,7 +103,9 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
                              bandwidth=config.rff_bandwidth, seed=config.seed)
   else:
     raise AssertionError(config.method)  # validate() rejects unknown methods
-  generator = ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape))
+  generator = ConvCondGenerator(num_classes=num_classes, image_shape=tuple(image_shape),
+                                hidden=config.train.generator_hidden,
+                                channels=config.train.generator_channels)
   return features, training.GeneratorSampler(generator)
 
 

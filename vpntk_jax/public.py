@@ -69,8 +69,6 @@ class PretrainConfig:
   extractor_widths: tuple = (16, 32, 64, 64)
   extractor_hidden: int = 128
   extractor_epochs: int = 10
-  generator_hidden: int = 200
-  generator_channels: int = 16
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   train: training.TrainConfig = training.TrainConfig()
 
@@ -325,7 +323,8 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   target = np.asarray(ntk.embedding_to_matrix(pixel_features.private_sum(
       data.images, data.labels, num_classes))) / len(data)
   generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
-                                hidden=config.generator_hidden, channels=config.generator_channels)
+                                hidden=config.train.generator_hidden,
+                                channels=config.train.generator_channels)
   _say(f"training the public generator ({config.train.steps} steps)", quiet)
   state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
                                   config=config.train, seed=config.seed,
@@ -334,8 +333,8 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   spec = {
       "format": FORMAT, "public_data": data.name, "image_shape": list(shape),
       "num_classes": num_classes, "class_names": list(data.class_names or ()),
-      "generator": {"kind": "ConvCondGenerator", "hidden": config.generator_hidden,
-                    "channels": config.generator_channels,
+      "generator": {"kind": "ConvCondGenerator", "hidden": config.train.generator_hidden,
+                    "channels": config.train.generator_channels,
                     "latent_dim": config.train.latent_dim},
       "extractor": {"kind": "ConvExtractor", "widths": list(config.extractor_widths),
                     "hidden": config.extractor_hidden,

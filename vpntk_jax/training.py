@@ -39,6 +39,10 @@ class TrainConfig:
   schedule: str = "cosine"
   final_lr_fraction: float = 0.1
   latent_dim: int = 5
+  # ConvCondGenerator's width (defaults: the reference DP-NTK generator). VP-NTK
+  # ignores them: its generator is the public one, whatever its width.
+  generator_hidden: int = 200
+  generator_channels: int = 16
   checkpoint_every: int = 500
   max_to_keep: int = 2
   log_every: int = 50
@@ -49,6 +53,8 @@ class TrainConfig:
   def __post_init__(self):
     if self.steps < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
       raise ValueError("steps >= 0, batch_size > 0 and learning_rate > 0 are required")
+    if min(self.latent_dim, self.generator_hidden, self.generator_channels) <= 0:
+      raise ValueError("latent_dim, generator_hidden and generator_channels must be positive")
     if self.checkpoint_every <= 0 or self.validation_samples <= 0:
       raise ValueError("checkpoint_every > 0 and validation_samples > 0 are required")
     if self.schedule not in ("constant", "cosine"):
