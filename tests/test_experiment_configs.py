@@ -9,6 +9,7 @@ import pytest
 
 from vpntk_jax import public, training
 from vpntk_jax.config import RunConfig
+from vpntk_jax.config_files import load_config_file
 from vpntk_jax.pipeline import run_synthesis
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
@@ -28,6 +29,16 @@ def test_experiment_config_is_a_valid_run_config(name):
   config = importlib.import_module(f"experiments.{name}").get_config()
   assert isinstance(config, RunConfig)
   config.validate()
+  # `vpntk synthesize --config FILE` runs the file alone, outside the repo's imports.
+  assert load_config_file(os.path.join(EXPERIMENTS, f"{name}.py")) == config
+
+
+def test_wide_dpntk_config_is_the_generator_chosen_on_public_mnist():
+  from experiments import dpntk_generator_dev, fashion_dpntk  # pylint: disable=import-outside-toplevel
+  wide = importlib.import_module("experiments.fashion_dpntk_wide").get_config()
+  chosen = dpntk_generator_dev.VARIANTS["wide"]
+  assert {k: getattr(wide.train, k) for k in chosen} == chosen
+  assert wide == dataclasses.replace(fashion_dpntk.get_config(), train=wide.train)
 
 
 def test_celeba_vpntk_config_runs_on_mock_tfds_data(tmp_path):
