@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from experiments.results_file import merge_result, read_results
+from experiments.runs import run_or_resume
 from vpntk_jax.config import RunConfig
-from vpntk_jax.pipeline import run_synthesis
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "dpntk_generator_dev.json")
 # Generator variants: TrainConfig fields. "reference" is the DP-NTK default.
@@ -53,8 +53,7 @@ def main():
     for seed in args.seeds:
       name = f"{variant}_seed{seed}"
       out = os.path.join(args.out, name)
-      resume = os.path.exists(os.path.join(out, "release.npz"))
-      summary = run_synthesis(dev_config(variant, seed), out, resume=resume, quiet=True)
+      summary = run_or_resume(dev_config(variant, seed), out)
       merge_result(RESULTS, name, {"variant": variant, "seed": seed, **VARIANTS[variant],
                                    **summary})
       print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)

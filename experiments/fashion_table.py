@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from experiments.results_file import merge_result, read_results
-from vpntk_jax.pipeline import run_synthesis
+from experiments.runs import run_or_resume
 
 METHODS = ("dp-ntk", "dp-ntk-wide", "dp-merf", "dp-mepf")
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
@@ -74,14 +74,12 @@ def main():
         if args.steps is not None:
           config = dataclasses.replace(
               config, train=dataclasses.replace(config.train, steps=args.steps))
-        resume = os.path.exists(os.path.join(out, "release.npz"))
-        summary = run_synthesis(config, out, resume=resume, quiet=True)
+        summary = run_or_resume(config, out)
         merge_result(results_path(method), name,
                      {"method": config.method, "recipe": method, "epsilon": eps, "seed": seed,
                       "steps": config.train.steps, **summary})
         print(method, name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
-  print(markdown_table({m: read_results(results_path(m)) for m in METHODS
-                        if os.path.exists(results_path(m))}))
+  print(markdown_table({m: read_results(results_path(m)) for m in METHODS}))
 
 
 def pretrained(config) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 
 from experiments.fashion_vpntk import get_config
 from experiments.results_file import merge_result, read_results
+from experiments.runs import run_or_resume
 from vpntk_jax import public, training
-from vpntk_jax.pipeline import run_synthesis
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
 VARIANTS = {
@@ -83,8 +83,7 @@ def main():
           if os.path.exists(os.path.join(out, "metrics.json")):
             summary = finished_summary(out)  # finished earlier: collect, do not redo
           else:
-            resume = os.path.exists(os.path.join(out, "release.npz"))
-            summary = run_synthesis(config, out, resume=resume, quiet=True)
+            summary = run_or_resume(config, out)
           results = merge_result(RESULTS, name, {"variant": variant, "size": size, "epsilon": eps,
                                         "seed": seed, "steps": args.steps,
                                         "batch_size": args.batch_size, **summary})

@@ -276,17 +276,15 @@ def private_mean_embedding(features, private: ImageDataset, config: RunConfig, *
   return ntk.embedding_to_matrix(total) / m
 
 
-def release_embedding(features, private: ImageDataset, config: RunConfig, *,
-                      prior: PrivacyLedger | None = None, quiet: bool = False,
-                      mean: jax.Array | None = None
+def release_embedding(features, private: ImageDataset, mean: jax.Array, config: RunConfig, *,
+                      prior: PrivacyLedger | None = None, quiet: bool = False
                       ) -> tuple[dict[str, np.ndarray], PrivacyLedger]:
-  """Releases the labelled mean embedding once (Gaussian mechanism).
+  """Releases `mean`, the `private_mean_embedding`, once (Gaussian mechanism).
 
   Returns the release.npz arrays, {"embedding": noisy (P, C) matrix} plus
   "validation_embedding" (a second, noisier release of the same mean) when
   `config.validation_noise_scale` is set, and the ledger with them added. With
   a validation release the noise of both is calibrated for their composition.
-  `mean`: the `private_mean_embedding` when already computed.
   """
   m = len(private.labels)
   sensitivity = accounting.mean_embedding_sensitivity(m, config.adjacency,
@@ -297,8 +295,6 @@ def release_embedding(features, private: ImageDataset, config: RunConfig, *,
   sigmas = dict(zip(scales, accounting.calibrate_composition(
       config.epsilon, config.delta, list(scales.values()), accountant=config.accountant)))
   t0 = time.perf_counter()
-  if mean is None:
-    mean = private_mean_embedding(features, private, config, quiet=quiet)
   for warning in release_warnings(np.asarray(mean), private, config,
                                   sensitivity * sigmas[RELEASE_NAME]):
     _say(f"WARNING: {warning}", quiet=False)
@@ -501,8 +497,8 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     mean = private_mean_embedding(features, private, config, quiet=quiet)
 
     def release_and_store() -> None:
-      release, ledger = release_embedding(features, private, config, prior=prior, quiet=quiet,
-                                          mean=mean)
+      release, ledger = release_embedding(features, private, mean, config, prior=prior,
+                                          quiet=quiet)
       _store_release(run, release, ledger, config, quiet)
 
     distributed.on_primary(release_and_store, "release the embedding")
