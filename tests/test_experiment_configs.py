@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from vpntk_jax import public, training
@@ -64,3 +65,49 @@ def test_celeba_vpntk_config_runs_on_mock_tfds_data(tmp_path):
   with open(tmp_path / "run" / "public.json") as f:
     assert json.load(f)["public_data"].startswith("tfds:cifar10")
   assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
+
+
+def test_fashion_split_is_disjoint_stratified_and_fixed_by_its_seed():
+  from experiments.fashion_split import split_arrays  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  labels = rng.permutation(np.repeat(np.arange(3), 20))
+  images = np.arange(len(labels), dtype=np.int64)  # each "image" is its own row id
+  (tr_x, tr_y), (te_x, te_y), (pr_x, pr_y) = split_arrays(images, labels, per_class=5,
+                                                          test_per_class=2, seed=0)
+  assert np.bincount(tr_y).tolist() == [3, 3, 3] and np.bincount(te_y).tolist() == [2, 2, 2]
+  assert np.bincount(pr_y).tolist() == [15, 15, 15]
+  everything = np.concatenate([tr_x, te_x, pr_x])
+  assert sorted(everything.tolist()) == list(range(len(labels)))  # disjoint and complete
+  assert (labels[tr_x] == tr_y).all() and (labels[pr_x] == pr_y).all()
+  again = split_arrays(images, labels, per_class=5, test_per_class=2, seed=0)
+  other = split_arrays(images, labels, per_class=5, test_per_class=2, seed=1)
+  assert np.array_equal(again[0][0], tr_x) and not np.array_equal(other[0][0], tr_x)
+  with pytest.raises(ValueError, match="fewer than"):
+    split_arrays(images, labels, per_class=21, test_per_class=2, seed=0)
+
+
+def test_public_only_baseline_samples_the_public_generator_without_private_data(tmp_path):
+  from experiments import vpntk_table  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (60, 12, 12, 1), dtype=np.uint8)
+  labels = np.arange(60) % 3
+  public_npz = tmp_path / "public.npz"
+  np.savez(public_npz, images=images, labels=labels)
+  # Training arrays of another size: loading them with the test split would fail, so this
+  # checks that the baseline reads only the (non-private) test split.
+  test_only = tmp_path / "private.npz"
+  np.savez(test_only, images=np.zeros((1, 7, 7, 1), np.uint8), labels=np.zeros(1, np.int64),
+           images_test=images[:30], labels_test=labels[:30])
+  pretrain = public.PretrainConfig(data=str(public_npz), extractor_epochs=1,
+                                   extractor_widths=(4, 8), extractor_hidden=8,
+                                   ntk_layers=(16, "relu", "layernorm", 3),
+                                   train=training.TrainConfig(steps=2, batch_size=12))
+  public.pretrain(pretrain, str(tmp_path / "pub"), quiet=True)
+  config = dataclasses.replace(
+      vpntk_table.variant_config("public-only", 12, 1.0, 0, 2, 12, str(tmp_path / "pub")),
+      data=str(test_only), image_size=None, num_synthetic=30, eval_train_size=30,
+      classifiers=("logistic_regression",))
+  summary = vpntk_table.public_only_summary(config, str(tmp_path / "out"))
+  assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
+  with open(tmp_path / "out" / "metrics.json") as f:
+    assert json.load(f)["accuracy"] == summary["accuracy"]
