@@ -85,3 +85,21 @@ def test_train_config_rejects_bad_values():
     training.TrainConfig(batch_size=0)
   with pytest.raises(ValueError):
     training.TrainConfig(schedule="warmup")
+
+
+def test_synthesis_batches_hold_a_fixed_pixel_budget():
+  assert training.generation_batch_size((28, 28, 1)) == 5000
+  assert training.generation_batch_size((128, 128, 3)) == 5000 * 784 // (128 * 128 * 3)
+  assert training.generation_batch_size((4096, 4096, 3)) == 1
+  gen = ConvCondGenerator(num_classes=3, image_shape=(12, 8, 3))
+  variables = gen.init(jax.random.key(0), jnp.ones((1, 5)), jnp.zeros((1,), jnp.int32),
+                       train=False)
+  state = training.TrainState(step=0, params=variables["params"],
+                              model_state=variables["batch_stats"], opt_state=None)
+  labels = np.arange(7) % 3
+  key = jax.random.key(1)
+  default = training.generate(gen, state, key, labels, latent_dim=5)
+  explicit = training.generate(gen, state, key, labels, latent_dim=5,
+                               batch_size=training.generation_batch_size((12, 8, 3)))
+  assert default.shape == (7, 12, 8, 3) and default.dtype == np.uint8
+  np.testing.assert_array_equal(default, explicit)

@@ -407,9 +407,23 @@ def _record_selection(path: str, step: int, distance: float, best_step: int | No
   io_utils.write_json_atomic(path, record)
 
 
+# Pixels generated per batch: 5000 images at 28x28x1. A fixed image count
+# would need ~20x the memory at 128x128 (the generator's full-size
+# activations dominate), enough to exhaust a 24 GB machine.
+GENERATE_PIXELS_PER_BATCH = 5000 * 28 * 28
+
+
+def generation_batch_size(image_shape) -> int:
+  """Images per synthesis batch for `image_shape` (H, W, C): a fixed pixel budget."""
+  return max(1, GENERATE_PIXELS_PER_BATCH // int(np.prod(image_shape)))
+
+
 def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
-             batch_size: int = 5000, progress: bool = False) -> np.ndarray:
-  """Images (uint8 NHWC) for the given labels, in batches, BN in inference mode."""
+             batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+  """Images (uint8 NHWC) for the given labels, in batches, BN in inference mode.
+
+  `batch_size` None: `generation_batch_size` of the model's output shape.
+  """
   sampler = as_sampler(model)
 
   @jax.jit
@@ -419,6 +433,9 @@ def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: in
     return jnp.round(jnp.clip(x, 0.0, 1.0) * 255).astype(jnp.uint8)
 
   labels = np.asarray(labels, np.int32)
+  if batch_size is None:
+    one = jax.eval_shape(sample, state.params, state.model_state, key, labels[:1])
+    batch_size = generation_batch_size(one.shape[1:])
   out = []
   bar = tqdm(total=len(labels), desc="synthesize", disable=not progress, dynamic_ncols=True)
   for i, rows in enumerate(arrays.consecutive_rows(len(labels), batch_size)):
