@@ -409,7 +409,8 @@ def _record_selection(path: str, step: int, distance: float, best_step: int | No
 
 # Pixels generated per batch: 5000 images at 28x28x1. A fixed image count
 # would need ~20x the memory at 128x128 (the generator's full-size
-# activations dominate), enough to exhaust a 24 GB machine.
+# activations dominate): a 128x128 synthesis died with bad_alloc on a shared
+# 24 GB machine.
 GENERATE_PIXELS_PER_BATCH = 5000 * 28 * 28
 
 
