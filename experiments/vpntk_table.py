@@ -31,10 +31,8 @@ from experiments import fashion_split
 from experiments.fashion_vpntk import get_config
 from experiments.results_file import merge_result, read_results
 from experiments.runs import run_or_resume
-from vpntk_jax import io_utils, public, training
+from vpntk_jax import pipeline, public, training
 from vpntk_jax.data import load_dataset, resize_dataset
-from vpntk_jax.evaluation.protocol import evaluate_synthetic
-from vpntk_jax.models.prompt import PromptedGenerator
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
 VARIANTS = {
@@ -92,23 +90,19 @@ def public_only_summary(config, out: str) -> dict:
   if os.path.exists(os.path.join(out, "metrics.json")):
     with open(os.path.join(out, "metrics.json")) as f:
       return {"run_dir": out, "accuracy": json.load(f)["accuracy"], "seconds": None}
-  test = resize_dataset(load_dataset(config.data, "test", data_dir=config.data_dir),
+  # Only the (non-private) test split is loaded; the pipeline's loader would read both.
+  test = resize_dataset(load_dataset(config.data, "test", data_dir=config.data_dir,
+                                     download=config.download,
+                                     label_attribute=config.label_attribute),
                         config.image_size)
-  models = public.load_public(config.public_model)
-  sampler = PromptedGenerator(models.generator, models.generator_variables, config.prompt,
-                              test.num_classes, test.image_shape)
-  params, model_state = sampler.init(jax.random.key(config.seed), models.latent_dim)
-  labels = np.arange(config.num_synthetic) % test.num_classes
+  # The same prompted generator a VP-NTK run trains, with the same compatibility checks.
+  _, sampler = pipeline.build_method(config, test.image_shape, test.num_classes)
+  params, model_state = sampler.init(jax.random.key(config.seed), config.train.latent_dim)
   state = training.TrainState(step=0, params=params, model_state=model_state, opt_state=None)
-  images = training.generate(sampler, state, jax.random.key(config.seed + 1), labels,
-                             latent_dim=models.latent_dim)
-  metrics = evaluate_synthetic(images, labels, test.images, test.labels,
-                               num_classes=test.num_classes, classifiers=config.classifiers,
-                               train_size=config.eval_train_size, seed=config.seed,
-                               cnn_epochs=config.cnn_epochs)
   os.makedirs(out, exist_ok=True)
-  io_utils.write_json_atomic(os.path.join(out, "metrics.json"),
-                             {**metrics, "note": "public generator, no private data used"})
+  run = pipeline.RunDir(out, out)
+  images, labels = pipeline.synthesize(sampler, state, test.num_classes, config, run, quiet=True)
+  metrics = pipeline.evaluate(images, labels, test, config, run, quiet=True)
   return {"run_dir": out, "epsilon": 0.0, "accuracy": metrics["accuracy"], "seconds": None}
 
 
