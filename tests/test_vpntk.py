@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +224,37 @@ def test_public_models_bad_checkpoints(tiny_public, tmp_path):
     public.load_public(str(wrong))
   with pytest.raises(ConfigError, match="trained for"):
     public.check_compatible(public.load_public(str(out)), (64, 64, 1))
+
+
+# Re-saves public models with their weights on CPU device 5 of 8: a device layout
+# this process (one device) does not have, like a CPU-pretrained model on a GPU.
+RESAVE_ON_ANOTHER_DEVICE = """
+import dataclasses, sys
+import jax
+from vpntk_jax import public
+models = public.load_public(sys.argv[1])
+far = jax.devices()[5]
+public.save_public(dataclasses.replace(
+    models, extractor_params=jax.device_put(models.extractor_params, far),
+    generator_variables=jax.device_put(models.generator_variables, far)), sys.argv[2])
+"""
+
+
+def test_public_models_load_on_another_device_layout(tiny_public, tmp_path):
+  out, _ = tiny_public
+  moved = tmp_path / "moved"
+  os.makedirs(moved)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c", RESAVE_ON_ANOTHER_DEVICE, str(out), str(moved)],
+                        capture_output=True, text=True, env=env, check=False, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert jax.device_count() < 6  # otherwise this process has device 5 and tests nothing
+  loaded, original = public.load_public(str(moved)), public.load_public(str(out))
+  for a, b in zip(jax.tree.leaves(loaded.generator_variables),
+                  jax.tree.leaves(original.generator_variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.leaves(loaded.extractor_params)[0].devices() == {jax.local_devices()[0]}
 
 
 def test_overlap_check():

@@ -188,7 +188,12 @@ def _load_public(path: str, mtime: float) -> PublicModels:
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       directory = os.path.abspath(os.path.join(path, MODELS))
-      abstract = _abstract_tree(spec)
+      # Restored onto this process's first device: without a sharding in the target,
+      # Orbax reuses the saver's device topology and refuses checkpoints made on
+      # another machine (a CPU-pretrained model loaded on a GPU, say).
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                              _abstract_tree(spec))
       # Compared before restoring: a refused restore leaves Orbax's reader threads behind.
       _check_shapes(_shapes(getattr(checkpointer.metadata(directory), "item_metadata", None)),
                     _shapes(abstract))
