@@ -123,6 +123,12 @@ def main():
                       help="what VP-NTK's NTK features are computed on")
   parser.add_argument("--classifiers", default="logistic_regression,mlp,cnn")
   parser.add_argument("--out", default="runs/vptable")
+  parser.add_argument("--collect-only", action="store_true",
+                      help="record finished runs (e.g. copied back from another machine) and "
+                           "skip the rest; starts nothing")
+  parser.add_argument("--tag", default="",
+                      help="appended to run names, e.g. for a different training length, so "
+                           "such runs neither resume nor overwrite the standard ones")
   args = parser.parse_args()
   if args.pairing == "fashion-split":
     fashion_split.write_split()
@@ -141,22 +147,34 @@ def main():
           if variant.startswith("vp-ntk") and args.vp_features != "extractor":
             config = dataclasses.replace(config, vp_features=args.vp_features)
             name += f"_{args.vp_features}"
+          if args.tag:
+            name += f"_{args.tag}"
           out = os.path.join(args.out, name)
+          finished = os.path.exists(os.path.join(out, "metrics.json"))
+          if args.collect_only and not finished:
+            print(name, "not finished: skipped", flush=True)
+            continue
           if variant == PUBLIC_ONLY:
             summary = public_only_summary(config, out)
-          elif os.path.exists(os.path.join(out, "metrics.json")):
+          elif finished:
             summary = finished_summary(out)  # finished earlier: collect, do not redo
           else:
             summary = run_or_resume(config, out)
           record = {"pairing": args.pairing, "variant": variant, "size": size,
                     "epsilon": 0.0 if variant == PUBLIC_ONLY else eps, "seed": seed,
                     "steps": 0 if variant == PUBLIC_ONLY else args.steps,
-                    "batch_size": args.batch_size, **summary}
+                    "batch_size": args.batch_size, "backend": run_backend(out), **summary}
           if variant.startswith("vp-ntk"):
             record["vp_features"] = config.vp_features
           results = merge_result(RESULTS, name, record)
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))
+
+
+def run_backend(out: str) -> str | None:
+  """The backend a run's metrics.json names (None for runs made before it was recorded)."""
+  with open(os.path.join(out, "metrics.json")) as f:
+    return json.load(f).get("environment", {}).get("backend")
 
 
 def finished_summary(out: str) -> dict:
@@ -172,23 +190,31 @@ def finished_summary(out: str) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-  rows = ["| pairing | size | epsilon | variant | seeds | logistic regression | MLP | CNN | s/run |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = ["| pairing | size | epsilon | variant | steps x batch | seeds | logistic regression | MLP "
+          "| CNN | s/run | on |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
   def key(r):
     variant = r["variant"] + ("" if r.get("vp_features", "extractor") == "extractor"
                               else f" ({r['vp_features']})")
-    return r.get("pairing", "mnist"), r["size"], r["epsilon"], variant
+    # Runs of different training lengths are different cells, never averaged together.
+    training_length = "-" if r["variant"] == PUBLIC_ONLY else f"{r['steps']} x {r['batch_size']}"
+    return r.get("pairing", "mnist"), r["size"], r["epsilon"], variant, training_length
 
-  for pairing, size, eps, variant in sorted({key(r) for r in results.values()}):
-    runs = [r for r in results.values() if key(r) == (pairing, size, eps, variant)]
+  for cell in sorted({key(r) for r in results.values()}):
+    pairing, size, eps, variant, training_length = cell
+    runs = [r for r in results.values() if key(r) == cell]
     cells = []
     for clf in ("logistic_regression", "mlp", "cnn"):
       acc = np.array([r["accuracy"][clf] for r in runs if clf in r["accuracy"]])
       cells.append(f"{acc.mean():.3f} +- {acc.std():.3f}" if len(acc) else "-")
-    secs = [r["seconds"] for r in runs if r["seconds"]]
-    rows.append(f"| {pairing} | {size} | {eps:g} | {variant} | {len(runs)} | "
-                f"{' | '.join(cells)} | {f'{np.mean(secs):.0f}' if secs else '-'} |")
+    # Records from before the backend was recorded were all made on the CPU.
+    backends = sorted({r.get("backend") or "cpu" for r in runs})
+    # Seconds are only comparable on one kind of machine.
+    secs = [r["seconds"] for r in runs if r["seconds"]] if len(backends) == 1 else []
+    rows.append(f"| {pairing} | {size} | {eps:g} | {variant} | {training_length} | {len(runs)} | "
+                f"{' | '.join(cells)} | {f'{np.mean(secs):.0f}' if secs else '-'} | "
+                f"{'+'.join(backends)} |")
   return "\n".join(rows)
 
 

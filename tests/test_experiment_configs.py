@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -110,4 +111,26 @@ def test_public_only_baseline_samples_the_public_generator_without_private_data(
   summary = vpntk_table.public_only_summary(config, str(tmp_path / "out"))
   assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
   with open(tmp_path / "out" / "metrics.json") as f:
-    assert json.load(f)["accuracy"] == summary["accuracy"]
+    metrics = json.load(f)
+  assert metrics["accuracy"] == summary["accuracy"]
+  assert metrics["environment"]["backend"] == jax.default_backend()  # where it ran, recorded
+
+
+def test_vpntk_table_keeps_training_lengths_and_machines_apart():
+  from experiments import vpntk_table  # pylint: disable=import-outside-toplevel
+  cell = dict(pairing="fashion-split", variant="dp-ntk", size=64, epsilon=1.0)
+  results = {
+      "short_cpu": dict(cell, seed=0, steps=300, batch_size=100, accuracy={"mlp": 0.70},
+                        seconds=600.0),  # an old record: no backend, made on the CPU
+      "short_gpu": dict(cell, seed=1, steps=300, batch_size=100, accuracy={"mlp": 0.72},
+                        seconds=10.0, backend="gpu"),
+      "long_gpu": dict(cell, seed=0, steps=1000, batch_size=500, accuracy={"mlp": 0.80},
+                       seconds=40.0, backend="gpu"),
+  }
+  rows = vpntk_table.markdown_table(results).splitlines()[2:]
+  assert len(rows) == 2
+  short = next(r for r in rows if "| 300 x 100 |" in r)
+  long = next(r for r in rows if "| 1000 x 500 |" in r)
+  # Averaged within a training length only; seconds only where one kind of machine ran.
+  assert "0.710 +- 0.010" in short and short.endswith("| - | cpu+gpu |")
+  assert "0.800 +- 0.000" in long and long.endswith("| 40 | gpu |")

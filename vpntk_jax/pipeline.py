@@ -397,6 +397,7 @@ def evaluate(images, labels, test: ImageDataset, config: RunConfig, run: RunDir,
                                train_size=config.eval_train_size, seed=config.seed,
                                cnn_epochs=config.cnn_epochs, progress=not quiet)
   metrics["test_set"] = test.name
+  metrics["environment"] = environment()
   if config.public_model:
     # An auxiliary metric: its failure is recorded, never allowed to lose the run.
     try:
@@ -406,6 +407,12 @@ def evaluate(images, labels, test: ImageDataset, config: RunConfig, run: RunDir,
       _say(f"WARNING: public feature distance not computed: {e}", quiet=False)
   io_utils.write_json_atomic(run.file(METRICS), metrics)
   return metrics
+
+
+def environment() -> dict:
+  """Where this process computes: GPU training is not bit-reproducible, so runs record it."""
+  return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+          "jax": jax.__version__}
 
 
 def public_feature_distance(images, labels, test: ImageDataset, config: RunConfig) -> dict:
