@@ -16,6 +16,11 @@ beat it to show that the private release helped. Every other run is
 `run_synthesis` with the seed also the noise seed (recorded), so each number
 can be re-made. Results accumulate in experiments/results/vpntk_fashion.json;
 prints a Markdown table.
+
+`--tag long` (with other --steps/--batch-size) keeps runs of another training
+length apart from the standard ones. Runs made on another machine (a GPU) and
+copied into --out are recorded with the same command plus `--collect-only`,
+which starts nothing; each record names the backend its run computed on.
 """
 
 import argparse
