@@ -65,7 +65,8 @@ def _make_run(path, *, ledger: PrivacyLedger | None = None, complete: bool = Tru
     _png(path / "loss.png", 50)
     _write_json(path / "metrics.json", {
         "accuracy": ACCURACY, "seconds": {"cnn": 12.5}, "fid": 31.25, "kid_mean": 0.0125,
-        "train_size": 6000, "protocol": PROTOCOL, "test_set": "fashion_mnist:test"})
+        "train_size": 6000, "protocol": PROTOCOL, "test_set": "fashion_mnist:test",
+        "environment": {"backend": "gpu", "device": "NVIDIA H100 80GB HBM3", "jax": "0.11.2"}})
   return str(path)
 
 
@@ -122,6 +123,8 @@ def test_markdown_metrics_table_has_accuracies_and_extras(tmp_path):
   assert "| cnn | 0.7748 | 12.5 |" in md and "| mlp | 0.7755 | - |" in md
   assert "| fid | 31.25 |" in md and "| kid_mean | 0.0125 |" in md
   assert PROTOCOL in md
+  where = "Computed on: backend gpu, device NVIDIA H100 80GB HBM3, jax 0.11.2"
+  assert where in md and where in page
   assert "| train.steps | 20 |" in md and "| seed | 3 |" in md
 
 

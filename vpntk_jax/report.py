@@ -266,7 +266,8 @@ def _privacy(run_dir: str, config: dict, metrics: dict | None) -> dict:
 
 def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   section: dict[str, Any] = {"status": status, "error": error, "columns": [], "rows": [],
-                             "extra": [], "protocol": None, "test_set": None}
+                             "extra": [], "protocol": None, "test_set": None,
+                             "environment": None}
   if not isinstance(metrics, dict):
     return section
   accuracy = metrics.get("accuracy")
@@ -283,6 +284,9 @@ def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   for key in ("protocol", "test_set"):
     if isinstance(metrics.get(key), str):
       section[key] = metrics[key]
+  environment = metrics.get("environment")
+  if isinstance(environment, dict) and environment:
+    section["environment"] = ", ".join(f"{k} {v}" for k, v in environment.items())
   return section
 
 
@@ -469,6 +473,8 @@ def render_markdown(report: dict, run_dir: str) -> str:
     out += [f"Test set: {_md_text(metrics['test_set'])}", ""]
   if metrics["protocol"]:
     out += [f"Protocol: {_md_text(metrics['protocol'])}", ""]
+  if metrics["environment"]:
+    out += [f"Computed on: {_md_text(metrics['environment'])}", ""]
   out += ["## Config", ""]
   out += _md_table(["Setting", "Value"],
                    [[k, _fmt_value(v)] for k, v in report["config"]["rows"]]) + [""]
@@ -554,6 +560,8 @@ def render_html(report: dict, run_dir: str) -> str:
     out.append(f"<p>Test set: {_h(metrics['test_set'])}</p>")
   if metrics["protocol"]:
     out.append(f"<p>Protocol: {_h(metrics['protocol'])}</p>")
+  if metrics["environment"]:
+    out.append(f"<p>Computed on: {_h(metrics['environment'])}</p>")
   out.append("<h2>Config</h2>")
   out.append(_html_table(["Setting", "Value"],
                          [[k, _fmt_value(v)] for k, v in report["config"]["rows"]]))
