@@ -18,7 +18,8 @@ from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.features import ntk
 from vpntk_jax.models.extractor import ConvExtractor, default_stages
 from vpntk_jax.models.generator import ConvCondGenerator, default_upsamples
-from vpntk_jax.models.prompt import PromptConfig, PromptedGenerator, fixed_label_map, prompt_mask
+from vpntk_jax.models.prompt import (PromptConfig, PromptedGenerator, bounded_image_prompt,
+                                     fixed_label_map, prompt_mask)
 
 TINY_NTK = (32, "relu", "layernorm", 10)
 
@@ -143,6 +144,26 @@ def test_pad_mask_is_a_border():
   assert prompt_mask((28, 28, 1), "full", None).all()
   with pytest.raises(ConfigError, match="no centre"):
     prompt_mask((28, 28, 1), "pad", 14)
+
+
+def test_low_resolution_prompt_is_smooth_bounded_and_trains(public_generator):
+  # Coarse rows alternating at full strength: upsampled, they stay within
+  # [-1, 1] and change by about 2/4 per pixel instead of jumping by 2.
+  weights = jnp.full((1, 7, 7, 1), 50.0).at[:, ::2].set(-50.0)
+  prompt = np.asarray(bounded_image_prompt(weights, (28, 28, 1)))
+  assert prompt.shape == (1, 28, 28, 1) and np.abs(prompt).max() <= 1.0
+  assert np.abs(prompt).max() > 0.9
+  assert np.abs(np.diff(prompt, axis=1)).max() <= 0.5 + 1e-5
+  np.testing.assert_array_equal(bounded_image_prompt(weights, (7, 7, 1)), jnp.tanh(weights))
+  g, v = public_generator
+  sampler = PromptedGenerator(g, v, PromptConfig(prompt_resolution=7), 10, (28, 28, 1))
+  assert sampler.init(jax.random.key(0), 5)[0]["image"].shape == (10, 7, 7, 1)
+  state, losses = _train_steps(sampler)
+  assert state.params["image"].shape == (10, 7, 7, 1) and losses[-1] < losses[0]
+  with pytest.raises(ConfigError, match="larger than the 28x28"):
+    PromptedGenerator(g, v, PromptConfig(prompt_resolution=29), 10, (28, 28, 1))
+  with pytest.raises(ConfigError, match="prompt_resolution must be >= 1"):
+    PromptConfig(prompt_resolution=0).validate()
 
 
 def _train_steps(sampler, steps=3):

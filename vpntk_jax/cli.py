@@ -24,7 +24,8 @@ _CONFIG_OPTIONS = {
     "cnn_epochs": "cnn_epochs", "classifiers": "classifiers", "devices": "devices",
     "image_size": "image_size", "public_model": "public_model", "vp_features": "vp_features",
     "loss": "loss", "alpha": "cosine_weight", "kappa": "prompt.kappa",
-    "image_prompt": "prompt.image_prompt", "label_map": "prompt.label_map",
+    "image_prompt": "prompt.image_prompt",
+    "prompt_resolution": "prompt.prompt_resolution", "label_map": "prompt.label_map",
     "finetune_generator": "prompt.finetune_generator",
     "check_public_overlap": "check_public_overlap",
     "validation_noise_scale": "validation_noise_scale",
@@ -87,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--alpha", type=float, help=f"weight of the cosine term (default {d.cosine_weight})")
   s.add_argument("--kappa", type=float, help=f"vp-ntk: scale of the trainable latent noise (default {d.prompt.kappa})")
   s.add_argument("--image-prompt", choices=IMAGE_PROMPTS, help=f"vp-ntk: image prompt (default {d.prompt.image_prompt})")
+  s.add_argument("--prompt-resolution", type=int, metavar="R",
+                 help="vp-ntk: train the image prompt on an R x R grid, resized to the image (default: full size)")
   s.add_argument("--label-map", help="vp-ntk: identity, learned, or public class ids per private class (0,3,...)")
   s.add_argument("--finetune-generator", action="store_true", default=None, help="vp-ntk: also fine-tune the public generator")
   s.add_argument("--check-public-overlap", action="store_true", default=None, help="vp-ntk: refuse if a public image is also private")

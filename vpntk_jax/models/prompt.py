@@ -10,6 +10,8 @@ with trainable parameters (each can be switched off):
   * W_c: an image-space prompt, per class or shared, on a border of
     `pad_width` pixels (M masks the centre: the visual-prompting "padding"
     prompt) or on the full image, bounded by tanh and scaled by s;
+    with `prompt_resolution` r, W_c lives on an r x r grid and is resized
+    (bilinear) to the image, so it cannot make pixel-level grain;
   * map: private class -> public class, fixed (identity or a given list) or
     learned (a softmax over public classes fed to G as soft labels).
 With `finetune_generator`, G's own weights train too (small learning rate).
@@ -42,6 +44,9 @@ class PromptConfig:
   image_prompt: str = "full"
   pad_width: int | None = None  # "pad" prompt border; None: side // 7 (4 px at 28x28)
   image_prompt_scale: float = 1.0
+  # Side of the image prompt's parameter grid; None: the image's own size.
+  # A coarse grid has fewer degrees of freedom to follow the release's noise.
+  prompt_resolution: int | None = None
   per_class_image_prompt: bool = True
   # "identity", "learned", or a fixed comma-separated list: public class of
   # private class 0, 1, ...
@@ -57,6 +62,8 @@ class PromptConfig:
       raise ConfigError("prompt.kappa and prompt.image_prompt_scale must be >= 0")
     if self.pad_width is not None and self.pad_width < 1:
       raise ConfigError(f"prompt.pad_width must be >= 1, got {self.pad_width}")
+    if self.prompt_resolution is not None and self.prompt_resolution < 1:
+      raise ConfigError(f"prompt.prompt_resolution must be >= 1, got {self.prompt_resolution}")
     if not self.generator_learning_rate > 0:
       raise ConfigError("prompt.generator_learning_rate must be > 0")
     if not (self.latent_noise or self.image_prompt != "none" or self.label_map == "learned"
@@ -101,6 +108,15 @@ def prompt_mask(image_shape: tuple[int, int, int], kind: str, pad_width: int | N
   return mask
 
 
+def bounded_image_prompt(weights: jax.Array, image_shape: tuple[int, int, int]) -> jax.Array:
+  """tanh(W), resized (bilinear) from W's grid to `image_shape`; values stay in [-1, 1]."""
+  prompt = jnp.tanh(weights)
+  if prompt.shape[1:] != tuple(image_shape):
+    # Upsampling weights are a convex combination, so the tanh bound survives it.
+    prompt = jax.image.resize(prompt, prompt.shape[:1] + tuple(image_shape), "linear")
+  return prompt
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PromptedGenerator:
   """A `training.Sampler`: prompts (and optionally G) train, the public G is frozen."""
@@ -116,6 +132,16 @@ class PromptedGenerator:
       raise ConfigError(f"the public generator makes {tuple(self.generator.image_shape)} "
                         f"images; the private data is {tuple(self.image_shape)}")
     fixed_label_map(self.config.label_map, self.num_classes, self.generator.num_classes)
+    r = self.config.prompt_resolution
+    if r is not None and r > min(self.image_shape[:2]):
+      raise ConfigError(f"prompt.prompt_resolution {r} is larger than the "
+                        f"{self.image_shape[0]}x{self.image_shape[1]} image")
+
+  @property
+  def _prompt_grid(self) -> tuple[int, int, int]:
+    h, w, c = self.image_shape
+    r = self.config.prompt_resolution
+    return (h, w, c) if r is None else (r, r, c)
 
   @property
   def _label_map(self) -> np.ndarray:
@@ -129,7 +155,7 @@ class PromptedGenerator:
       params["latent"] = jnp.zeros((self.num_classes, latent_dim))
     if cfg.image_prompt != "none":
       rows = self.num_classes if cfg.per_class_image_prompt else 1
-      params["image"] = jnp.zeros((rows,) + tuple(self.image_shape))
+      params["image"] = jnp.zeros((rows,) + self._prompt_grid)
     if cfg.label_map == "learned":
       params["label_logits"] = LABEL_LOGIT_INIT * jax.nn.one_hot(
           self._label_map, self.generator.num_classes)
@@ -152,9 +178,9 @@ class PromptedGenerator:
     x = self.generator.apply(variables, z, public_labels, train=False)
     if "image" in params:
       rows = labels if cfg.per_class_image_prompt else jnp.zeros_like(labels)
+      prompt = bounded_image_prompt(params["image"], tuple(self.image_shape))
       mask = prompt_mask(tuple(self.image_shape), cfg.image_prompt, cfg.pad_width)
-      x = jnp.clip(x + cfg.image_prompt_scale * jnp.tanh(params["image"][rows]) * mask,
-                   0.0, 1.0)
+      x = jnp.clip(x + cfg.image_prompt_scale * prompt[rows] * mask, 0.0, 1.0)
     return x, model_state
 
   def optimizer(self, base: optax.GradientTransformation) -> optax.GradientTransformation:
