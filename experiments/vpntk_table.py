@@ -126,6 +126,8 @@ def main():
   parser.add_argument("--extractor-epochs", type=int, default=10)
   parser.add_argument("--vp-features", choices=("extractor", "pixels"), default="extractor",
                       help="what VP-NTK's NTK features are computed on")
+  parser.add_argument("--prompt-resolution", type=int, default=None,
+                      help="VP-NTK's image prompt on an R x R grid, upsampled (run names get _rR)")
   parser.add_argument("--classifiers", default="logistic_regression,mlp,cnn")
   parser.add_argument("--out", default="runs/vptable")
   parser.add_argument("--collect-only", action="store_true",
@@ -152,6 +154,10 @@ def main():
           if variant.startswith("vp-ntk") and args.vp_features != "extractor":
             config = dataclasses.replace(config, vp_features=args.vp_features)
             name += f"_{args.vp_features}"
+          if variant.startswith("vp-ntk") and args.prompt_resolution:
+            config = dataclasses.replace(config, prompt=dataclasses.replace(
+                config.prompt, prompt_resolution=args.prompt_resolution))
+            name += f"_r{args.prompt_resolution}"
           if args.tag:
             name += f"_{args.tag}"
           out = os.path.join(args.out, name)
@@ -171,6 +177,7 @@ def main():
                     "batch_size": args.batch_size, "backend": run_backend(out), **summary}
           if variant.startswith("vp-ntk"):
             record["vp_features"] = config.vp_features
+            record["prompt_resolution"] = config.prompt.prompt_resolution
           results = merge_result(RESULTS, name, record)
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))
@@ -202,6 +209,8 @@ def markdown_table(results: dict) -> str:
   def key(r):
     variant = r["variant"] + ("" if r.get("vp_features", "extractor") == "extractor"
                               else f" ({r['vp_features']})")
+    if r.get("prompt_resolution"):
+      variant += f", prompt {r['prompt_resolution']}x{r['prompt_resolution']}"
     # Runs of different training lengths are different cells, never averaged together.
     training_length = "-" if r["variant"] == PUBLIC_ONLY else f"{r['steps']} x {r['batch_size']}"
     return r.get("pairing", "mnist"), r["size"], r["epsilon"], variant, training_length

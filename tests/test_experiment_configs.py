@@ -134,3 +134,11 @@ def test_vpntk_table_keeps_training_lengths_and_machines_apart():
   # Averaged within a training length only; seconds only where one kind of machine ran.
   assert "0.710 +- 0.010" in short and short.endswith("| - | cpu+gpu |")
   assert "0.800 +- 0.000" in long and long.endswith("| 40 | gpu |")
+  # A coarse image prompt is its own cell, not averaged with the full-size prompt.
+  vp = dict(cell, variant="vp-ntk", vp_features="pixels", seed=0, steps=300, batch_size=100)
+  rows = vpntk_table.markdown_table({
+      "full": dict(vp, accuracy={"mlp": 0.70}, seconds=1.0, prompt_resolution=None),
+      "coarse": dict(vp, accuracy={"mlp": 0.74}, seconds=1.0, prompt_resolution=16),
+  }).splitlines()[2:]
+  assert len(rows) == 2
+  assert any("vp-ntk (pixels), prompt 16x16 |" in r and "0.740" in r for r in rows)
