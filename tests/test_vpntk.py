@@ -423,6 +423,9 @@ def test_pretrain_cli(tiny_public, tmp_path, capsys):
   assert (out / "public.json").read_bytes() == before
   assert cli.main(args + ["--config.extractor_hiden=8"]) == 2
   assert "extractor_hidden" in capsys.readouterr().err
+  assert cli.main(_vp_args(private_npz, tiny_public[0], out, "--prompt-resolution", "40")) == 2
+  assert "prompt_resolution 40 is larger than the 28x28" in capsys.readouterr().err
+  assert not out.exists()
 
 
 def test_reuse_release_for_post_processing_only(tiny_public, private_npz, tmp_path, capsys):
@@ -430,7 +433,8 @@ def test_reuse_release_for_post_processing_only(tiny_public, private_npz, tmp_pa
   assert cli.main(_vp_args(private_npz, tiny_public[0], base)) == 0
   ablation = tmp_path / "alpha"
   assert cli.main(_vp_args(private_npz, tiny_public[0], ablation, "--alpha", "10", "--kappa",
-                           "2", "--reuse-release", str(base))) == 0
+                           "2", "--prompt-resolution", "7", "--reuse-release", str(base))) == 0
+  assert json.loads((ablation / "config.json").read_text())["prompt"]["prompt_resolution"] == 7
   assert (ablation / "release.npz").read_bytes() == (base / "release.npz").read_bytes()
   assert json.loads((ablation / "privacy.json").read_text())["releases"] == json.loads(
       (base / "privacy.json").read_text())["releases"]
