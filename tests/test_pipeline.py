@@ -84,7 +84,8 @@ def test_resume_extends_a_run_and_reuses_its_release(finished_run):
 
 def test_killed_then_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
   straight = tmp_path / "straight"
-  assert cli.main(_args(tiny_npz, straight, "--steps", "8")) == 0
+  every_step = "--config.train.log_every=1"
+  assert cli.main(_args(tiny_npz, straight, "--steps", "8", every_step)) == 0
 
   real_make = pipeline.training.make_train_step
   def dies_after_step_5(*args, **kwargs):
@@ -97,11 +98,15 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, mo
   monkeypatch.setattr(pipeline.training, "make_train_step", dies_after_step_5)
   killed = tmp_path / "killed"
   with pytest.raises(KeyboardInterrupt):
-    cli.main(_args(tiny_npz, killed, "--steps", "8"))
+    cli.main(_args(tiny_npz, killed, "--steps", "8", every_step))
   monkeypatch.undo()
+  logged_steps = lambda run: [int(line.split(",")[0]) for line in
+                              (run / "train_log.csv").read_text().splitlines()[1:]]
+  assert logged_steps(killed) == [1, 2, 3, 4, 5]  # written as it went, past the step-4 checkpoint
   release = (killed / "release.npz").read_bytes()
   assert cli.main(["synthesize", "--out", str(killed), "--resume", "--quiet"]) == 0
   assert (killed / "release.npz").read_bytes() == release
+  assert logged_steps(killed) == logged_steps(straight) == list(range(1, 9))  # step 5 once
   with np.load(killed / "synthetic.npz") as a, np.load(straight / "synthetic.npz") as b:
     np.testing.assert_array_equal(a["images"], b["images"])
 

@@ -289,16 +289,16 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
         on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
   """Runs `step_fn` until `config.steps`, checkpointing and logging at the edges.
 
-  Appends `step,loss,seconds` rows to `log_path` (CSV), so a resumed run keeps
-  its earlier log. `on_checkpoint(state)` runs at every checkpoint step.
+  Appends a `step,loss,seconds` row to `log_path` (CSV) as each is logged, so
+  the log shows progress; a resumed run keeps its earlier rows up to the
+  checkpoint it resumes from. `on_checkpoint(state)` runs at every checkpoint.
   """
   start_step = int(state.step)
-  if log_path is not None and not os.path.exists(log_path):
-    io_utils.write_bytes_atomic(log_path, b"step,loss,seconds\n")
+  if log_path is not None:
+    _start_log(log_path, start_step)
   bar = tqdm(total=config.steps, initial=start_step, desc="train generator",
              disable=not progress, dynamic_ncols=True)
   t0 = time.perf_counter()
-  rows = []
   # The step is counted on the host: reading state.step would sync every step.
   for step in range(start_step + 1, config.steps + 1):
     state, loss = step_fn(state)
@@ -306,7 +306,9 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
       loss_value = float(loss)
       if not math.isfinite(loss_value):
         raise FloatingPointError(f"generator loss became {loss_value} at step {step}")
-      rows.append(f"{step},{loss_value:.8g},{time.perf_counter() - t0:.3f}\n")
+      if log_path is not None:
+        with open(log_path, "a") as f:
+          f.write(f"{step},{loss_value:.8g},{time.perf_counter() - t0:.3f}\n")
       bar.set_postfix(loss=f"{loss_value:.4g}")
     bar.update(1)
     if step % config.checkpoint_every == 0 or step == config.steps:
@@ -314,17 +316,26 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
         checkpointer.save(state, force=step == config.steps)
       if on_checkpoint is not None:
         on_checkpoint(state)
-      _flush_rows(log_path, rows)
   bar.close()
-  _flush_rows(log_path, rows)
   return state
 
 
-def _flush_rows(log_path: str | None, rows: list) -> None:
-  if log_path is not None and rows:
-    with open(log_path, "a") as f:
-      f.writelines(rows)
-  rows.clear()
+def _start_log(log_path: str, start_step: int) -> None:
+  """Creates the log, or keeps only its rows up to `start_step` (the resumed checkpoint).
+
+  A run killed between checkpoints logged steps it will now redo; dropping
+  them keeps one row per step.
+  """
+  header = "step,loss,seconds\n"
+  if not os.path.exists(log_path):
+    io_utils.write_bytes_atomic(log_path, header.encode())
+    return
+  with open(log_path) as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = [line for line in lines[1:]
+          if line.split(",")[0].isdigit() and int(line.split(",")[0]) <= start_step]
+  if len(kept) != len(lines) - 1:
+    io_utils.write_bytes_atomic(log_path, (header + "".join(kept)).encode())
 
 
 def train_to_match(features, model, target_matrix, *, num_classes: int, config: TrainConfig,
