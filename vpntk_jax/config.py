@@ -161,10 +161,21 @@ POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "eva
 POST_PROCESSING_PREFIXES = ("train.", "prompt.")
 
 
+def release_reads_public_model(config: RunConfig) -> bool:
+  """Whether the public models enter the released statistic (its feature map)."""
+  return config.method == "dp-mepf" or (config.method == "vp-ntk"
+                                        and config.vp_features == "extractor")
+
+
 def release_differences(a: RunConfig, b: RunConfig) -> list[str]:
   """Fields that differ between a and b and change the private release."""
+  # Where the release is taken on pixels, the public generator is only what
+  # the prompts train on, so a better public model may reuse the release.
+  public_is_post_processing = not (release_reads_public_model(a)
+                                   or release_reads_public_model(b))
   return [k for k in diff(a, b) if k not in POST_PROCESSING_FIELDS
-          and not k.startswith(POST_PROCESSING_PREFIXES)]
+          and not k.startswith(POST_PROCESSING_PREFIXES)
+          and not (k == "public_model" and public_is_post_processing)]
 
 
 def diff(a: RunConfig, b: RunConfig) -> list[str]:

@@ -441,7 +441,8 @@ def check_reusable_release(source: str, config: RunConfig) -> None:
   if differ:
     raise RunDirError(f"cannot reuse the release of {source}: {', '.join(differ)} differ, and "
                       f"they change what is released. Only post-processing settings (train.*, "
-                      f"prompt.*, loss, cosine_weight, evaluation) may differ.")
+                      f"prompt.*, loss, cosine_weight, evaluation; public_model for a release on "
+                      f"pixels) may differ.")
   for name in (RELEASE, PRIVACY):
     if not os.path.exists(os.path.join(source, name)):
       raise RunDirError(f"{source} has no {name} to reuse")
