@@ -38,6 +38,7 @@ from experiments.results_file import merge_result, read_results
 from experiments.runs import run_or_resume
 from vpntk_jax import pipeline, public, training
 from vpntk_jax.data import load_dataset, resize_dataset
+from vpntk_jax.errors import ConfigError
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
 VARIANTS = {
@@ -58,10 +59,26 @@ PAIRINGS = {
 
 def public_models(size: int, steps: int = 2000, batch_size: int = 500,
                   extractor_epochs: int = 10, root: str = "public", pairing: str = "mnist") -> str:
-  """Public models at `size`, pretrained once (reused when public/<prefix>SIZE exists)."""
+  """Public models at `size`, pretrained once (reused when ROOT/<prefix>SIZE exists).
+
+  Cached models pretrained with other settings are refused rather than
+  silently used in place of the ones asked for.
+  """
   public_data, _, prefix = PAIRINGS[pairing]
   out = os.path.join(root, f"{prefix}{size}")
-  if not os.path.exists(os.path.join(out, public.PUBLIC_JSON)):
+  spec_path = os.path.join(out, public.PUBLIC_JSON)
+  if os.path.exists(spec_path):
+    with open(spec_path) as f:
+      made = json.load(f).get("pretrain_config") or {"train": {}}
+    asked = {"train.steps": steps, "train.batch_size": batch_size,
+             "extractor_epochs": extractor_epochs}
+    found = {"train.steps": made["train"].get("steps"),
+             "train.batch_size": made["train"].get("batch_size"),
+             "extractor_epochs": made.get("extractor_epochs")}
+    if found != asked:
+      raise ConfigError(f"{out} was pretrained with {found}, not the {asked} asked for: pass "
+                        f"the settings it was made with, or --public-root DIR for new models")
+  else:
     config = public.PretrainConfig(data=public_data, image_size=None if size == 28 else size,
                                    extractor_epochs=extractor_epochs,
                                    train=training.TrainConfig(steps=steps,
@@ -124,6 +141,8 @@ def main():
   parser.add_argument("--pretrain-steps", type=int, default=2000)
   parser.add_argument("--pretrain-batch-size", type=int, default=500)
   parser.add_argument("--extractor-epochs", type=int, default=10)
+  parser.add_argument("--public-root", default="public",
+                      help="where the pretrained public models are kept (ROOT/<pairing><size>)")
   parser.add_argument("--vp-features", choices=("extractor", "pixels"), default="extractor",
                       help="what VP-NTK's NTK features are computed on")
   parser.add_argument("--prompt-resolution", type=int, default=None,
@@ -142,7 +161,8 @@ def main():
   results = read_results(RESULTS)
   for size in args.sizes:
     public_dir = public_models(size, args.pretrain_steps, args.pretrain_batch_size,
-                               args.extractor_epochs, pairing=args.pairing)
+                               args.extractor_epochs, root=args.public_root,
+                               pairing=args.pairing)
     for eps in args.epsilons:
       for seed in args.seeds:
         for variant in args.variants:

@@ -12,6 +12,7 @@ import pytest
 from vpntk_jax import public, training
 from vpntk_jax.config import RunConfig
 from vpntk_jax.config_files import load_config_file
+from vpntk_jax.errors import ConfigError
 from vpntk_jax.pipeline import run_synthesis
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
@@ -114,6 +115,21 @@ def test_public_only_baseline_samples_the_public_generator_without_private_data(
     metrics = json.load(f)
   assert metrics["accuracy"] == summary["accuracy"]
   assert metrics["environment"]["backend"] == jax.default_backend()  # where it ran, recorded
+
+
+def test_vpntk_table_refuses_cached_public_models_made_otherwise(tmp_path):
+  from experiments import vpntk_table  # pylint: disable=import-outside-toplevel
+  cached = tmp_path / "fsplit64"
+  cached.mkdir()
+  made = public.PretrainConfig(image_size=64, extractor_epochs=3,
+                               train=training.TrainConfig(steps=300, batch_size=100))
+  spec = {"pretrain_config": made.to_json()}
+  (cached / public.PUBLIC_JSON).write_text(json.dumps(spec))
+  assert vpntk_table.public_models(64, 300, 100, 3, root=str(tmp_path),
+                                   pairing="fashion-split") == str(cached)
+  with pytest.raises(ConfigError, match="--public-root"):
+    vpntk_table.public_models(64, 1000, 100, 3, root=str(tmp_path), pairing="fashion-split")
+  assert json.loads((cached / public.PUBLIC_JSON).read_text()) == spec  # left as it was
 
 
 def test_vpntk_table_keeps_training_lengths_and_machines_apart():
