@@ -441,9 +441,15 @@ def test_reuse_release_for_post_processing_only(tiny_public, private_npz, tmp_pa
   assert cli.main(_vp_args(private_npz, tiny_public[0], other, "--epsilon", "2",
                            "--reuse-release", str(base))) == 2
   assert "epsilon differ" in capsys.readouterr().err and not other.exists()
+  # On extractor features the public models shape the release itself.
+  other_public = tmp_path / "other_public"
+  shutil.copytree(tiny_public[0], other_public)
+  moved = tmp_path / "other_public_run"
+  assert cli.main(_vp_args(private_npz, other_public, moved, "--reuse-release", str(base))) == 2
+  assert "public_model differ" in capsys.readouterr().err and not moved.exists()
 
 
-def test_reuse_release_with_other_public_models(tiny_public, private_npz, tmp_path, capsys):
+def test_reuse_release_on_pixels_with_other_public_models(tiny_public, private_npz, tmp_path):
   other_public = tmp_path / "other_public"
   shutil.copytree(tiny_public[0], other_public)
   # On pixels the public generator only receives the prompts: a release may move to another.
@@ -454,13 +460,6 @@ def test_reuse_release_with_other_public_models(tiny_public, private_npz, tmp_pa
                            "--reuse-release", str(base))) == 0
   assert (moved / "release.npz").read_bytes() == (base / "release.npz").read_bytes()
   assert json.loads((moved / "public.json").read_text())["path"] == str(other_public)
-  # On extractor features the public models shape the release itself.
-  extractor = tmp_path / "extractor"
-  assert cli.main(_vp_args(private_npz, tiny_public[0], extractor)) == 0
-  refused = tmp_path / "extractor_other"
-  assert cli.main(_vp_args(private_npz, other_public, refused,
-                           "--reuse-release", str(extractor))) == 2
-  assert "public_model differ" in capsys.readouterr().err and not refused.exists()
 
 
 def test_dead_public_features_are_not_amplified():
