@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import host_devices_env
+
 from vpntk_jax import cli, distributed
 from vpntk_jax.errors import ConfigError
 
@@ -38,8 +40,7 @@ def _synthesize_args(data, out):
 def _run_two_processes(args):
   """Both processes' (returncode, stdout, stderr), started together."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = host_devices_env(2)
   procs = [subprocess.Popen([sys.executable, "-m", "vpntk_jax.cli", *args,
                              "--coordinator-address", f"localhost:{port}",
                              "--num-processes", "2", "--process-id", str(i)],

@@ -51,11 +51,7 @@ def _execute(name, tmp_path, monkeypatch):
   work = tmp_path / "work"
   monkeypatch.setenv("VPNTK_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("VPNTK_NOTEBOOK_DIR", str(work))
-  # CI speed only: on these tiny runs XLA's CPU backend optimisations cost more
-  # compile time than they save (about half the notebook's time); results are
-  # the same computation.
-  monkeypatch.setenv("XLA_FLAGS", (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_backend_optimization_level=0").strip())
+  # The kernel inherits conftest.py's XLA_FLAGS (CI speed only).
   colab_before = sorted(os.listdir(COLAB))
   nb = nbformat.read(COLAB / name, as_version=4)
   client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",

@@ -1,9 +1,10 @@
 """Data parallelism on 8 simulated CPU devices equals one device."""
 
-import os
 import subprocess
 import sys
 import textwrap
+
+from conftest import host_devices_env
 
 SCRIPT = textwrap.dedent("""
     import functools, jax, jax.numpy as jnp, numpy as np
@@ -54,8 +55,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_match_one():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = host_devices_env(8)
   out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                        env=env, check=False, timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]

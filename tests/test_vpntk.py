@@ -12,6 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import host_devices_env
+
 from vpntk_jax import cli, public, training
 from vpntk_jax.data import load_dataset, resize_images
 from vpntk_jax.data.dataset import make_dataset
@@ -266,8 +268,7 @@ def test_public_models_load_on_another_device_layout(tiny_public, tmp_path):
   out, _ = tiny_public
   moved = tmp_path / "moved"
   os.makedirs(moved)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = host_devices_env(8)
   done = subprocess.run([sys.executable, "-c", RESAVE_ON_ANOTHER_DEVICE, str(out), str(moved)],
                         capture_output=True, text=True, env=env, check=False, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
