@@ -44,11 +44,14 @@ def main():
   parser.add_argument("--classifiers", default="logistic_regression,mlp")
   parser.add_argument("--variants", nargs="+", help="subset of the variant names")
   parser.add_argument("--out", default="runs/vpablation")
+  parser.add_argument("--results", default=RESULTS,
+                      help="JSON the rows accumulate in (keyed by variant name: use one file "
+                           "per base run, or a new base overwrites the old rows)")
   args = parser.parse_args()
   base = resume_config(args.base, {})  # the base run's stored config
   common = {"train.steps": args.steps, "train.batch_size": args.batch_size,
             "num_synthetic": args.num_synthetic, "classifiers": tuple(args.classifiers.split(","))}
-  results = read_results(RESULTS)
+  results = read_results(args.results)
   for i, (name, overrides) in enumerate(VARIANTS.items()):
     if args.variants and name not in args.variants:
       continue
@@ -57,7 +60,7 @@ def main():
     if os.path.exists(os.path.join(out, "metrics.json")):
       continue
     summary = run_synthesis(config, out, quiet=True, reuse_release=args.base)
-    results = merge_result(RESULTS, name, {
+    results = merge_result(args.results, name, {
         "base": args.base, "overrides": {k: str(v) for k, v in overrides.items()},
         "steps": args.steps, "batch_size": args.batch_size, **summary})
     print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
