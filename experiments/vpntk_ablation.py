@@ -7,7 +7,8 @@ so the whole ablation spends the base run's epsilon once: only
 post-processing settings change. Short training (--steps) and logistic
 regression + MLP keep it to minutes per variant on a CPU; compare variants
 with each other, not with the full-length table. Results accumulate in
-experiments/results/vpntk_ablation.json; prints a Markdown table.
+experiments/results/vpntk_ablation.json (--results FILE for another base run);
+prints a Markdown table.
 """
 
 import argparse

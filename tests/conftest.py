@@ -1,4 +1,5 @@
-"""Settings for the whole test session. CI speed only: the computations are unchanged."""
+"""Settings for the whole test session. CI speed only: the same computations (float
+rounding aside)."""
 
 import os
 
