@@ -87,8 +87,11 @@ def build_method(config: RunConfig, image_shape: tuple[int, int, int], num_class
     if config.train.latent_dim != models.latent_dim:
       raise ConfigError(f"train.latent_dim is {config.train.latent_dim}; the public generator "
                         f"takes {models.latent_dim}")
-    features = (models.feature_map(network, config.seed) if config.vp_features == "extractor"
-                else NTKFeatureMap(network, input_dim=input_dim, seed=config.seed))
+    # The same test decides whether a release may be reused with another public model.
+    if config_lib.release_reads_public_model(config):
+      features = models.feature_map(network, config.seed)
+    else:
+      features = NTKFeatureMap(network, input_dim=input_dim, seed=config.seed)
     return features, PromptedGenerator(models.generator, models.generator_variables,
                                        config.prompt, num_classes, tuple(image_shape))
   if config.method == "dp-mepf":
