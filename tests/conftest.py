@@ -12,6 +12,9 @@ if _NO_BACKEND_OPT not in os.environ.get("XLA_FLAGS", ""):
 
 
 def host_devices_env(count: int) -> dict:
-  """os.environ for a subprocess that sees `count` CPU devices (keeping the flags above)."""
-  flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
-  return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+  """os.environ for a subprocess that sees `count` CPU devices (keeping the other flags)."""
+  # A device count the caller's XLA_FLAGS already sets is replaced, not repeated.
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count=")]
+  flags.append(f"--xla_force_host_platform_device_count={count}")
+  return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")

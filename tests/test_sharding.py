@@ -54,6 +54,14 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_host_devices_env_replaces_a_device_count_already_set(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_foo=1")
+  env = host_devices_env(8)
+  assert env["XLA_FLAGS"].split() == ["--xla_cpu_foo=1",
+                                      "--xla_force_host_platform_device_count=8"]
+  assert env["JAX_PLATFORMS"] == "cpu"
+
+
 def test_eight_devices_match_one():
   env = host_devices_env(8)
   out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
