@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from vpntk_jax import cli
 from vpntk_jax import pipeline
+from vpntk_jax.privacy.release import array_digest
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
@@ -109,6 +111,30 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, mo
   assert logged_steps(killed) == logged_steps(straight) == list(range(1, 9))  # step 5 once
   with np.load(killed / "synthetic.npz") as a, np.load(straight / "synthetic.npz") as b:
     np.testing.assert_array_equal(a["images"], b["images"])
+
+
+def test_ledger_fingerprints_the_release_and_a_swapped_release_is_refused(
+    tiny_npz, finished_run, tmp_path, capsys):
+  record = _read(finished_run / "privacy.json")["releases"][0]
+  with np.load(finished_run / "release.npz") as z:
+    embedding = z["embedding"]
+  assert record["sha256"] == array_digest(embedding)
+  # Another release of the same shape (one entry off by one float step) put in its place.
+  run = tmp_path / "swapped"
+  shutil.copytree(finished_run, run)
+  other = embedding.copy()
+  other.flat[0] = np.nextafter(other.flat[0], np.float32(np.inf))
+  np.savez(run / "release.npz", embedding=other)
+  before = {name: (run / name).read_bytes() for name in ("config.json", "privacy.json",
+                                                          "release.npz", "train_log.csv")}
+  assert cli.main(["synthesize", "--out", str(run), "--resume", "--steps", "8", "--quiet"]) == 2
+  assert "sha256 differs" in capsys.readouterr().err
+  assert {name: (run / name).read_bytes() for name in before} == before
+  # Nor can another run take it over as a reused release; nothing is created.
+  reuser = tmp_path / "reuser"
+  assert cli.main(_args(tiny_npz, reuser, "--reuse-release", str(run))) == 2
+  assert "is not the release its privacy.json records" in capsys.readouterr().err
+  assert not reuser.exists()
 
 
 def test_resume_refuses_a_changed_privacy_setting(finished_run):

@@ -17,6 +17,7 @@ from vpntk_jax.privacy import (
     ACCOUNTANTS,
     PrivacyLedger,
     ReleaseRecord,
+    array_digest,
     calibrate_composition,
     calibrate_gaussian,
     check_epsilon_delta,
@@ -236,11 +237,11 @@ def test_gaussian_release_sigma_zero_is_loud():
 # --- ledger ------------------------------------------------------------------
 
 
-def _record(sigma: float, *, status: str = "active", seed=None) -> ReleaseRecord:
+def _record(sigma: float, *, status: str = "active", seed=None, sha256=None) -> ReleaseRecord:
   return ReleaseRecord.make(
       "ntk_mean_embedding", sensitivity=2 / 60000, sigma=sigma, adjacency="replace_one",
       accountant="pld", epsilon=1.0, delta=DELTA, num_private_examples=60000,
-      noise_seed=seed, shape=(10, 4096), status=status)
+      noise_seed=seed, shape=(10, 4096), status=status, sha256=sha256)
 
 
 def _ledger() -> PrivacyLedger:
@@ -249,7 +250,7 @@ def _ledger() -> PrivacyLedger:
 
 def test_ledger_json_round_trip(tmp_path):
   sigma = calibrate_gaussian(1.0, DELTA)
-  ledger = _ledger().add(_record(sigma, seed=3))
+  ledger = _ledger().add(_record(sigma, seed=3, sha256=array_digest(np.zeros((10, 4096)))))
   assert ledger.releases[0].noise_std == pytest.approx(sigma * 2 / 60000)
   doc = json.loads(json.dumps(ledger.to_json(), allow_nan=False))
   assert PrivacyLedger.from_json(doc) == ledger
@@ -258,8 +259,22 @@ def test_ledger_json_round_trip(tmp_path):
     assert key in doc
   assert doc["sigma"] == sigma and doc["num_private_examples"] == 60000
   assert doc["releases"][0]["shape"] == [10, 4096]
+  assert doc["releases"][0]["sha256"] == ledger.releases[0].sha256
   write_ledger(tmp_path / "privacy.json", ledger)
   assert read_ledger(tmp_path / "privacy.json") == ledger
+  # Records written before release digests were kept still load, without one.
+  del doc["releases"][0]["sha256"]
+  assert PrivacyLedger.from_json(doc).releases[0].sha256 is None
+
+
+def test_array_digest_tells_dtype_shape_and_bytes_apart():
+  a = np.arange(6, dtype=np.float32).reshape(2, 3)
+  assert array_digest(a) == array_digest(a.copy()) == array_digest(np.asfortranarray(a))
+  assert array_digest(a) != array_digest(a.reshape(3, 2))
+  assert array_digest(a) != array_digest(a.astype(np.float64))
+  b = a.copy()
+  b[1, 2] = np.nextafter(b[1, 2], np.float32(0))
+  assert array_digest(a) != array_digest(b)
 
 
 def test_ledger_total_epsilon_counts_superseded_releases():

@@ -57,7 +57,7 @@ from vpntk_jax.features.perceptual import PerceptualFeatureMap
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.models.prompt import PromptedGenerator
 from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, accounting, read_ledger, write_ledger
-from vpntk_jax.privacy.release import gaussian_release, noise_key
+from vpntk_jax.privacy.release import array_digest, gaussian_release, noise_key
 from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOSS_PNG, METRICS, PRIVACY, PUBLIC,
                                   RELEASE, SAMPLES, SELECTION, SELECTION_CHECKPOINTS,
                                   SYNTHETIC, TRAIN_LOG)
@@ -191,6 +191,8 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
       raise RunDirError(
           f"{out} has no complete private release (release.npz + privacy.json) to resume "
           f"from; use --force to start it over (its ledger, if any, stays charged).")
+    # Before anything is written: the release must be the one the ledger records.
+    load_release(os.path.join(out, RELEASE), config, read_ledger(os.path.join(out, PRIVACY)))
     return RunDir(out, out, resumed=True), None
   if not force:
     raise RunDirError(
@@ -322,6 +324,7 @@ def release_embedding(features, private: ImageDataset, mean: jax.Array, config: 
         name, sensitivity=sensitivity, sigma=sigma, adjacency=config.adjacency,
         accountant=config.accountant, epsilon=config.epsilon, delta=config.delta,
         num_private_examples=m, noise_seed=config.noise_seed, shape=mean.shape,
+        sha256=array_digest(arrays[RELEASE_ARRAYS[name]]),
         notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
               f"{purpose}"))
   _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
@@ -331,15 +334,35 @@ def release_embedding(features, private: ImageDataset, mean: jax.Array, config: 
   return arrays, ledger
 
 
-def load_release(path: str, config: RunConfig) -> dict[str, np.ndarray]:
-  """The arrays of a stored release.npz; checks it holds what `config` released."""
+def load_release(path: str, config: RunConfig, ledger: PrivacyLedger) -> dict[str, np.ndarray]:
+  """The arrays of a stored release.npz; checks it holds what `config` released and
+  what `ledger` (its privacy.json) recorded."""
   with np.load(path) as z:
     release = {k: z[k] for k in z.files}
   wanted = {"embedding"} | ({"validation_embedding"} if config.validation_noise_scale else set())
   if set(release) != wanted:
     raise RunDirError(f"{path} holds {sorted(release)}, this run's settings need "
                       f"{sorted(wanted)}: it was not made with these settings")
+  check_release_matches_ledger(path, release, ledger)
   return release
+
+
+def check_release_matches_ledger(path: str, release: dict[str, np.ndarray],
+                                 ledger: PrivacyLedger) -> None:
+  """Raises unless every active release the ledger fingerprinted is the stored array.
+
+  A release.npz swapped in from another run, or damaged, would otherwise be trained
+  on under a privacy record that does not describe it.
+  """
+  for record in ledger.active_releases:
+    array = RELEASE_ARRAYS.get(record.name)
+    if record.sha256 is None or array not in release:
+      continue  # written before digests were kept
+    if array_digest(release[array]) != record.sha256:
+      raise RunDirError(
+          f"{path}: {array!r} is not the release its privacy.json records (sha256 differs): "
+          f"it was replaced or damaged after it was made. Restore the original release.npz; "
+          f"releasing again would spend the privacy budget a second time.")
 
 
 def release_warnings(mean: np.ndarray, private: ImageDataset, config: RunConfig,
@@ -449,6 +472,7 @@ def check_reusable_release(source: str, config: RunConfig) -> None:
   for name in (RELEASE, PRIVACY):
     if not os.path.exists(os.path.join(source, name)):
       raise RunDirError(f"{source} has no {name} to reuse")
+  load_release(os.path.join(source, RELEASE), config, read_ledger(os.path.join(source, PRIVACY)))
 
 
 def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
@@ -514,8 +538,8 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
 
     distributed.on_primary(release_and_store, "release the embedding")
   # What was stored is what every process trains on, fresh or resumed.
-  release = load_release(run.file(RELEASE), config)
   ledger = read_ledger(run.file(PRIVACY))
+  release = load_release(run.file(RELEASE), config, ledger)
   del private  # nothing after this point sees private data
   state = train_generator(features, sampler, release, test.num_classes, config, run,
                           quiet=quiet)

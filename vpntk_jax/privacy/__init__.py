@@ -19,13 +19,14 @@ from vpntk_jax.privacy.ledger import (
     read_ledger,
     write_ledger,
 )
-from vpntk_jax.privacy.release import gaussian_release, noise_key
+from vpntk_jax.privacy.release import array_digest, gaussian_release, noise_key
 
 __all__ = [
     "ACCOUNTANTS",
     "ADJACENCIES",
     "PrivacyLedger",
     "ReleaseRecord",
+    "array_digest",
     "calibrate_composition",
     "calibrate_gaussian",
     "check_accountant",

@@ -65,6 +65,9 @@ class ReleaseRecord:
   created_utc: str
   status: str = "active"
   notes: str = ""
+  # `release.array_digest` of the released array as stored; None in records written
+  # before digests were kept.
+  sha256: str | None = None
 
   def __post_init__(self) -> None:
     check_adjacency(self.adjacency)
@@ -82,7 +85,7 @@ class ReleaseRecord:
   def make(
       cls, name: str, *, sensitivity: float, sigma: float, adjacency: str, accountant: str,
       epsilon: float, delta: float, num_private_examples: int, noise_seed: int | None,
-      shape: Sequence[int], status: str = "active", notes: str = "",
+      shape: Sequence[int], status: str = "active", notes: str = "", sha256: str | None = None,
   ) -> ReleaseRecord:
     """Builds a record, deriving noise_std and stamping the current UTC time."""
     return cls(
@@ -90,7 +93,7 @@ class ReleaseRecord:
         noise_std=float(sensitivity) * float(sigma), adjacency=adjacency,
         accountant=accountant, epsilon=float(epsilon), delta=float(delta),
         num_private_examples=int(num_private_examples), noise_seed=noise_seed,
-        shape=tuple(shape), created_utc=utc_now(), status=status, notes=notes)
+        shape=tuple(shape), created_utc=utc_now(), status=status, notes=notes, sha256=sha256)
 
   def to_json(self) -> dict:
     """JSON-ready dict (inf/NaN floats as strings)."""
@@ -104,7 +107,7 @@ class ReleaseRecord:
   def from_json(cls, d: dict) -> ReleaseRecord:
     """Inverse of `to_json`."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    missing = fields - set(d) - {"status", "notes"}
+    missing = fields - set(d) - {"status", "notes", "sha256"}
     if missing:
       raise ConfigError(f"release record is missing {sorted(missing)}")
     kwargs = {k: v for k, v in d.items() if k in fields}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -63,3 +64,11 @@ def gaussian_release(
     return statistic
   noise = jax.random.normal(key, statistic.shape, dtype=jnp.float32)
   return statistic + noise * jnp.float32(sensitivity * sigma)
+
+
+def array_digest(array: np.ndarray) -> str:
+  """sha256 of an array's dtype, shape and bytes: the fingerprint a ledger keeps of a release."""
+  array = np.ascontiguousarray(array)
+  h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  h.update(array.tobytes())
+  return h.hexdigest()
