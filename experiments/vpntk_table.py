@@ -104,6 +104,10 @@ def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, b
 def run_name(pairing: str, variant: str, size: int, eps: float, seed: int) -> str:
   # The MNIST pairing keeps its original names so earlier runs and results stay valid.
   prefix = "" if pairing == "mnist" else f"{PAIRINGS[pairing][2]}_"
+  if variant == PUBLIC_ONLY:
+    # Reads no private data, so no epsilon: one run per size and seed, however many
+    # epsilons the table spans (else the same baseline would count as several seeds).
+    return f"{prefix}{variant}_{size}_seed{seed}"
   return f"{prefix}{variant}_{size}_eps{eps:g}_seed{seed}"
 
 

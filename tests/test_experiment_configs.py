@@ -1,6 +1,7 @@
 """The experiment configs load, validate and (CelebA, on tfds mock data) run end to end."""
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -130,6 +131,16 @@ def test_vpntk_table_refuses_cached_public_models_made_otherwise(tmp_path):
   with pytest.raises(ConfigError, match="--public-root"):
     vpntk_table.public_models(64, 1000, 100, 3, root=str(tmp_path), pairing="fashion-split")
   assert json.loads((cached / public.PUBLIC_JSON).read_text()) == spec  # left as it was
+
+
+def test_vpntk_table_names_the_public_only_baseline_once_per_size_and_seed():
+  from experiments import vpntk_table  # pylint: disable=import-outside-toplevel
+  name = functools.partial(vpntk_table.run_name, "fashion-split")
+  # No private data, so no epsilon: a table over epsilons 1 and 10 runs it once.
+  assert name("public-only", 64, 1.0, 0) == name("public-only", 64, 10.0, 0)
+  assert name("public-only", 64, 1.0, 0) != name("public-only", 64, 1.0, 1)
+  assert name("dp-ntk", 64, 1.0, 0) != name("dp-ntk", 64, 10.0, 0)
+  assert vpntk_table.run_name("mnist", "dp-ntk", 28, 1.0, 0) == "dp-ntk_28_eps1_seed0"
 
 
 def test_vpntk_table_keeps_training_lengths_and_machines_apart():
