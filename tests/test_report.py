@@ -21,11 +21,11 @@ SIGMA = calibrate_gaussian(1.0, DELTA, accountant="analytic")
 
 
 def _record(name: str, *, status: str = "active", noise_seed: int | None = None,
-            sigma: float = SIGMA) -> ReleaseRecord:
+            sigma: float = SIGMA, sha256: str | None = None) -> ReleaseRecord:
   return ReleaseRecord.make(
       name, sensitivity=2.0 / N, sigma=sigma, adjacency="replace_one", accountant="analytic",
       epsilon=1.0, delta=DELTA, num_private_examples=N, noise_seed=noise_seed, shape=(10, 4),
-      status=status)
+      status=status, sha256=sha256)
 
 
 def _ledger(*records: ReleaseRecord, accountant: str = "analytic") -> PrivacyLedger:
@@ -85,6 +85,7 @@ def test_privacy_statement_states_epsilon_delta_and_n(tmp_path):
   assert r["privacy"]["within_budget"] and not r["privacy"]["warnings"]
   assert "WARNING" not in md and 'class="warning"' not in page
   assert "labelled_mean_embedding" in md and "secret (OS entropy)" in md
+  assert "not recorded" in md  # a ledger from before release digests were kept
   assert "fashion_mnist:test" in md  # the evaluation-only test set is named as not covered
   assert r["missing"] == []
 
@@ -92,8 +93,9 @@ def test_privacy_statement_states_epsilon_delta_and_n(tmp_path):
 def test_superseded_release_listed_and_over_budget_warned(tmp_path):
   ledger = _ledger(_record("first_try", noise_seed=7), _record("labelled_mean_embedding"),
                    accountant="pld").add(_record("extra")).supersede_active("replaced")
-  ledger = ledger.add(_record("final"))
+  ledger = ledger.add(_record("final", sha256="0123456789abcdef" * 4))
   r, md, page = _render(_make_run(tmp_path / "run", ledger=ledger))
+  assert "| 0123456789ab |" in md and "0123456789abc" not in md
   names = [x["name"] for x in r["privacy"]["releases"]]
   assert names == ["first_try", "labelled_mean_embedding", "extra", "final"]
   assert md.count("superseded (still charged)") == 3

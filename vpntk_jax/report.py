@@ -145,6 +145,7 @@ def _release_rows(ledger: PrivacyLedger) -> list[dict]:
       "delta": r.delta,
       "num_private_examples": r.num_private_examples,
       "noise_seed": r.noise_seed,
+      "sha256": r.sha256,
       "created_utc": r.created_utc,
       "notes": r.notes,
   } for r in ledger.releases]
@@ -376,12 +377,14 @@ def build_report(run_dir: str) -> dict:
 
 def _release_table(releases: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
   header = ["Release", "Status", "Sensitivity", "Sigma", "Noise std", "Accountant",
-            "Epsilon", "Private examples", "Noise seed"]
+            "Epsilon", "Private examples", "Noise seed", "sha256 (first 12)"]
+  # The digest prefix lets a reader see that two runs trained on one release.
   rows = [[r["name"],
            "superseded (still charged)" if r["status"] == "superseded" else r["status"],
            fmt_num(r["sensitivity"]), fmt_num(r["sigma"]), fmt_num(r["noise_std"]),
            r["accountant"], fmt_num(r["epsilon"]), str(r["num_private_examples"]),
-           "secret (OS entropy)" if r["noise_seed"] is None else str(r["noise_seed"])]
+           "secret (OS entropy)" if r["noise_seed"] is None else str(r["noise_seed"]),
+           (r.get("sha256") or "not recorded")[:12]]
           for r in releases]
   return header, rows
 
