@@ -1,5 +1,6 @@
 """The empirical audit: below the claim with noise, detects the canary without."""
 
+import dataclasses
 import math
 import os
 
@@ -9,7 +10,9 @@ import pytest
 from vpntk_jax import cli
 from vpntk_jax import config as config_lib
 from vpntk_jax import pipeline
-from vpntk_jax.privacy import audit
+from vpntk_jax.blocks import DataConfig, TrainConfig
+from vpntk_jax.data import load_dataset, resize_dataset
+from vpntk_jax.privacy import audit, read_ledger
 
 
 def test_clopper_pearson_and_bound_formula():
@@ -24,7 +27,7 @@ def small_config(tmp_path_factory):
   rng = np.random.default_rng(0)
   path = tmp_path_factory.mktemp("audit") / "d.npz"
   np.savez(path, x=rng.integers(0, 256, (200, 8, 8, 1), np.uint8), y=np.arange(200) % 4)
-  return config_lib.RunConfig(data=str(path), ntk_layers=(32, "relu", "layernorm", 4),
+  return config_lib.RunConfig(data=DataConfig(source=str(path)), ntk_layers=(32, "relu", "layernorm", 4),
                               epsilon=1.0, delta=1e-5)
 
 
@@ -42,6 +45,37 @@ def test_audit_without_noise_detects_the_canary(small_config):
 
 
 def test_audit_cli_prints_json(small_config, capsys):
-  assert cli.main(["audit", "--data", small_config.data, "--examples", "100", "--trials", "40",
+  assert cli.main(["audit", "--data", small_config.data.source, "--examples", "100", "--trials", "40",
                    "--config", os.path.join(os.path.dirname(__file__), "tiny_config.py")]) in (0,)
   assert "epsilon_lower_bound" in capsys.readouterr().out
+
+
+def test_audit_uses_the_sigma_the_run_releases_with_a_validation_release(small_config, tmp_path):
+  # With a validation release the budget is split: the main release gets a larger
+  # sigma than a lone release at the same epsilon. The audit must audit that one.
+  config = dataclasses.replace(small_config, validation_noise_scale=10.0, noise_seed=1,
+                               train=TrainConfig(steps=1, batch_size=8), num_synthetic=8,
+                               eval_train_size=8, classifiers=("logistic_regression",))
+  out = tmp_path / "run"
+  pipeline.run_synthesis(config, str(out), quiet=True,
+                         datasets=pipeline.load_private_and_test(config, (
+                             load_dataset(config.data.source, "train"),
+                             load_dataset(config.data.source, "train"))))
+  released = {r.name: r.sigma for r in read_ledger(out / "privacy.json").releases}
+  result = pipeline.audit(config, num_examples=200, trials=40, seed=0)
+  assert result["sigma"] == pytest.approx(released["labelled_mean_embedding"], rel=1e-12)
+  assert result["sigma"] > pipeline.audit(small_config, num_examples=200, trials=40,
+                                          seed=0)["sigma"]
+
+
+def test_audit_sees_the_images_at_the_run_s_image_size(small_config, tmp_path):
+  resized = resize_dataset(load_dataset(small_config.data.source, "train"), 4)
+  path = tmp_path / "resized.npz"
+  np.savez(path, x=resized.images, y=resized.labels)
+  at_size = dataclasses.replace(small_config, data=dataclasses.replace(small_config.data,
+                                                                       image_size=4))
+  pre_resized = dataclasses.replace(small_config, data=DataConfig(source=str(path)))
+  a = pipeline.audit(at_size, num_examples=200, trials=40, seed=0)
+  b = pipeline.audit(pre_resized, num_examples=200, trials=40, seed=0)
+  assert a["image_shape"] == [4, 4, 1]
+  assert a == b

@@ -12,7 +12,7 @@ import pytest
 from vpntk_jax import config_files
 from vpntk_jax.config import RunConfig
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.training import TrainConfig
+from vpntk_jax.blocks import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = os.path.join(REPO, "experiments", "fashion_dpntk.py")
@@ -60,9 +60,9 @@ def _write(tmp_path, text: str, name: str = "cfg.py") -> str:
 # load_config_file
 
 def test_loads_the_fashion_experiment():
-  config = config_files.load_config_file(FASHION)
+  config = config_files.load_config_file(FASHION, RunConfig)
   assert isinstance(config, RunConfig)
-  assert (config.method, config.data, config.epsilon) == ("dp-ntk", "fashion_mnist", 1.0)
+  assert (config.method, config.data.source, config.epsilon) == ("dp-ntk", "fashion_mnist", 1.0)
 
 
 def test_loads_a_temp_file_fresh_each_time(tmp_path):
@@ -71,14 +71,14 @@ def test_loads_a_temp_file_fresh_each_time(tmp_path):
       def get_config():
         return RunConfig(epsilon=3.0, ntk_layers=(16, "relu", 2))
       """)
-  first = config_files.load_config_file(path)
+  first = config_files.load_config_file(path, RunConfig)
   assert first.epsilon == 3.0 and first.ntk_layers == (16, "relu", 2)
   _write(tmp_path, """
       from vpntk_jax.config import RunConfig
       def get_config():
         return RunConfig(epsilon=4.0)
       """)
-  assert config_files.load_config_file(path).epsilon == 4.0
+  assert config_files.load_config_file(path, RunConfig).epsilon == 4.0
 
 
 def test_file_may_define_its_own_dataclass(tmp_path):
@@ -98,7 +98,7 @@ def test_file_may_define_its_own_dataclass(tmp_path):
 def test_expected_type_is_checked(tmp_path):
   path = _write(tmp_path, "def get_config():\n  return {'epsilon': 1}\n")
   with pytest.raises(ConfigError, match="returned dict, expected RunConfig"):
-    config_files.load_config_file(path)
+    config_files.load_config_file(path, RunConfig)
   assert config_files.load_config_file(path, expected_type=dict) == {"epsilon": 1}
 
 
@@ -110,14 +110,14 @@ def test_expected_type_is_checked(tmp_path):
 ])
 def test_load_errors(tmp_path, text, match):
   with pytest.raises(ConfigError, match=match):
-    config_files.load_config_file(_write(tmp_path, text))
+    config_files.load_config_file(_write(tmp_path, text), RunConfig)
 
 
 def test_missing_and_non_python_files(tmp_path):
   with pytest.raises(ConfigError, match="not found"):
-    config_files.load_config_file(str(tmp_path / "nope.py"))
+    config_files.load_config_file(str(tmp_path / "nope.py"), RunConfig)
   with pytest.raises(ConfigError, match="not a Python"):
-    config_files.load_config_file(_write(tmp_path, "{}", name="cfg.json"))
+    config_files.load_config_file(_write(tmp_path, "{}", name="cfg.json"), RunConfig)
 
 
 # parse_overrides
@@ -153,13 +153,13 @@ def test_run_config_overrides_and_original_unchanged():
   base = RunConfig(noise_seed=7)
   config = config_files.apply_overrides(base, {
       "train.steps": "10", "train.learning_rate": "3e-3", "noise_seed": "none",
-      "ntk_layers": "800, relu,layernorm,10", "epsilon": "1e1", "download": "Yes",
-      "classifiers": '["mlp"]', "data_dir": "null"})
+      "ntk_layers": "800, relu,layernorm,10", "epsilon": "1e1", "data.download": "Yes",
+      "classifiers": '["mlp"]', "data.data_dir": "null"})
   assert config.train == dataclasses.replace(TrainConfig(), steps=10, learning_rate=3e-3)
-  assert config.noise_seed is None and config.data_dir is None
+  assert config.noise_seed is None and config.data.data_dir is None
   assert config.ntk_layers == (800, "relu", "layernorm", 10)
   assert config.epsilon == 10.0 and isinstance(config.epsilon, float)
-  assert config.download is True and config.classifiers == ("mlp",)
+  assert config.data.download is True and config.classifiers == ("mlp",)
   assert base == RunConfig(noise_seed=7)  # frozen original untouched
   assert base.train is RunConfig().train
 
@@ -240,8 +240,9 @@ def test_post_init_error_names_the_key_and_non_strings_pass_through():
 # config_from_args
 
 def test_config_from_args(tmp_path):
-  config = config_files.config_from_args(FASHION, {"epsilon": "10", "train.steps": "5"})
-  assert (config.epsilon, config.train.steps, config.data) == (10.0, 5, "fashion_mnist")
-  assert config_files.config_from_args(None, {}) == RunConfig()
-  toy = config_files.config_from_args(None, {"middle.inner.width": "2"}, default_factory=Toy)
+  config = config_files.config_from_args(FASHION, {"epsilon": "10", "train.steps": "5"},
+                                         RunConfig)
+  assert (config.epsilon, config.train.steps, config.data.source) == (10.0, 5, "fashion_mnist")
+  assert config_files.config_from_args(None, {}, RunConfig) == RunConfig()
+  toy = config_files.config_from_args(None, {"middle.inner.width": "2"}, Toy)
   assert toy.middle.inner.width == 2

@@ -9,6 +9,8 @@ import pytest
 
 from vpntk_jax import cli
 from vpntk_jax import pipeline
+from vpntk_jax.stages import mean_embedding
+from vpntk_jax.training import loop as training_loop
 from vpntk_jax.privacy.release import array_digest
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -89,7 +91,7 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, mo
   every_step = "--config.train.log_every=1"
   assert cli.main(_args(tiny_npz, straight, "--steps", "8", every_step)) == 0
 
-  real_make = pipeline.training.make_train_step
+  real_make = training_loop.make_train_step
   def dies_after_step_5(*args, **kwargs):
     step = real_make(*args, **kwargs)
     def wrapped(state):
@@ -97,7 +99,7 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, mo
         raise KeyboardInterrupt("simulated kill")
       return step(state)
     return wrapped
-  monkeypatch.setattr(pipeline.training, "make_train_step", dies_after_step_5)
+  monkeypatch.setattr(training_loop, "make_train_step", dies_after_step_5)
   killed = tmp_path / "killed"
   with pytest.raises(KeyboardInterrupt):
     cli.main(_args(tiny_npz, killed, "--steps", "8", every_step))
@@ -247,27 +249,29 @@ def test_release_warnings():
   labels = np.arange(20) % 2
   data = make_dataset(images, labels, num_classes=3)
   config = RunConfig(delta=0.1)
-  warnings = pipeline.release_warnings(np.full((8, 3), 1e-3), data, config, noise_std=1.0)
+  warnings = mean_embedding.release_warnings(np.full((8, 3), 1e-3), data, config, noise_std=1.0)
   text = " ".join(warnings)
   assert "delta" in text and "[2]" in text and "signal-to-noise" in text
-  quiet = pipeline.release_warnings(np.ones((8, 3)), make_dataset(images, labels, num_classes=2),
-                                    RunConfig(delta=1e-5), noise_std=1e-3)
+  quiet = mean_embedding.release_warnings(np.ones((8, 3)),
+                                          make_dataset(images, labels, num_classes=2),
+                                          RunConfig(delta=1e-5), noise_std=1e-3)
   assert quiet == []
 
 
 def test_run_from_in_memory_arrays(tiny_npz, tmp_path):
   from vpntk_jax import config_files
+  from vpntk_jax.config import RunConfig
   from vpntk_jax.data import make_dataset
   z = np.load(tiny_npz)
   private = make_dataset(z["x"], z["y"], name="arrays")
   test = make_dataset(z["x_test"], z["y_test"], num_classes=private.num_classes, name="arrays-test")
-  config = config_files.apply_overrides(config_files.load_config_file(_TINY_CONFIG), {
+  config = config_files.apply_overrides(config_files.load_config_file(_TINY_CONFIG, RunConfig), {
       "train.steps": "2", "train.batch_size": "20", "num_synthetic": "100",
       "eval_train_size": "50", "classifiers": "logistic_regression", "noise_seed": "1"})
   summary = pipeline.run_synthesis(config, str(tmp_path / "mem"), quiet=True,
                                    datasets=(private, test))
   assert summary["accuracy"]["logistic_regression"] >= 0
-  assert _read(tmp_path / "mem" / "config.json")["data"] == "in-memory:arrays"
+  assert _read(tmp_path / "mem" / "config.json")["data"]["source"] == "in-memory:arrays"
   with np.load(tmp_path / "mem" / "synthetic.npz") as s:
     assert s["images"].shape == (100, 28, 28, 1)
   with pytest.raises(Exception, match="in-memory"):
@@ -278,11 +282,11 @@ def test_validation_release_is_charged_and_picks_the_closest_checkpoint(tiny_npz
                                                                          monkeypatch):
   out = tmp_path / "val"
   # The last checkpoint is made the worst, so picking it (no selection) would be caught.
-  real_distance = pipeline.training.make_validation_distance
+  real_distance = training_loop.make_validation_distance
   def last_is_worst(*args, **kwargs):
     distance = real_distance(*args, **kwargs)
     return lambda state: distance(state) + (1e9 if int(state.step) == 6 else 0.0)
-  monkeypatch.setattr(pipeline.training, "make_validation_distance", last_is_worst)
+  monkeypatch.setattr(training_loop, "make_validation_distance", last_is_worst)
   # A constant learning rate, so a shorter run follows the same trajectory (below).
   assert cli.main(_args(tiny_npz, out, "--steps", "6", "--checkpoint-every", "2",
                         "--validation-noise-scale", "10",

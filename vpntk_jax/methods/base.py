@@ -1,0 +1,79 @@
+"""What a method declares: its config block, its CLI flags, what it needs, how it builds.
+
+A method module in this package defines one `METHOD = Method(...)`. Its
+module-level imports stay JAX-free (the registry, config loading and
+`vpntk --help` read every method); `build` imports the JAX-side parts it
+combines when a run actually starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+  from vpntk_jax.config import RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  """A command-line option of `vpntk synthesize` that sets a field of the method's block."""
+  option: str                 # "--kappa"
+  field: str                  # dotted path inside the block: "prompt.kappa"
+  kwargs: dict = dataclasses.field(default_factory=dict)  # argparse: type, help, choices, ...
+
+
+def _never(options: Any) -> bool:
+  del options
+  return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A method: a named recipe over the shared stages.
+
+  Attributes:
+    name: what `--method` takes.
+    summary: one line, for help and docs.
+    options: the frozen dataclass of the method's own settings (RunConfig.options).
+    build: (config, image_shape, num_classes, public_models) -> the run's recipe:
+      its private mechanism(s) and post-processing (see `vpntk_jax.stages`).
+      Called with the public models already loaded when `needs_public_models`.
+    default_loss: the objective when RunConfig.loss is None.
+    needs_public_models: the block has a `public_model` directory (`vpntk pretrain`).
+    release_reads_public_model: whether the public models enter the released
+      statistic (then a release may not be reused with other public models).
+    post_processing: block fields (dotted; a trailing "." covers a sub-block)
+      that only shape what is done with a release: changing them reuses it.
+    flags: CLI options mapped onto block fields.
+    legacy_fields: config.json fields of the flat layout (before method blocks)
+      that this block took over, old name -> block field.
+  """
+  name: str
+  summary: str
+  options: type
+  build: Callable[..., Any]
+  default_loss: str = "mmd"
+  needs_public_models: bool = False
+  release_reads_public_model: Callable[[Any], bool] = _never
+  post_processing: frozenset = frozenset()
+  flags: tuple[Flag, ...] = ()
+  legacy_fields: dict = dataclasses.field(default_factory=dict)
+
+  def is_post_processing(self, field: str) -> bool:
+    """Whether changing block field `field` (dotted) leaves the release as it is."""
+    return any(field == p or (p.endswith(".") and field.startswith(p))
+               for p in self.post_processing)
+
+
+# The flat-layout fields of methods that read public models.
+PUBLIC_MODEL_LEGACY_FIELDS = {"public_model": "public_model",
+                              "check_public_overlap": "check_public_overlap"}
+# Flags of the methods that read public models.
+PUBLIC_MODEL_FLAGS = (
+    Flag("--public-model", "public_model",
+         dict(help="directory made by `vpntk pretrain` (or a converted VGG19 for dp-mepf)")),
+    Flag("--check-public-overlap", "check_public_overlap",
+         dict(action="store_true", default=None,
+              help="refuse if a public training image is also a private one")),
+)

@@ -1,0 +1,198 @@
+"""The run directory's life cycle: open (new, resumed or staged), check what it
+stores, and swap a staged replacement in.
+
+Run directory contract (`runs/NAME/`):
+  config.json     the RunConfig
+  privacy.json    the privacy ledger (every release, its sensitivity, sigma, ...)
+  release.npz     the noisy release(s): the only outputs that touched private data
+  checkpoints/    Orbax checkpoints of the training state
+  best/, selection.json
+                  with a validation release only: the checkpoint closest to it,
+                  which synthesis uses, and every checkpoint's distance
+  train_log.csv   step, loss, seconds
+  synthetic.npz   `images` uint8 NHWC and `labels`
+  samples.png     one row per class
+  loss.png        training curve
+  metrics.json    accuracy of classifiers trained on synthetic data, on the real test set
+  report.md/.html samples, the privacy statement in plain words, metrics (vpntk report)
+  public.json     methods with public models: the public models used
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+
+from vpntk_jax import config as config_lib
+from vpntk_jax.config import RunConfig
+from vpntk_jax.errors import RunDirError
+from vpntk_jax.privacy.ledger import PrivacyLedger, read_ledger
+from vpntk_jax.privacy.release import array_digest
+from vpntk_jax.run_files import CONFIG, PRIVACY, RELEASE
+
+
+@dataclasses.dataclass
+class RunDir:
+  """Where a run writes. `path` is the final place; `work` where files go now.
+
+  They differ when an existing directory is replaced (--force): the new run is
+  built in a sibling staging directory and swapped in at the end, so a failure
+  leaves the old one untouched.
+  """
+  path: str
+  work: str
+  resumed: bool = False
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.work, name)
+
+  @property
+  def staged(self) -> bool:
+    return self.work != self.path
+
+  def finish(self) -> None:
+    """Swaps a staged directory in as `path` (nothing to do for one built in place)."""
+    if not self.staged:
+      return
+    trash = self.path + ".replaced"
+    if os.path.exists(trash):
+      shutil.rmtree(trash)
+    if os.path.exists(self.path):
+      os.replace(self.path, trash)
+    os.replace(self.work, self.path)
+    shutil.rmtree(trash, ignore_errors=True)
+    self.work = self.path
+
+
+def is_nonempty_dir(path: str) -> bool:
+  return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def staging_path(out: str) -> str:
+  return out.rstrip("/") + ".partial"
+
+
+def stage(out: str) -> RunDir:
+  """A fresh staging directory beside `out`, to be swapped in by `finish()`."""
+  staging = staging_path(out)
+  if os.path.exists(staging):
+    shutil.rmtree(staging)
+  os.makedirs(staging)
+  return RunDir(out, staging)
+
+
+def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
+                 new_release: bool = False, release_arrays: dict[str, str] | None = None
+                 ) -> tuple[RunDir, PrivacyLedger | None]:
+  """Decides how to use `out`. Creates directories only once that is settled.
+
+  When resuming, `config` must equal the stored one up to its allowed changes,
+  and the stored release must be the one the ledger records (`release_arrays`:
+  ledger name -> array name, as `load_release` takes). Returns the run dir and
+  the ledger of a run being replaced (its releases stay charged).
+  """
+  if resume and force:
+    raise RunDirError("--resume and --force exclude each other")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise RunDirError(f"{out} exists and is not a directory")
+  if not is_nonempty_dir(out):
+    if resume:
+      raise RunDirError(f"nothing to resume: {out} does not exist or is empty")
+    os.makedirs(out, exist_ok=True)
+    return RunDir(out, out), None
+  if resume:
+    stored = load_config(out)
+    changed = [k for k in config_lib.diff(stored, config)
+               if k not in config_lib.RESUMABLE_CHANGES]
+    if changed:
+      raise RunDirError(
+          f"cannot resume {out} with different settings: {', '.join(changed)} differ from "
+          f"its config.json. Resume with the same settings, or start a new run.")
+    if not (os.path.exists(os.path.join(out, RELEASE)) and
+            os.path.exists(os.path.join(out, PRIVACY))):
+      raise RunDirError(
+          f"{out} has no complete private release (release.npz + privacy.json) to resume "
+          f"from; use --force to start it over (its ledger, if any, stays charged).")
+    # Before anything is written: the release must be the one the ledger records.
+    load_release(os.path.join(out, RELEASE), release_arrays or {},
+                 read_ledger(os.path.join(out, PRIVACY)))
+    return RunDir(out, out, resumed=True), None
+  if not force:
+    raise RunDirError(
+        f"{out} exists and is not empty. Use --resume to continue that run (reusing its "
+        f"private release), --force to replace it, or another --out.")
+  prior = None
+  if os.path.exists(os.path.join(out, PRIVACY)):
+    prior = read_ledger(os.path.join(out, PRIVACY))
+    if prior.releases and not new_release:
+      raise RunDirError(
+          f"{out} holds a private release ({prior.total_epsilon():.3g}-DP). Replacing the run "
+          f"draws fresh noise on the private data, which costs privacy again: the new ledger "
+          f"will charge both releases. Add --new-release to accept that, or use --resume to "
+          f"reuse the existing release.")
+  return stage(out), prior
+
+
+def load_config(run_path: str) -> RunConfig:
+  """The RunConfig a run directory stores."""
+  path = os.path.join(run_path, CONFIG)
+  if not os.path.exists(path):
+    raise RunDirError(f"{run_path} is not a vpntk run directory (no {CONFIG})")
+  with open(path) as f:
+    return RunConfig.from_json(json.load(f))
+
+
+def load_release(path: str, release_arrays: dict[str, str],
+                 ledger: PrivacyLedger) -> dict[str, np.ndarray]:
+  """The arrays of a stored release.npz; checks it holds exactly `release_arrays`
+  (ledger name -> array name: what this run's settings release) and what `ledger`
+  (its privacy.json) recorded."""
+  with np.load(path) as z:
+    release = {k: z[k] for k in z.files}
+  wanted = set(release_arrays.values())
+  if set(release) != wanted:
+    raise RunDirError(f"{path} holds {sorted(release)}, this run's settings need "
+                      f"{sorted(wanted)}: it was not made with these settings")
+  check_release_matches_ledger(path, release, release_arrays, ledger)
+  return release
+
+
+def check_release_matches_ledger(path: str, release: dict[str, np.ndarray],
+                                 release_arrays: dict[str, str],
+                                 ledger: PrivacyLedger) -> None:
+  """Raises unless every active release the ledger fingerprinted is the stored array.
+
+  A release.npz swapped in from another run, or damaged, would otherwise be trained
+  on under a privacy record that does not describe it.
+  """
+  for record in ledger.active_releases:
+    array = release_arrays.get(record.name)
+    if record.sha256 is None or array not in release:
+      continue  # written before digests were kept
+    if array_digest(release[array]) != record.sha256:
+      raise RunDirError(
+          f"{path}: {array!r} is not the release its privacy.json records (sha256 differs): "
+          f"it was replaced or damaged after it was made. Restore the original release.npz; "
+          f"releasing again would spend the privacy budget a second time.")
+
+
+def check_reusable_release(source: str, config: RunConfig,
+                           release_arrays: dict[str, str]) -> None:
+  """Raises unless run `source` holds a complete release made with this config's
+  release settings."""
+  stored = load_config(source)
+  differ = config_lib.release_differences(stored, config)
+  if differ:
+    raise RunDirError(f"cannot reuse the release of {source}: {', '.join(differ)} differ, and "
+                      f"they change what is released. Only post-processing settings (train.*, "
+                      f"loss, cosine_weight, evaluation, and the method's post-processing "
+                      f"options such as vp-ntk's prompt.*) may differ.")
+  for name in (RELEASE, PRIVACY):
+    if not os.path.exists(os.path.join(source, name)):
+      raise RunDirError(f"{source} has no {name} to reuse")
+  load_release(os.path.join(source, RELEASE), release_arrays,
+               read_ledger(os.path.join(source, PRIVACY)))

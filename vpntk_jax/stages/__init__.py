@@ -1,0 +1,3 @@
+"""The stages a run is made of, each a module: the private mechanism(s)
+(`mean_embedding`), synthesis and evaluation. Methods combine them
+(`vpntk_jax.methods`); `vpntk_jax.pipeline` runs them in order."""

@@ -1,0 +1,56 @@
+"""Evaluation of a synthetic set: classifiers trained on it, tested on the real
+test set, and (with public models) a feature distance; written to metrics.json."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from vpntk_jax import io_utils
+from vpntk_jax.data import ImageDataset
+from vpntk_jax.errors import VpntkError
+from vpntk_jax.evaluation import evaluate_synthetic, fid
+from vpntk_jax.evaluation.protocol import balanced_subsample
+from vpntk_jax.features import ntk
+from vpntk_jax.run_files import METRICS
+
+
+def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=None,
+             quiet: bool = False) -> dict:
+  metrics = evaluate_synthetic(images, labels, test.images, test.labels,
+                               num_classes=test.num_classes, classifiers=config.classifiers,
+                               train_size=config.eval_train_size, seed=config.seed,
+                               cnn_epochs=config.cnn_epochs, progress=not quiet)
+  metrics["test_set"] = test.name
+  metrics["environment"] = environment()
+  if public_models is not None:
+    # An auxiliary metric: its failure is recorded, never allowed to lose the run.
+    try:
+      metrics["public_feature_distance"] = public_feature_distance(
+          images, labels, test, config, public_models)
+    except VpntkError as e:
+      metrics["public_feature_distance"] = {"error": str(e)}
+      print(f"WARNING: public feature distance not computed: {e}", file=sys.stderr,
+            flush=True)
+  io_utils.write_json_atomic(run.file(METRICS), metrics)
+  return metrics
+
+
+def environment() -> dict:
+  """Where this process computes: GPU training is not bit-reproducible, so runs record it."""
+  return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+          "jax": jax.__version__}
+
+
+def public_feature_distance(images, labels, test: ImageDataset, config, models) -> dict:
+  """FID / KID between synthetic and real test images in the public extractor's
+  (pooled, standardised) feature space: an offline stand-in for Inception FID."""
+  if models.image_shape != test.image_shape:
+    return {"skipped": f"public models are for {models.image_shape} images"}
+  rows = balanced_subsample(labels, max(1, len(test) // test.num_classes), seed=config.seed)
+  fmap = models.feature_map(ntk.NTKNetwork(tuple(config.ntk_layers)), seed=config.seed)
+  feature_fn = jax.jit(lambda x: fmap.features(x.astype(jnp.float32) / 255.0))
+  result = fid.fid_kid(feature_fn, images[rows], test.images, seed=config.seed)
+  return {"features": f"public extractor ({models.spec['public_data']}), pooled", **result}
