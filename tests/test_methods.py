@@ -11,7 +11,7 @@ import pytest
 
 from vpntk_jax import cli
 from vpntk_jax import methods
-from vpntk_jax.blocks import DataConfig, PromptConfig, TrainConfig
+from vpntk_jax.blocks import PromptConfig, TrainConfig
 from vpntk_jax.config import RunConfig, release_differences, with_overrides
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import dp_mepf, dp_merf, dp_ntk, vp_ntk

@@ -9,10 +9,7 @@ combines when a run actually starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-  from vpntk_jax.config import RunConfig
+from typing import Any, Callable
 
 
 @dataclasses.dataclass(frozen=True)

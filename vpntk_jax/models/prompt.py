@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vpntk_jax.blocks import IMAGE_PROMPTS, PromptConfig  # noqa: F401  (PromptConfig: re-exported)
+from vpntk_jax.blocks import PromptConfig
 from vpntk_jax.errors import ConfigError
 
 # Learned label maps start this confident in their initial class (softmax ~0.99).

@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from dp_accounting import dp_event
 from dp_accounting import gaussian_mechanism

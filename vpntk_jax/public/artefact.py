@@ -1,31 +1,16 @@
-"""VP-NTK's public stage: models trained on public data only, at no privacy cost.
+"""The public-model artefact: a directory with public.json (what the models are)
+and models/ (an Orbax checkpoint of their weights and feature statistics).
 
-`vpntk pretrain` trains, on a public labelled dataset,
-  (a) a class-conditional generator (the DP-NTK recipe with no noise: it
-      matches the exact labelled NTK mean embedding of the public pixels), and
-  (b) a feature extractor (a CNN classifier; its activations are features),
-and saves them in a directory:
-  public.json   what they are: architectures, resolution, classes, public
-                data, the extractor's accuracy on the public test split
-  models/       Orbax checkpoint of the weights and feature statistics
-public.json is written last, so a directory with it is complete. These models
-carry no guarantee about their own (public) training data; privacy concerns
-only the private data a later `vpntk synthesize --method vp-ntk` run releases.
-
-A directory may also hold an extractor only: torchvision's ImageNet VGG19
-converted by `python -m vpntk_jax.models.vgg` (public.json "extractor":
-{"kind": "vgg19", ...}, no "generator"). DP-MEPF uses it; vp-ntk, which
-prompts the public generator, refuses it (`require_generator`).
+Written by `vpntk pretrain` (or the VGG19 converter); read by every method that
+uses public models. public.json is written last, so a directory with it is
+complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import sys
-import time
 from typing import Any
 
 import jax
@@ -34,13 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vpntk_jax import io_utils
-from vpntk_jax import training
-from vpntk_jax.blocks import PretrainConfig
-from vpntk_jax.run_dir import stage
-from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
-from vpntk_jax.errors import ConfigError, DataError, RunDirError
-from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
-from vpntk_jax.features import NTKFeatureMap, ntk
+from vpntk_jax.errors import ConfigError
+from vpntk_jax.features import ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
@@ -204,112 +184,7 @@ def check_compatible(models: PublicModels, image_shape: tuple[int, int, int]) ->
         f"size (vpntk pretrain --image-size {image_shape[0]}).")
 
 
-def _image_hashes(images: np.ndarray) -> set[bytes]:
-  return {hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in images}
-
-
-def check_overlap(public: ImageDataset, private: ImageDataset) -> None:
-  """Raises DataError when an image occurs in both sets (byte-identical, same size).
-
-  Run by the data owner before any release; it reads the private data, so
-  its outcome is for the operator, not for publication.
-  """
-  if public.image_shape != private.image_shape:
-    raise DataError(f"cannot compare {public.image_shape} public with {private.image_shape} "
-                    f"private images; resize them to the same size first")
-  shared = _image_hashes(public.images) & _image_hashes(private.images)
-  if shared:
-    raise DataError(f"{len(shared)} images of the public set {public.name} also occur in the "
-                    f"private set {private.name}: public models trained on them are not public "
-                    f"with respect to those examples. Remove them from one of the sets.")
-
-
-def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
-  data = config.data
-  return resize_dataset(load_dataset(data.source, split, data_dir=data.data_dir,
-                                     download=data.download,
-                                     label_attribute=data.label_attribute), data.image_size)
-
-
-def _say(msg: str, quiet: bool) -> None:
-  if not quiet:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def feature_statistics(extractor, params, images: np.ndarray, shape, *,
-                       chunk_size: int = 1024) -> tuple[np.ndarray, ...]:
-  """Mean and std of the extractor's pooled features on (public) uint8 images."""
-  f = extractor.feature_dim(shape[0])
-  raw = ExtractorNTKFeatureMap(extractor, params, np.zeros((f,), np.float32),
-                               np.ones((f,), np.float32), shape, ntk.NTKNetwork((1,)),
-                               chunk_size=chunk_size).extract(images)
-  return raw.mean(0), raw.std(0)
-
-
 def feature_scale(std: np.ndarray) -> np.ndarray:
   """The divisor of each standardised feature: its public std, floored (RELATIVE_STD_FLOOR)."""
   std = np.asarray(std, np.float32)
   return np.maximum(std, RELATIVE_STD_FLOOR * float(np.median(std)) + 1e-12).astype(np.float32)
-
-
-def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
-             quiet: bool = False) -> PublicModels:
-  """Trains the public extractor and generator and saves them in `out`."""
-  data = load_public_data(config, "train")
-  try:
-    test = load_public_data(config, "test")
-  except DataError:
-    test = None  # accuracy is reported only where a test split exists
-  if os.path.exists(out) and os.listdir(out) and not force:
-    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
-                      f"--out")
-  run = stage(out)
-  t0 = time.perf_counter()
-  shape, num_classes = data.image_shape, data.num_classes
-  key = jax.random.key(config.seed)
-  extractor = ConvExtractor(num_classes, tuple(config.extractor_widths), config.extractor_hidden)
-  _say(f"training the public extractor on {data.name} ({len(data)} images)", quiet)
-  extractor_params, losses = train_cnn(data.images, data.labels, num_classes=num_classes,
-                                       key=jax.random.fold_in(key, 1),
-                                       epochs=config.extractor_epochs, model=extractor)
-  accuracy = None
-  if test is not None:
-    pred = predict_cnn(extractor_params, test.images, num_classes=num_classes, model=extractor)
-    accuracy = float(np.mean(pred == test.labels))
-    _say(f"extractor accuracy on {test.name}: {accuracy:.3f}", quiet)
-  mean, std = feature_statistics(extractor, extractor_params, data.images, shape)
-
-  # The generator: DP-NTK on the public pixels with the exact (noise-free) embedding.
-  pixel_features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers)),
-                                 input_dim=int(np.prod(shape)), seed=config.seed)
-  target = np.asarray(ntk.embedding_to_matrix(pixel_features.private_sum(
-      data.images, data.labels, num_classes))) / len(data)
-  generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
-                                hidden=config.train.generator_hidden,
-                                channels=config.train.generator_channels)
-  _say(f"training the public generator ({config.train.steps} steps)", quiet)
-  state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
-                                  config=config.train, seed=config.seed,
-                                  log_path=run.file("generator_log.csv"),
-                                  progress=not quiet)
-  spec = {
-      "format": FORMAT, "public_data": data.name, "image_shape": list(shape),
-      "num_classes": num_classes, "class_names": list(data.class_names or ()),
-      "generator": {"kind": "ConvCondGenerator", "hidden": config.train.generator_hidden,
-                    "channels": config.train.generator_channels,
-                    "latent_dim": config.train.latent_dim},
-      "extractor": {"kind": "ConvExtractor", "widths": list(config.extractor_widths),
-                    "hidden": config.extractor_hidden,
-                    "feature_dim": extractor.feature_dim(shape[0]),
-                    "public_test_accuracy": accuracy, "train_losses": losses},
-      "pretrain_config": config.to_json(),
-      "seconds": round(time.perf_counter() - t0, 1),
-      "privacy": "public data only: no privacy cost, no guarantee for the public data",
-  }
-  models = PublicModels(spec, generator, {"params": state.params,
-                                          "batch_stats": state.model_state},
-                        extractor, extractor_params, mean, std)
-  save_public(models, run.work)
-  run.finish()
-  _say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
-  return models
