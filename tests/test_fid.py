@@ -1,4 +1,5 @@
-"""Tests for vpntk_jax.evaluation.fid: Frechet/kernel distances and the FID InceptionV3."""
+"""Tests for vpntk_jax.evaluation.fid (Frechet/kernel distances) and the FID InceptionV3
+(vpntk_jax.models.inception)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation import fid
+from vpntk_jax.models import inception as fid_inception
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -241,8 +243,8 @@ def test_fid_kid_generic_feature_space():
 @pytest.fixture(scope="module")
 def inception():
   """Random variables and one feature function; its network compiles once for batch 2."""
-  variables = fid.init_inception_params(jax.random.key(0))
-  return variables, fid.inception_feature_fn(variables)
+  variables = fid_inception.init_inception_params(jax.random.key(0))
+  return variables, fid_inception.inception_feature_fn(variables)
 
 
 def _images(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -250,7 +252,7 @@ def _images(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def test_expected_inception_shapes():
-  shapes = fid.expected_inception_shapes()
+  shapes = fid_inception.expected_inception_shapes()
   kernels = [name for name in shapes if name.endswith("/kernel")]
   # 94 conv-BN units, 5 arrays each; 21,820,000 numbers, as pytorch-fid's model without fc.
   assert len(kernels) == 94 and len(shapes) == 470
@@ -265,7 +267,7 @@ def test_inception_features_shape_and_finite(inception):
   _, feature_fn = inception
   for shape in ((2, 28, 28, 1), (2, 32, 32, 3)):
     features = np.asarray(feature_fn(_images(shape, seed=10)))
-    assert features.shape == (2, fid.INCEPTION_DIM)
+    assert features.shape == (2, fid_inception.INCEPTION_DIM)
     assert np.isfinite(features).all()
     assert not np.allclose(features[0], features[1])
 
@@ -289,8 +291,8 @@ def test_inception_rejects_bad_images(inception):
 def test_inception_npz_round_trip(inception, tmp_path):
   variables, feature_fn = inception
   path = tmp_path / "inception.npz"
-  np.savez(path, **fid.flatten_variables(jax.device_get(variables)))
-  loaded_fn = fid.inception_feature_fn(fid.load_inception_params(path))
+  np.savez(path, **fid_inception.flatten_variables(jax.device_get(variables)))
+  loaded_fn = fid_inception.inception_feature_fn(fid_inception.load_inception_params(path))
   images = _images((3, 32, 32, 3), seed=13)
   # batch_size 2 pads the last batch, reusing the fixture's compiled network.
   np.testing.assert_array_equal(
@@ -300,7 +302,7 @@ def test_inception_npz_round_trip(inception, tmp_path):
 
 
 def test_inception_loader_names_bad_entries(inception, tmp_path):
-  flat = fid.flatten_variables(jax.device_get(inception[0]))
+  flat = fid_inception.flatten_variables(jax.device_get(inception[0]))
   missing = "batch_stats/Mixed_6c/branch7x7_3/bn/mean"
   reshaped = "params/Conv2d_2a_3x3/conv/kernel"
   broken = {name: value for name, value in flat.items() if name != missing}
@@ -309,13 +311,13 @@ def test_inception_loader_names_bad_entries(inception, tmp_path):
   path = tmp_path / "broken.npz"
   np.savez(path, **broken)
   with pytest.raises(DataError) as error:
-    fid.load_inception_params(path)
+    fid_inception.load_inception_params(path)
   message = str(error.value)
   assert f"1 missing: {missing}" in message
   assert f"{reshaped}: expected (3, 3, 32, 32), got (3, 3, 32, 31)" in message
   assert "1 unexpected: params/extra/kernel" in message
   with pytest.raises(DataError, match="cannot read"):
-    fid.load_inception_params(tmp_path / "absent.npz")
+    fid_inception.load_inception_params(tmp_path / "absent.npz")
 
 
 def _torch_name(flax_name: str) -> str:
@@ -331,7 +333,7 @@ def _synthetic_state_dict() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
   rng = np.random.default_rng(14)
   flat = {
     name: rng.normal(size=shape).astype(np.float32)
-    for name, shape in fid.expected_inception_shapes().items()
+    for name, shape in fid_inception.expected_inception_shapes().items()
   }
   state_dict = {
     _torch_name(name): value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
@@ -348,7 +350,7 @@ def test_convert_pytorch_fid_state_dict():
   state_dict, flat = _synthetic_state_dict()
   assert state_dict["Mixed_6b.branch7x7_2.conv.weight"].shape == (128, 128, 1, 7)
   assert state_dict["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
-  converted = fid.convert_pytorch_fid_state_dict(state_dict)
+  converted = fid_inception.convert_pytorch_fid_state_dict(state_dict)
   assert converted.keys() == flat.keys()
   for name, value in flat.items():
     np.testing.assert_array_equal(converted[name], value, err_msg=name)
@@ -357,7 +359,7 @@ def test_convert_pytorch_fid_state_dict():
 def test_convert_pytorch_fid_state_dict_errors():
   state_dict, _ = _synthetic_state_dict()
   with pytest.raises(DataError, match="unknown pytorch-fid parameter names: Mixed_5b.mystery"):
-    fid.convert_pytorch_fid_state_dict({**state_dict, "Mixed_5b.mystery": np.zeros(1)})
+    fid_inception.convert_pytorch_fid_state_dict({**state_dict, "Mixed_5b.mystery": np.zeros(1)})
   del state_dict["Mixed_7b.branch1x1.bn.running_var"]
   with pytest.raises(DataError, match="missing: batch_stats/Mixed_7b/branch1x1/bn/var"):
-    fid.convert_pytorch_fid_state_dict(state_dict)
+    fid_inception.convert_pytorch_fid_state_dict(state_dict)
