@@ -32,7 +32,7 @@ from vpntk_jax.config import RunConfig
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.privacy.ledger import PrivacyLedger, read_ledger
 from vpntk_jax.privacy.release import array_digest
-from vpntk_jax.run_files import CONFIG, PRIVACY, RELEASE
+from vpntk_jax.run_files import CONFIG, PRIVACY, RELEASE, RUN_DIR_NAMES
 
 
 @dataclasses.dataclass
@@ -74,6 +74,19 @@ def is_nonempty_dir(path: str) -> bool:
 
 def staging_path(out: str) -> str:
   return out.rstrip("/") + ".partial"
+
+
+def check_replaceable(out: str, own_names: frozenset, marker: str, what: str) -> None:
+  """Raises unless `out` holds only what the library writes there (`own_names`),
+  including `marker`: --force must never delete a file the library did not make."""
+  entries = set(os.listdir(out))
+  foreign = sorted(entries - own_names)
+  if marker not in entries or foreign:
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    raise RunDirError(
+        f"{out} is not {what} (" + (f"it also holds {shown}" if foreign else f"no {marker}") +
+        "): --force replaces only a directory this library made, and nothing was touched. "
+        "Choose another --out, or empty the directory yourself.")
 
 
 def stage(out: str) -> RunDir:
@@ -125,6 +138,7 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
     raise RunDirError(
         f"{out} exists and is not empty. Use --resume to continue that run (reusing its "
         f"private release), --force to replace it, or another --out.")
+  check_replaceable(out, RUN_DIR_NAMES, CONFIG, "a vpntk run directory")
   prior = None
   if os.path.exists(os.path.join(out, PRIVACY)):
     prior = read_ledger(os.path.join(out, PRIVACY))

@@ -14,3 +14,9 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 SELECTION = "selection.json"
 SELECTION_CHECKPOINTS = "best"
+
+# Every name a run writes into its directory: --force replaces only a directory
+# that holds nothing else, so it never deletes a file the library did not make.
+RUN_DIR_NAMES = frozenset({CONFIG, PRIVACY, RELEASE, CHECKPOINTS, TRAIN_LOG, SYNTHETIC, SAMPLES,
+                           LOSS_PNG, METRICS, PUBLIC, REPORT_MD, REPORT_HTML, SELECTION,
+                           SELECTION_CHECKPOINTS})

@@ -36,8 +36,12 @@ from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
-from vpntk_jax.public.artefact import FORMAT, PublicModels, save_public
-from vpntk_jax.run_dir import stage
+from vpntk_jax.public.artefact import FORMAT, MODELS, PUBLIC_JSON, PublicModels, save_public
+from vpntk_jax.run_dir import check_replaceable, is_nonempty_dir, stage
+
+GENERATOR_LOG = "generator_log.csv"
+# What a public-models directory holds; --force replaces nothing else.
+PUBLIC_DIR_NAMES = frozenset({PUBLIC_JSON, MODELS, GENERATOR_LOG})
 
 def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
   data = config.data
@@ -69,9 +73,11 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
     test = load_public_data(config, "test")
   except DataError:
     test = None  # accuracy is reported only where a test split exists
-  if os.path.exists(out) and os.listdir(out) and not force:
-    raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
-                      f"--out")
+  if is_nonempty_dir(out):
+    if not force:
+      raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
+                        f"--out")
+    check_replaceable(out, PUBLIC_DIR_NAMES, PUBLIC_JSON, "a public-models directory")
   run = stage(out)
   t0 = time.perf_counter()
   shape, num_classes = data.image_shape, data.num_classes
@@ -99,7 +105,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   _say(f"training the public generator ({config.train.steps} steps)", quiet)
   state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
                                   config=config.train, seed=config.seed,
-                                  log_path=run.file("generator_log.csv"),
+                                  log_path=run.file(GENERATOR_LOG),
                                   progress=not quiet)
   spec = {
       "format": FORMAT, "public_data": data.name, "image_shape": list(shape),
