@@ -345,3 +345,14 @@ def test_write_bytes_and_npz_atomic(tmp_path):
     np.testing.assert_array_equal(loaded["x"], np.arange(5))
     assert loaded["y"].shape == (2, 3)
   assert sorted(os.listdir(tmp_path)) == ["arrays.data", "sub"]
+
+
+def test_an_accountant_that_cannot_reach_the_budget_is_named_not_a_traceback(capsys):
+  from vpntk_jax import cli
+  with pytest.raises(ConfigError, match="no noise multiplier reaches epsilon 1"):
+    calibrate_gaussian(1.0, 1e-20, accountant="pld")
+  table = sigma_table(1.0, 1e-20, num_examples=1000)
+  assert table["sigma"]["pld"] is None and table["sigma"]["analytic"] > 0
+  assert "pld" not in table["noise_std"]["replace_one"]
+  assert cli.main(["privacy", "--epsilon", "1", "--delta", "1e-20"]) == 0
+  assert "cannot reach this (epsilon, delta)" in capsys.readouterr().out

@@ -205,3 +205,16 @@ def test_write_report_is_atomic_and_repeatable(tmp_path):
     assert f.read().startswith("<!DOCTYPE html>")
   with open(md_path, encoding="utf-8") as f:
     assert f.read().startswith("# Run report: run")
+
+
+def test_an_epsilon_beyond_float_exp_is_reported_not_a_crash(tmp_path):
+  sigma = calibrate_gaussian(800.0, DELTA, accountant="analytic")
+  record = ReleaseRecord.make(
+      "embedding", sensitivity=2.0 / N, sigma=sigma, adjacency="replace_one",
+      accountant="analytic", epsilon=800.0, delta=DELTA, num_private_examples=N,
+      noise_seed=None, shape=(10, 4))
+  ledger = PrivacyLedger(epsilon=800.0, delta=DELTA, accountant="analytic",
+                         adjacency="replace_one").add(record)
+  run = _make_run(tmp_path / "run", ledger=ledger, config=_config(epsilon=800.0))
+  _, md, _ = _render(run)
+  assert "e^epsilon = 10^347" in md

@@ -47,3 +47,12 @@ def test_a_run_directory_with_a_foreign_file_is_refused_too(tmp_path):
   (tmp_path / "notes.txt").write_text("mine")
   with pytest.raises(RunDirError, match="it also holds notes.txt"):
     check_replaceable(str(tmp_path), RUN_DIR_NAMES, CONFIG, "a run")
+
+
+def test_an_out_that_cannot_be_created_is_an_error_naming_it(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  out = blocker / "run"
+  assert cli.main(["synthesize", "--out", str(out), "--steps", "1", "--quiet"]) == 2
+  assert f"cannot create the directory {out}" in capsys.readouterr().err
+  assert blocker.read_text() == "x"

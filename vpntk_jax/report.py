@@ -100,6 +100,11 @@ def _read_json(path: str) -> Any:
 # Sections.
 
 
+def _exp_text(eps: float) -> str:
+  # exp overflows a float above about 709; such an epsilon protects nothing anyway.
+  return f"{math.exp(eps):.4g}" if eps < 700 else f"10^{eps / math.log(10):.0f}"
+
+
 def _title(run_dir: str, config: dict) -> dict:
   present = [os.path.join(run_dir, name) for name, _ in ((CONFIG, ""),) + EXPECTED_FILES]
   mtimes = [os.path.getmtime(p) for p in present if os.path.exists(p)]
@@ -208,7 +213,7 @@ def _statement(ledger: PrivacyLedger, data: str, total: float,
   explanation = (
       f"In plain words: {adj_change} changes the probability of any output of this run "
       "(the synthetic images, the trained generator, anything computed from them) by at "
-      f"most a factor of e^epsilon = {math.exp(eps):.4g}, plus delta = {fmt_num(ledger.delta)}. "
+      f"most a factor of e^epsilon = {_exp_text(eps)}, plus delta = {fmt_num(ledger.delta)}. "
       "So no output can reveal much about any single private example. The guarantee covers "
       f"{_releases_phrase(ledger)} of the private data listed below; everything else is "
       "computed from those releases alone, which cannot weaken it.")

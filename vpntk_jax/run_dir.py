@@ -89,12 +89,20 @@ def check_replaceable(out: str, own_names: frozenset, marker: str, what: str) ->
         "Choose another --out, or empty the directory yourself.")
 
 
+def make_dir(path: str) -> None:
+  """os.makedirs, with a failure (no permission, a file in the way) as a RunDirError."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise RunDirError(f"cannot create the directory {path}: {e.strerror or e}") from None
+
+
 def stage(out: str) -> RunDir:
   """A fresh staging directory beside `out`, to be swapped in by `finish()`."""
   staging = staging_path(out)
   if os.path.exists(staging):
     shutil.rmtree(staging)
-  os.makedirs(staging)
+  make_dir(staging)
   return RunDir(out, staging)
 
 
@@ -115,7 +123,7 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
   if not is_nonempty_dir(out):
     if resume:
       raise RunDirError(f"nothing to resume: {out} does not exist or is empty")
-    os.makedirs(out, exist_ok=True)
+    make_dir(out)
     return RunDir(out, out), None
   if resume:
     stored = load_config(out)

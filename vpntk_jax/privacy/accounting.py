@@ -159,7 +159,9 @@ def _smallest_feasible(eps_fn: Callable[[float], float], epsilon: float, start: 
   upper = start * (1.0 + step)
   while eps_fn(upper) > epsilon:
     if step > 1e3:
-      raise RuntimeError(f"no noise multiplier >= {start} reaches epsilon {epsilon}")
+      raise ConfigError(f"no noise multiplier reaches epsilon {epsilon:g} with this "
+                        f"accountant (searched up to {upper:.4g}); at a tiny delta use the "
+                        f"pld or analytic accountant, or a larger delta")
     lower, step = upper, step * 8.0
     upper = start * (1.0 + step)
   while upper - lower > _SIGMA_RTOL * upper:
@@ -233,7 +235,12 @@ def sigma_table(epsilon: float, delta: float, num_examples: int | None = None) -
   release per adjacency and accountant.
   """
   check_epsilon_delta(epsilon, delta)
-  sigmas = {name: calibrate_gaussian(epsilon, delta, accountant=name) for name in ACCOUNTANTS}
+  sigmas = {}
+  for name in ACCOUNTANTS:
+    try:
+      sigmas[name] = calibrate_gaussian(epsilon, delta, accountant=name)
+    except ConfigError:
+      sigmas[name] = None  # this accountant cannot reach (epsilon, delta)
   table = {
       "epsilon": float(epsilon),
       "delta": float(delta),
@@ -244,7 +251,7 @@ def sigma_table(epsilon: float, delta: float, num_examples: int | None = None) -
     table["num_examples"] = int(num_examples)
     table["noise_std"] = {
         adjacency: {name: sigma * mean_embedding_sensitivity(num_examples, adjacency)
-                    for name, sigma in sigmas.items()}
+                    for name, sigma in sigmas.items() if sigma is not None}
         for adjacency in ADJACENCIES}
   return table
 
@@ -259,6 +266,9 @@ def format_sigma_table(table: dict) -> str:
       f"{'accountant':<10}  {'sigma':>10}  {'vs rdp':>7}  notes",
   ]
   for name, sigma in sigmas.items():
+    if sigma is None:
+      lines.append(f"{name:<10}  {'-':>10}  {'-':>7}  cannot reach this (epsilon, delta)")
+      continue
     change = f"{100.0 * (sigma / reference - 1.0):+.1f}%" if reference else "-"
     lines.append(f"{name:<10}  {sigma:>10.4f}  {change:>7}  {_ACCOUNTANT_NOTES.get(name, '')}")
   lines.append("sigma is the same for every adjacency; the sensitivity of a mean embedding of m "
