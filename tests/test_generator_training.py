@@ -11,7 +11,7 @@ from vpntk_jax import training
 from vpntk_jax.config import RunConfig
 from vpntk_jax.features import ntk
 from vpntk_jax.models.generator import ConvCondGenerator, UpsampleConv
-from vpntk_jax.pipeline import build_method
+from vpntk_jax.pipeline import build_recipe
 
 
 @pytest.mark.parametrize("shape", [(7, 7, 4), (8, 6, 3)])
@@ -71,7 +71,7 @@ def test_training_reduces_the_embedding_distance():
 def test_run_config_sets_the_generator_width():
   train = training.TrainConfig(latent_dim=7, generator_hidden=24, generator_channels=12)
   config = RunConfig(train=train)
-  _, sampler = build_method(config, (28, 28, 1), num_classes=3)
+  sampler = build_recipe(config, (28, 28, 1), num_classes=3).sampler
   params, _ = sampler.init(jax.random.key(0), train.latent_dim)
   kernels = sorted(p.shape for p in jax.tree.leaves(params) if p.ndim == 2)
   # first dense: [z, onehot] -> hidden; second: hidden -> 7*7*channels

@@ -11,7 +11,7 @@ import pytest
 from scipy import signal
 
 from vpntk_jax import convert_vgg, pipeline, public
-from vpntk_jax.config import RunConfig
+from vpntk_jax.config import RunConfig, with_overrides
 from vpntk_jax.data import load_dataset
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.features import ntk
@@ -152,10 +152,12 @@ def test_converted_directory_loads_and_bounds_mepf_features(converted, params):
 
 
 def test_vpntk_refuses_extractor_only_directory(converted):
-  config = RunConfig(method="vp-ntk", public_model=str(converted))
+  config = with_overrides(RunConfig(), {"method": "vp-ntk",
+                                        "options.public_model": str(converted)})
+  models = pipeline.load_public_models(config)
   with pytest.raises(ConfigError, match="has no public generator.*vp-ntk needs one made by "
                                         "`vpntk pretrain`"):
-    pipeline.build_method(config, (28, 28, 1), 10)
-  mepf = RunConfig(method="dp-mepf", public_model=str(converted))
-  features, _ = pipeline.build_method(mepf, (28, 28, 1), 10)
+    pipeline.build_recipe(config, (28, 28, 1), 10, models)
+  mepf = with_overrides(config, {"method": "dp-mepf", "options.public_model": str(converted)})
+  features = pipeline.build_recipe(mepf, (28, 28, 1), 10, models).features
   assert isinstance(features, PerceptualFeatureMap)

@@ -97,7 +97,7 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
   Args:
     stats: the public ImageDataset the feature statistics are computed on
       (any size and 1 or 3 channels; brought to the target shape here).
-    stats_config: how `stats` was loaded ("data", "data_dir", ...); recorded
+    stats_config: how `stats` was loaded ({"data": {"source": ..., ...}}); recorded
       as the directory's "pretrain_config" (the overlap check reads it).
     source: provenance of the weights for public.json (file, sha256).
 
@@ -106,7 +106,7 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
   """
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}")
-  staging = public.open_staging(out, force=force)
+  run = public.open_public_dir(out, force=force)
   t0 = time.perf_counter()
   shape = (int(image_size), int(image_size), int(channels))
   extractor = VGG19Features()
@@ -135,8 +135,9 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
       "privacy": "public data only (ImageNet weights; public images for the feature "
                  "statistics): no privacy cost, no guarantee for the public data",
   }
-  public.publish(public.PublicModels(spec, None, None, extractor, params, mean, std),
-                 staging, out)
+  public.save_public(public.PublicModels(spec, None, None, extractor, params, mean, std),
+                     run.work)
+  run.finish()
   if not quiet:
     print(f"VGG19 public extractor saved in {out}", file=sys.stderr)
   return public.load_public(out)
@@ -176,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
       rows = np.sort(np.random.default_rng(args.seed).choice(len(stats), args.stats_examples,
                                                              replace=False))
       stats = dataclasses.replace(stats, images=stats.images[rows], labels=stats.labels[rows])
-    stats_config = {"data": args.stats_data, "data_dir": args.data_dir,
-                    "image_size": args.image_size, "stats_examples": len(stats),
-                    "seed": args.seed}
+    # A PretrainConfig's data block: what the overlap check loads as the public data.
+    stats_config = {"data": {"source": args.stats_data, "data_dir": args.data_dir,
+                             "image_size": args.image_size}, "seed": args.seed}
     source = {"file": os.path.basename(args.state_dict),
               "sha256": _file_sha256(args.state_dict)}
     convert(params, args.out, image_size=args.image_size,

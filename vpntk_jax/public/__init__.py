@@ -8,11 +8,12 @@ overlap.py    the check that no public training image is also a private one
 from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.public.artefact import (FORMAT, MODELS, PUBLIC_JSON, RELATIVE_STD_FLOOR,
                                        PublicModels, check_compatible, feature_scale,
-                                       load_public, require_generator, save_public)
+                                       load_public, open_public_dir, require_generator,
+                                       save_public)
 from vpntk_jax.public.overlap import check_overlap
 from vpntk_jax.public.pretrain import feature_statistics, load_public_data, pretrain
 
 __all__ = ["FORMAT", "MODELS", "PUBLIC_JSON", "RELATIVE_STD_FLOOR", "PretrainConfig",
            "PublicModels", "check_compatible", "check_overlap", "feature_scale",
-           "feature_statistics", "load_public", "load_public_data", "pretrain",
+           "feature_statistics", "load_public", "load_public_data", "open_public_dir", "pretrain",
            "require_generator", "save_public"]

@@ -19,12 +19,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vpntk_jax import io_utils
-from vpntk_jax.errors import ConfigError
+from vpntk_jax.errors import ConfigError, RunDirError
 from vpntk_jax.features import ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.models.vgg import KIND as VGG19_KIND, VGG19Features
+from vpntk_jax.run_dir import RunDir, check_replaceable, is_nonempty_dir, stage
 
 PUBLIC_JSON = "public.json"
 MODELS = "models"
@@ -35,6 +36,9 @@ FORMAT = "vpntk-public-models/1"
 # this fraction of the median public std. (Norms are bounded after the NTK
 # anyway; this is about feature quality, not privacy.)
 RELATIVE_STD_FLOOR = 0.1
+GENERATOR_LOG = "generator_log.csv"
+# What a public-models directory holds; --force replaces nothing else.
+PUBLIC_DIR_NAMES = frozenset({PUBLIC_JSON, MODELS, GENERATOR_LOG})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -122,6 +126,18 @@ def save_public(models: PublicModels, out: str) -> None:
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.abspath(os.path.join(out, MODELS)), tree)
   io_utils.write_json_atomic(os.path.join(out, PUBLIC_JSON), models.spec)
+
+
+def open_public_dir(out: str, *, force: bool) -> RunDir:
+  """A staging directory for new public models in `out` (swap in with `finish()`);
+  refuses, before anything is written, a non-empty `out` unless `force`, and with
+  `force` anything but a public-models directory."""
+  if is_nonempty_dir(out):
+    if not force:
+      raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
+                        f"--out")
+    check_replaceable(out, PUBLIC_DIR_NAMES, PUBLIC_JSON, "a public-models directory")
+  return stage(out)
 
 
 def load_public(path: str) -> PublicModels:

@@ -30,18 +30,14 @@ import numpy as np
 from vpntk_jax import training
 from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
-from vpntk_jax.errors import DataError, RunDirError
+from vpntk_jax.errors import DataError
 from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
 from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
-from vpntk_jax.public.artefact import FORMAT, MODELS, PUBLIC_JSON, PublicModels, save_public
-from vpntk_jax.run_dir import check_replaceable, is_nonempty_dir, stage
-
-GENERATOR_LOG = "generator_log.csv"
-# What a public-models directory holds; --force replaces nothing else.
-PUBLIC_DIR_NAMES = frozenset({PUBLIC_JSON, MODELS, GENERATOR_LOG})
+from vpntk_jax.public.artefact import (FORMAT, GENERATOR_LOG, PublicModels, open_public_dir,
+                                       save_public)
 
 def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
   data = config.data
@@ -73,12 +69,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
     test = load_public_data(config, "test")
   except DataError:
     test = None  # accuracy is reported only where a test split exists
-  if is_nonempty_dir(out):
-    if not force:
-      raise RunDirError(f"{out} exists and is not empty; use --force to replace it or another "
-                        f"--out")
-    check_replaceable(out, PUBLIC_DIR_NAMES, PUBLIC_JSON, "a public-models directory")
-  run = stage(out)
+  run = open_public_dir(out, force=force)
   t0 = time.perf_counter()
   shape, num_classes = data.image_shape, data.num_classes
   key = jax.random.key(config.seed)
