@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vpntk_jax import training
+from vpntk_jax.blocks import TrainConfig
 from vpntk_jax.data import load_dataset
 from vpntk_jax.features import ntk
 from vpntk_jax.models.generator import ConvCondGenerator
@@ -94,7 +95,7 @@ def bench_embedding(network, params, n: int, loop_n: int, repeats: int) -> dict:
 def bench_step(network, params, batch: int, repeats: int) -> dict:
   num_classes, per_class = 10, batch // 10
   generator = ConvCondGenerator(num_classes)
-  config = training.TrainConfig(batch_size=batch)
+  config = TrainConfig(batch_size=batch)
   optimizer = training.make_optimizer(config)
   state = training.init_state(jax.random.key(0), generator, optimizer, config.latent_dim)
   target = jax.tree.map(lambda p: jnp.zeros(p.shape + (num_classes,)), params)

@@ -24,11 +24,12 @@ import optax
 
 from benchmarks.ntk_embedding import _time
 from vpntk_jax import training
+from vpntk_jax.blocks import PromptConfig
 from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
-from vpntk_jax.models.prompt import PromptConfig, PromptedGenerator
+from vpntk_jax.models.prompt import PromptedGenerator
 
 NETWORK = ntk.NTKNetwork((800, "relu", "layernorm", 10))
 

@@ -4,23 +4,27 @@ pretrained on CIFAR-10 at the same size. Runs where tfds can get the data
 
     vpntk pretrain --data tfds:cifar10 --download --image-size 64 --out public/cifar10_64
     vpntk synthesize --config experiments/celeba_vpntk.py --out runs/celeba64
-    vpntk synthesize --config experiments/celeba_vpntk.py --config.image_size=128 \
-        --config.public_model=public/cifar10_128 --out runs/celeba128
+    vpntk synthesize --config experiments/celeba_vpntk.py --config.data.image_size=128 \
+        --config.options.public_model=public/cifar10_128 --out runs/celeba128
 
 The DP-NTK baseline at the same size: add --config.method=dp-ntk. Offline, the
 config is tested on tfds mock data (tests/test_experiment_configs.py).
 """
 
+from vpntk_jax.blocks import DataConfig, PromptConfig
 from vpntk_jax.config import RunConfig
-from vpntk_jax.models.prompt import PromptConfig
+from vpntk_jax.methods import vp_ntk
 
 
 def get_config(image_size: int = 64) -> RunConfig:
-  return RunConfig(method="vp-ntk", data="tfds:celeb_a", download=True,
-                   label_attribute="Male", image_size=image_size, epsilon=1.0, delta=1e-6,
-                   public_model=f"public/cifar10_{image_size}",
+  return RunConfig(method="vp-ntk",
+                   data=DataConfig(source="tfds:celeb_a", download=True, label_attribute="Male",
+                                   image_size=image_size),
+                   epsilon=1.0, delta=1e-6,
                    # The sklearn MLP is slow on 64x64x3 pixels; LR and the CNN are not.
                    classifiers=("logistic_regression", "cnn"),
-                   # Two private classes, ten public ones: the map is learned.
-                   prompt=PromptConfig(latent_noise=True, kappa=0.5, image_prompt="full",
-                                       label_map="learned"))
+                   options=vp_ntk.Options(
+                       public_model=f"public/cifar10_{image_size}",
+                       # Two private classes, ten public ones: the map is learned.
+                       prompt=PromptConfig(latent_noise=True, kappa=0.5, image_prompt="full",
+                                           label_map="learned")))

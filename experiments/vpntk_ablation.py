@@ -26,13 +26,13 @@ VARIANTS = {
     "loss cosine only": {"loss": "cosine"},
     "alpha 0.1": {"cosine_weight": 0.1},
     "alpha 10": {"cosine_weight": 10.0},
-    "kappa 0 (no latent prompt)": {"prompt.latent_noise": False},
-    "kappa 3": {"prompt.kappa": 3.0},
+    "kappa 0 (no latent prompt)": {"options.prompt.latent_noise": False},
+    "kappa 3": {"options.prompt.kappa": 3.0},
     "eta 1e-3": {"train.learning_rate": 1e-3},
     "eta 1e-1": {"train.learning_rate": 1e-1},
-    "pad prompt": {"prompt.image_prompt": "pad"},
-    "learned label map": {"prompt.label_map": "learned"},
-    "fine-tune generator": {"prompt.finetune_generator": True},
+    "pad prompt": {"options.prompt.image_prompt": "pad"},
+    "learned label map": {"options.prompt.label_map": "learned"},
+    "fine-tune generator": {"options.prompt.finetune_generator": True},
 }
 
 

