@@ -79,3 +79,16 @@ def test_audit_sees_the_images_at_the_run_s_image_size(small_config, tmp_path):
   b = pipeline.audit(pre_resized, num_examples=200, trials=40, seed=0)
   assert a["image_shape"] == [4, 4, 1]
   assert a == b
+
+
+def test_reachability_separates_the_worlds_for_float32_noise_and_not_for_the_lattice(
+    small_config):
+  old = pipeline.audit(small_config, num_examples=200, trials=100, seed=0, sampler="float32")
+  reach = old["reachability"]
+  assert reach["reachable_share_first_world"] == 1.0  # the emulated support is exact
+  assert reach["false_positives"] == 0 and reach["false_negatives"] == 0
+  assert reach["epsilon_lower_bound"] > small_config.epsilon
+  new = pipeline.audit(small_config, num_examples=200, trials=100, seed=0)["reachability"]
+  assert new["sampler"] == "lattice"
+  assert new["reachable_share_first_world"] == new["reachable_share_second_world"] == 1.0
+  assert new["epsilon_lower_bound"] == 0.0

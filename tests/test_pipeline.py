@@ -11,6 +11,7 @@ from vpntk_jax import cli
 from vpntk_jax import pipeline
 from vpntk_jax.stages import mean_embedding
 from vpntk_jax.training import loop as training_loop
+from vpntk_jax.privacy.noise import LATTICE_FACTOR
 from vpntk_jax.privacy.release import array_digest
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -64,7 +65,9 @@ def test_run_directory_contract(finished_run):
               "num_private_examples"):
     assert key in privacy, key
   assert privacy["num_private_examples"] == 400
-  assert privacy["sensitivity"] == pytest.approx(2 / 400)
+  # 2/m, plus the lattice rounding's share (at most 1/LATTICE_FACTOR of it).
+  assert 2 / 400 < privacy["sensitivity"] <= 2 / 400 * (1 + 1 / LATTICE_FACTOR)
+  assert privacy["releases"][0]["granularity"] > 0
   assert privacy["within_budget"] is True
   metrics = _read(finished_run / "metrics.json")
   assert set(metrics["accuracy"]) == {"logistic_regression", "cnn"}

@@ -12,6 +12,7 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.privacy.noise import LATTICE_FACTOR
 from vpntk_jax.io_utils import save_npz_atomic, write_bytes_atomic, write_json_atomic
 from vpntk_jax.privacy import (
     ACCOUNTANTS,
@@ -24,8 +25,9 @@ from vpntk_jax.privacy import (
     epsilon_of,
     format_sigma_table,
     gaussian_release,
+    generator,
     mean_embedding_sensitivity,
-    noise_key,
+    noise_rng,
     read_ledger,
     sigma_table,
     write_ledger,
@@ -191,21 +193,43 @@ def test_sigma_table_and_format():
 # --- Gaussian release --------------------------------------------------------
 
 
+def _rng(seed):
+  return generator(noise_rng(seed))
+
+
 def test_gaussian_release_noise_scale():
-  zeros = jnp.zeros((1_000_000,), jnp.float32)
-  noisy = np.asarray(gaussian_release(zeros, sensitivity=0.5, sigma=3.0, key=noise_key(0)))
+  zeros = np.zeros((1_000_000,), np.float32)
+  noisy, lattice = gaussian_release(zeros, sensitivity=0.5, sigma=3.0, rng=_rng(0))
   assert noisy.dtype == np.float32
+  # The lattice's share of the sensitivity is at most 1/LATTICE_FACTOR.
+  assert 0.5 < lattice.effective_sensitivity <= 0.5 * (1 + 1 / LATTICE_FACTOR)
   # Sampling error of the std estimate is ~1/sqrt(2n) = 7e-4 relative.
   assert noisy.std() == pytest.approx(1.5, rel=0.01)
   assert abs(noisy.mean()) < 0.01
 
 
-def test_gaussian_release_keys():
-  stat = jnp.arange(64, dtype=jnp.float32)
+def test_gaussian_release_is_on_its_lattice_and_the_rounding_is_charged():
+  x = np.random.default_rng(0).normal(size=(300, 7)) * 1e-3
+  noisy, lattice = gaussian_release(x, sensitivity=2e-3, sigma=1.0, rng=_rng(3))
+  g = lattice.granularity
+  assert g == 2.0 ** math.floor(math.log2(2e-3 / (LATTICE_FACTOR * math.sqrt(x.size))))
+  index = np.rint(noisy.astype(np.float64) / g)
+  np.testing.assert_array_equal((index * g).astype(np.float32), noisy)
+  # Neighbours at distance = sensitivity, adversarially placed next to rounding
+  # boundaries: their lattice indices differ by at most the recorded D.
+  a = (np.arange(x.size) + 0.5 - 1e-9) * g
+  b = a + 2e-3 * np.ones(x.size) / math.sqrt(x.size)
+  b = b + 2e-9 * g  # pushes every coordinate across a boundary
+  gap = np.linalg.norm((lattice.indices(b) - lattice.indices(a)).astype(np.float64))
+  assert np.linalg.norm(b - a) <= 2e-3 * (1 + 1e-9)
+  assert gap <= lattice.index_sensitivity
+
+
+def test_gaussian_release_streams():
+  stat = np.arange(64, dtype=np.float32)
 
   def release(seed):
-    noisy = gaussian_release(stat, sensitivity=1.0, sigma=1.0, key=noise_key(seed))
-    return np.asarray(noisy)
+    return gaussian_release(stat, sensitivity=1.0, sigma=1.0, rng=_rng(seed))[0]
 
   np.testing.assert_array_equal(release(7), release(7))
   assert not np.array_equal(release(7), release(8))
@@ -213,25 +237,27 @@ def test_gaussian_release_keys():
 
 
 def test_gaussian_release_rejects_bad_input():
-  stat = jnp.ones((4,))
-  key = noise_key(0)
+  stat = np.ones((4,))
   with pytest.raises(ConfigError, match="sensitivity"):
-    gaussian_release(stat, sensitivity=0.0, sigma=1.0, key=key)
+    gaussian_release(stat, sensitivity=0.0, sigma=1.0, rng=_rng(0))
   with pytest.raises(ConfigError, match="sigma"):
-    gaussian_release(stat, sensitivity=1.0, sigma=-1.0, key=key)
+    gaussian_release(stat, sensitivity=1.0, sigma=-1.0, rng=_rng(0))
   with pytest.raises(DataError, match="NaN"):
-    gaussian_release(stat.at[0].set(jnp.nan), sensitivity=1.0, sigma=1.0, key=key)
+    gaussian_release(np.array([np.nan, 1.0]), sensitivity=1.0, sigma=1.0, rng=_rng(0))
+  with pytest.raises(DataError, match="beyond what a lattice"):
+    gaussian_release(np.array([1e30, 1.0]), sensitivity=1.0, sigma=1.0, rng=_rng(0))
   with pytest.raises(ConfigError, match="seed"):
-    noise_key(2**32)
+    noise_rng(2**32)
   with pytest.raises(ConfigError, match="seed"):
-    noise_key(1.5)
+    noise_rng(1.5)
 
 
 def test_gaussian_release_sigma_zero_is_loud():
-  stat = jnp.arange(4, dtype=jnp.float32)
+  stat = np.arange(4, dtype=np.float32)
   with pytest.warns(UserWarning, match="NOT differentially private"):
-    out = gaussian_release(stat, sensitivity=1.0, sigma=0.0, key=noise_key(0))
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(stat))
+    out, lattice = gaussian_release(stat, sensitivity=1.0, sigma=0.0, rng=_rng(0))
+  np.testing.assert_array_equal(out, stat)
+  assert lattice is None
 
 
 # --- ledger ------------------------------------------------------------------

@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
   a.add_argument("--trials", type=int, default=500, help="releases per neighbouring dataset (default 500)")
   a.add_argument("--confidence", type=float, default=0.95)
   a.add_argument("--no-noise", action="store_true", help="switch the noise off: the audit must then detect the canary")
+  a.add_argument("--sampler", choices=("lattice", "float32"), default="lattice",
+                 help="noise sampler the reachability test attacks: lattice (what runs use, "
+                      "default) or float32 (the float32 sampler it replaced)")
   _add_method_flags(a)
 
   v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})
       print(json.dumps(pipeline.audit(config, num_examples=args.examples, trials=args.trials,
-                                      noise=not args.no_noise, confidence=args.confidence),
+                                      noise=not args.no_noise, confidence=args.confidence,
+                                      sampler=args.sampler),
                        indent=2))
     elif args.command == "privacy":
       from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top

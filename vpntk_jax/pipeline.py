@@ -30,7 +30,7 @@ from vpntk_jax.errors import ConfigError, RunDirError
 from vpntk_jax.features import ntk
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
-from vpntk_jax.privacy.release import noise_key
+from vpntk_jax.privacy.noise import noise_rng
 from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release,
                                open_run_dir, staging_path)
 from vpntk_jax.run_files import CONFIG, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
@@ -235,7 +235,8 @@ def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
 
 
 def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
-          noise: bool = True, confidence: float = 0.95, seed: int | None = None) -> dict:
+          noise: bool = True, confidence: float = 0.95, seed: int | None = None,
+          sampler: str = "lattice") -> dict:
   """`vpntk audit`: empirical epsilon lower bound for this config's release.
 
   Neighbours: the first `num_examples` private images (as the run sees them:
@@ -243,6 +244,9 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   by a canary (an all-white image of another class). Both embeddings come from
   the method's own feature code; the noise is the run's own plan (with a
   validation release, the main release's share of the composed budget).
+
+  With noise, the floating-point reachability test runs too, against `sampler`
+  ("lattice", what runs use, or "float32", the float32 sampler it replaced).
   """
   config.validate()
   if config.adjacency != "replace_one":
@@ -263,9 +267,14 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   mean_with = mean(images, labels)
   plan = mean_embedding.release_plan(config, m, features.norm_bound)
   sigma = plan.sigmas[mean_embedding.RELEASE_NAME] if noise else 0.0
+  projection, reachability = noise_rng(seed).spawn(2)
   result = audit_lib.audit_gaussian_release(
       mean_without, mean_with, sensitivity=plan.sensitivity, sigma=sigma, delta=config.delta,
-      trials=trials, key=noise_key(seed), confidence=confidence)
+      trials=trials, seeds=projection, confidence=confidence)
+  if noise:
+    result["reachability"] = audit_lib.reachability_audit(
+        mean_without, mean_with, sampler=sampler, sensitivity=plan.sensitivity, sigma=sigma,
+        delta=config.delta, trials=trials, seeds=reachability, confidence=confidence)
   result.update(claimed_epsilon=config.epsilon if noise else None, delta=config.delta,
                 num_examples=m, sensitivity=plan.sensitivity, sigma=sigma,
                 image_shape=list(data.image_shape),

@@ -15,7 +15,8 @@ _HOMES = {
     "mean_embedding_sensitivity": "accounting", "sigma_table": "accounting",
     "PrivacyLedger": "ledger", "ReleaseRecord": "ledger", "read_ledger": "ledger",
     "write_ledger": "ledger",
-    "array_digest": "release", "gaussian_release": "release", "noise_key": "release",
+    "array_digest": "release", "gaussian_release": "release",
+    "Lattice": "noise", "generator": "noise", "noise_rng": "noise",
 }
 
 __all__ = sorted(_HOMES)

@@ -68,6 +68,9 @@ class ReleaseRecord:
   # `release.array_digest` of the released array as stored; None in records written
   # before digests were kept.
   sha256: str | None = None
+  # Step g of the lattice the noise was drawn on (`noise.Lattice`); None in records
+  # written with the earlier float32 sampler.
+  granularity: float | None = None
 
   def __post_init__(self) -> None:
     check_adjacency(self.adjacency)
@@ -86,6 +89,7 @@ class ReleaseRecord:
       cls, name: str, *, sensitivity: float, sigma: float, adjacency: str, accountant: str,
       epsilon: float, delta: float, num_private_examples: int, noise_seed: int | None,
       shape: Sequence[int], status: str = "active", notes: str = "", sha256: str | None = None,
+      granularity: float | None = None,
   ) -> ReleaseRecord:
     """Builds a record, deriving noise_std and stamping the current UTC time."""
     return cls(
@@ -93,7 +97,8 @@ class ReleaseRecord:
         noise_std=float(sensitivity) * float(sigma), adjacency=adjacency,
         accountant=accountant, epsilon=float(epsilon), delta=float(delta),
         num_private_examples=int(num_private_examples), noise_seed=noise_seed,
-        shape=tuple(shape), created_utc=utc_now(), status=status, notes=notes, sha256=sha256)
+        shape=tuple(shape), created_utc=utc_now(), status=status, notes=notes, sha256=sha256,
+        granularity=granularity)
 
   def to_json(self) -> dict:
     """JSON-ready dict (inf/NaN floats as strings)."""
@@ -107,7 +112,7 @@ class ReleaseRecord:
   def from_json(cls, d: dict) -> ReleaseRecord:
     """Inverse of `to_json`."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    missing = fields - set(d) - {"status", "notes", "sha256"}
+    missing = fields - set(d) - {"status", "notes", "sha256", "granularity"}
     if missing:
       raise ConfigError(f"release record is missing {sorted(missing)}")
     kwargs = {k: v for k, v in d.items() if k in fields}

@@ -11,6 +11,7 @@ import dataclasses
 
 from vpntk_jax.privacy import accounting
 from vpntk_jax.privacy.ledger import PrivacyLedger, ReleaseRecord
+from vpntk_jax.privacy.noise import Lattice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +46,22 @@ class ReleasePlan:
                sigmas=dict(zip(scales, sigmas)), noise_seed=noise_seed)
 
   def noise_std(self, name: str) -> float:
+    """Noise std of release `name` before the lattice's (at most 1/1024) share."""
     return self.sensitivity * self.sigmas[name]
 
-  def record(self, name: str, *, shape, sha256: str, notes: str) -> ReleaseRecord:
-    """The ledger record of release `name`, once its array (digest `sha256`) exists."""
+  def record(self, name: str, *, shape, sha256: str, notes: str,
+             lattice: Lattice | None = None) -> ReleaseRecord:
+    """The ledger record of release `name`, once its array (digest `sha256`) exists.
+
+    With the lattice it was drawn on, the record's sensitivity is the lattice's
+    (the exact one plus the rounding's share), which its noise was scaled to.
+    """
     return ReleaseRecord.make(
-        name, sensitivity=self.sensitivity, sigma=self.sigmas[name], adjacency=self.adjacency,
-        accountant=self.accountant, epsilon=self.epsilon, delta=self.delta,
-        num_private_examples=self.num_examples, noise_seed=self.noise_seed, shape=shape,
-        sha256=sha256, notes=notes)
+        name, sensitivity=lattice.effective_sensitivity if lattice else self.sensitivity,
+        sigma=self.sigmas[name], adjacency=self.adjacency, accountant=self.accountant,
+        epsilon=self.epsilon, delta=self.delta, num_private_examples=self.num_examples,
+        noise_seed=self.noise_seed, shape=shape, sha256=sha256, notes=notes,
+        granularity=lattice.granularity if lattice else None)
 
   def empty_ledger(self, prior: PrivacyLedger | None = None) -> PrivacyLedger:
     """A ledger for this budget that keeps charging every release of `prior` (a run

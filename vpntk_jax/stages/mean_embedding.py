@@ -21,7 +21,8 @@ from vpntk_jax.features import FeatureMap, ntk
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy.plan import ReleasePlan
-from vpntk_jax.privacy.release import array_digest, gaussian_release, noise_key
+from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy.release import array_digest, gaussian_release
 from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, TRAIN_LOG
 
 RELEASE_NAME = "labelled_mean_embedding"
@@ -91,21 +92,22 @@ def release_embedding(features: FeatureMap, private: ImageDataset, mean: jax.Arr
                                   plan.noise_std(RELEASE_NAME)):
     _say(f"WARNING: {warning}", quiet=False)
   ledger = plan.empty_ledger(prior)
-  key = noise_key(config.noise_seed)
   scales = release_scales(config)
+  # One independent noise stream per release.
+  streams = noise_rng(config.noise_seed).spawn(len(plan.sigmas))
+  # In float64 on the host: the lattice rounding needs it, and it is one pass.
+  exact = np.asarray(mean, np.float64)
   arrays = {}
-  for i, (name, sigma) in enumerate(plan.sigmas.items()):
-    # Independent noise per release; the main release keeps the key it had
-    # before validation releases existed.
-    noisy = gaussian_release(mean, sensitivity=plan.sensitivity, sigma=sigma,
-                             key=key if i == 0 else jax.random.fold_in(key, i))
-    arrays[RELEASE_ARRAYS[name]] = np.asarray(noisy, np.float32)
+  for stream, (name, sigma) in zip(streams, plan.sigmas.items()):
+    noisy, lattice = gaussian_release(exact, sensitivity=plan.sensitivity, sigma=sigma,
+                                      rng=generator(stream))
+    arrays[RELEASE_ARRAYS[name]] = noisy
     purpose = ("training target" if name == RELEASE_NAME else
                "model selection only (noise x{:g})".format(scales[name]))
     ledger = ledger.add(plan.record(
-        name, shape=mean.shape, sha256=array_digest(arrays[RELEASE_ARRAYS[name]]),
+        name, shape=mean.shape, sha256=array_digest(noisy), lattice=lattice,
         notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
-              f"{purpose}"))
+              f"{purpose}; noise on a lattice of step {lattice.granularity:.3g}"))
   _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
        f"{time.perf_counter() - t0:.1f} s: sensitivity {plan.sensitivity:.3g}, " +
        ", ".join(f"{n} sigma {s:.4g} (noise std {plan.sensitivity * s:.3g})"
