@@ -218,3 +218,15 @@ def test_an_epsilon_beyond_float_exp_is_reported_not_a_crash(tmp_path):
   run = _make_run(tmp_path / "run", ledger=ledger, config=_config(epsilon=800.0))
   _, md, _ = _render(run)
   assert "e^epsilon = 10^347" in md
+
+
+def test_a_seeded_release_is_headlined_as_not_private(tmp_path):
+  ledger = _ledger(_record("labelled_mean_embedding", noise_seed=11))
+  r, md, _ = _render(_make_run(tmp_path / "run", ledger=ledger))
+  assert r["privacy"]["statement"].startswith("NOT PRIVATE while the noise seed (11) is known")
+  assert "> **WARNING: NOT PRIVATE while the seed is known" in md
+  assert "not_private_while_seed_known" in json.loads(
+      (tmp_path / "run" / "privacy.json").read_text())
+  clean, md, _ = _render(_make_run(tmp_path / "clean", ledger=_ledger(
+      _record("labelled_mean_embedding"))))
+  assert "NOT PRIVATE" not in md and "NOT PRIVATE" not in clean["privacy"]["statement"]

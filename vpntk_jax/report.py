@@ -224,6 +224,16 @@ def _statement(ledger: PrivacyLedger, data: str, total: float,
         f"epsilon = {fmt_num(total)} in total at delta = {fmt_num(ledger.delta)}, more than "
         f"the budget epsilon = {fmt_num(ledger.epsilon)}. The statement below gives the weaker "
         "guarantee that actually holds.")
+  seeded = sorted({r.noise_seed for r in ledger.releases if r.noise_seed is not None})
+  if seeded:
+    seeds = ", ".join(map(str, seeded))
+    # The headline: the guarantee below assumes a noise nobody can regenerate.
+    statement = (f"NOT PRIVATE while the noise seed ({seeds}) is known: this run's files "
+                 f"record it, and anyone who has it can remove the noise. Only with the seed "
+                 f"kept secret: " + statement)
+    warnings.insert(0, f"NOT PRIVATE while the seed is known: noise drawn from the fixed "
+                       f"seed(s) {seeds}. Seeds are for tests and for runs on public data; a "
+                       f"private release draws its noise from OS entropy (no --noise-seed).")
   return statement, explanation, warnings
 
 

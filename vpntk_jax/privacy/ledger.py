@@ -179,7 +179,15 @@ class PrivacyLedger:
     active release (a list when several are active, None when none is)."""
     active = self.active_releases
     total = self.total_epsilon()
+    seeded = sorted({r.noise_seed for r in self.releases if r.noise_seed is not None})
+    headline = {}
+    if seeded:
+      headline["not_private_while_seed_known"] = (
+          f"noise drawn from the fixed seed(s) {seeded}: anyone who knows a seed can remove "
+          f"its noise, so the releases are not private while the seed is known (seeds are "
+          f"for tests and public data)")
     return {
+        **headline,
         "schema_version": SCHEMA_VERSION,
         "epsilon": self.epsilon,
         "delta": self.delta,
