@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -343,3 +344,55 @@ def test_bad_validation_settings_exit_nonzero_and_write_nothing(tiny_npz, tmp_pa
   assert cli.main(_args(tiny_npz, out, *extra)) != 0
   assert message in capsys.readouterr().err
   assert not out.exists()
+
+
+def test_a_ledger_without_its_fingerprint_is_refused(finished_run, tmp_path, capsys):
+  run = tmp_path / "unfingerprinted"
+  shutil.copytree(finished_run, run)
+  privacy = _read(run / "privacy.json")
+  privacy["releases"][0]["sha256"] = None
+  (run / "privacy.json").write_text(json.dumps(privacy))
+  assert cli.main(["synthesize", "--out", str(run), "--resume", "--steps", "8", "--quiet"]) == 2
+  assert "has no sha256" in capsys.readouterr().err
+  del privacy["releases"][0]["sha256"]
+  (run / "privacy.json").write_text(json.dumps(privacy))
+  assert cli.main(["synthesize", "--out", str(run), "--resume", "--steps", "8", "--quiet"]) == 2
+  assert "has no sha256" in capsys.readouterr().err
+
+
+def test_a_second_process_on_the_same_out_fails_at_once(tiny_npz, tmp_path, capsys):
+  import socket
+  out = tmp_path / "busy"
+  lock = tmp_path / "busy.lock"
+  lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live holder: this process
+  assert cli.main(_args(tiny_npz, out)) == 2
+  assert "is in use by another vpntk process" in capsys.readouterr().err
+  assert not out.exists() and lock.exists()
+  # A lock whose process is gone is stale: the run takes it over and lets go at the end.
+  lock.write_text(f"{socket.gethostname()} {_exited_pid()}")
+  assert cli.main(_args(tiny_npz, out, "--steps", "2")) == 0
+  assert not lock.exists() and (out / "synthetic.npz").exists()
+
+
+def _exited_pid() -> int:
+  proc = subprocess.Popen(["true"])
+  proc.wait()
+  return proc.pid
+
+
+def test_releases_of_a_replacement_that_died_stay_charged(tiny_npz, tmp_path):
+  out = tmp_path / "run"
+  assert cli.main(_args(tiny_npz, out, "--steps", "2")) == 0
+  # A --force --new-release run killed after its release: its staging ledger holds
+  # the old release (superseded) and its own.
+  staging = tmp_path / "run.partial"
+  staging.mkdir()
+  old = _read(out / "privacy.json")
+  died = dict(old, releases=[dict(old["releases"][0], status="superseded"),
+                             dict(old["releases"][0], created_utc="2026-01-01T00:00:00Z",
+                                  sha256="ab" * 32)])
+  (staging / "privacy.json").write_text(json.dumps(died))
+  assert cli.main(_args(tiny_npz, out, "--steps", "2", "--force", "--new-release")) == 0
+  privacy = _read(out / "privacy.json")
+  assert [r["status"] for r in privacy["releases"]] == ["superseded", "superseded", "active"]
+  assert privacy["num_releases"] == 3

@@ -9,6 +9,7 @@ the device mesh is built once, then passed along.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -31,7 +32,7 @@ from vpntk_jax.features import ntk
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
 from vpntk_jax.privacy.noise import noise_rng
-from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release,
+from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
                                open_run_dir, staging_path)
 from vpntk_jax.run_files import CONFIG, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
@@ -140,60 +141,63 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   quiet = quiet or not distributed.is_primary()
   mesh = device_mesh(config)
 
-  def open_and_record() -> tuple[RunDir, PrivacyLedger | None]:
-    run, prior = open_run_dir(out, config, resume=resume, force=force,
-                              new_release=new_release, release_arrays=release_arrays)
-    io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
-    if public_spec is not None:
-      io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
-    if reuse_release is not None:
-      write_ledger(run.file(PRIVACY), read_ledger(os.path.join(reuse_release, PRIVACY)))
-      shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
-      _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
-    return run, prior
+  with contextlib.ExitStack() as cleanup:
+    def open_and_record() -> tuple[RunDir, PrivacyLedger | None]:
+      # Held by the primary until the run ends, however it ends.
+      cleanup.callback(lock(out).release)
+      run, prior = open_run_dir(out, config, resume=resume, force=force,
+                                new_release=new_release, release_arrays=release_arrays)
+      io_utils.write_json_atomic(run.file(CONFIG), config.to_json())
+      if public_spec is not None:
+        io_utils.write_json_atomic(run.file(PUBLIC), public_spec)
+      if reuse_release is not None:
+        write_ledger(run.file(PRIVACY), read_ledger(os.path.join(reuse_release, PRIVACY)))
+        shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
+        _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
+      return run, prior
 
-  t0 = time.perf_counter()
-  # Only the primary process touches the directory; the others learn where it
-  # builds the run (in place or in staging) and whether it resumes.
-  opened = distributed.on_primary(open_and_record, "open the run directory")
-  run, prior = opened if opened is not None else (None, None)
-  staged, resumed = distributed.broadcast(np.asarray(
-      [run.staged, run.resumed] if run is not None else [0, 0], np.int32))
-  if run is None:
-    run = RunDir(out, staging_path(out) if staged else out, resumed=bool(resumed))
-  if run.resumed or reuse_release is not None:
-    _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
-  else:
-    # Every process computes its share of the private statistic; only the
-    # primary draws noise and stores the release, which every process then
-    # reads back below.
-    statistic = recipe.private_statistic(private, config, mesh=mesh, quiet=quiet)
+    t0 = time.perf_counter()
+    # Only the primary process touches the directory; the others learn where it
+    # builds the run (in place or in staging) and whether it resumes.
+    opened = distributed.on_primary(open_and_record, "open the run directory")
+    run, prior = opened if opened is not None else (None, None)
+    staged, resumed = distributed.broadcast(np.asarray(
+        [run.staged, run.resumed] if run is not None else [0, 0], np.int32))
+    if run is None:
+      run = RunDir(out, staging_path(out) if staged else out, resumed=bool(resumed))
+    if run.resumed or reuse_release is not None:
+      _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
+    else:
+      # Every process computes its share of the private statistic; only the
+      # primary draws noise and stores the release, which every process then
+      # reads back below.
+      statistic = recipe.private_statistic(private, config, mesh=mesh, quiet=quiet)
 
-    def release_and_store() -> None:
-      release, ledger = recipe.release(statistic, private, config, prior=prior, quiet=quiet)
-      store_release(run, release, ledger, config)
+      def release_and_store() -> None:
+        release, ledger = recipe.release(statistic, private, config, prior=prior, quiet=quiet)
+        store_release(run, release, ledger, config)
 
-    distributed.on_primary(release_and_store, "release")
-  # What was stored is what every process trains on, fresh or resumed.
-  ledger = read_ledger(run.file(PRIVACY))
-  release = load_release(run.file(RELEASE), release_arrays, ledger)
-  del private  # nothing after this point sees private data
-  state = recipe.post_process(release, test.num_classes, config, run, mesh=mesh, quiet=quiet)
-  distributed.barrier("trained")  # every process has closed its checkpoints
-  if not distributed.is_primary():
-    return {"run_dir": run.path, "process_index": jax.process_index()}
-  if distributed.is_multi_process():
-    state = jax.device_get(state)  # synthesis runs on the primary's devices only
-  synthesis.save_loss_curve(run)
-  images, labels = synthesis.synthesize(recipe.sampler, state, test.num_classes, config, run,
-                                        quiet=quiet)
-  metrics = evaluation.evaluate(images, labels, test, config, run, public_models=public_models,
-                                quiet=quiet)
-  report.write_report(run.work)
-  run.finish()
-  return {"run_dir": run.path, "epsilon": config.epsilon, "delta": config.delta,
-          "total_epsilon": ledger.total_epsilon(), "accuracy": metrics["accuracy"],
-          "seconds": round(time.perf_counter() - t0, 1)}
+      distributed.on_primary(release_and_store, "release")
+    # What was stored is what every process trains on, fresh or resumed.
+    ledger = read_ledger(run.file(PRIVACY))
+    release = load_release(run.file(RELEASE), release_arrays, ledger)
+    del private  # nothing after this point sees private data
+    state = recipe.post_process(release, test.num_classes, config, run, mesh=mesh, quiet=quiet)
+    distributed.barrier("trained")  # every process has closed its checkpoints
+    if not distributed.is_primary():
+      return {"run_dir": run.path, "process_index": jax.process_index()}
+    if distributed.is_multi_process():
+      state = jax.device_get(state)  # synthesis runs on the primary's devices only
+    synthesis.save_loss_curve(run)
+    images, labels = synthesis.synthesize(recipe.sampler, state, test.num_classes, config, run,
+                                          quiet=quiet)
+    metrics = evaluation.evaluate(images, labels, test, config, run, public_models=public_models,
+                                  quiet=quiet)
+    report.write_report(run.work)
+    run.finish()
+    return {"run_dir": run.path, "epsilon": config.epsilon, "delta": config.delta,
+            "total_epsilon": ledger.total_epsilon(), "accuracy": metrics["accuracy"],
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def store_release(run: RunDir, release: dict[str, np.ndarray], ledger: PrivacyLedger,

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 
 import numpy as np
 
@@ -97,6 +98,58 @@ def make_dir(path: str) -> None:
     raise RunDirError(f"cannot create the directory {path}: {e.strerror or e}") from None
 
 
+LOCK_SUFFIX = ".lock"
+
+
+@dataclasses.dataclass
+class RunLock:
+  """`OUT.lock`, held by the one process that may write `OUT` (and its staging)."""
+  path: str
+
+  def release(self) -> None:
+    try:
+      os.remove(self.path)
+    except FileNotFoundError:
+      pass
+
+
+def lock(out: str) -> RunLock:
+  """Takes `out`'s lock, or fails at once naming the process that holds it. A lock
+  left by a process of this host that no longer runs is taken over."""
+  path = out.rstrip("/") + LOCK_SUFFIX
+  make_dir(os.path.dirname(os.path.abspath(path)))
+  me = f"{socket.gethostname()} {os.getpid()}"
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      with open(path) as f:
+        holder = f.read().strip()
+      host, _, pid = holder.partition(" ")
+      if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+        os.remove(path)  # its process is gone: the lock is stale
+        continue
+      raise RunDirError(f"{out} is in use by another vpntk process ({holder or 'unknown'}, "
+                        f"{path}); wait for it to finish, or use another --out. If no such "
+                        f"process runs, remove {path}.") from None
+    except OSError as e:
+      raise RunDirError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+    with os.fdopen(fd, "w") as f:
+      f.write(me)
+    return RunLock(path)
+  raise RunDirError(f"cannot take the lock {path}")
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def stage(out: str) -> RunDir:
   """A fresh staging directory beside `out`, to be swapped in by `finish()`."""
   staging = staging_path(out)
@@ -148,8 +201,13 @@ def open_run_dir(out: str, config: RunConfig, *, resume: bool, force: bool,
         f"private release), --force to replace it, or another --out.")
   check_replaceable(out, RUN_DIR_NAMES, CONFIG, "a vpntk run directory")
   prior = None
-  if os.path.exists(os.path.join(out, PRIVACY)):
-    prior = read_ledger(os.path.join(out, PRIVACY))
+  # A replacement that died after releasing left its ledger in the staging
+  # directory: those releases stay charged before the directory is reused.
+  for ledger_path in (os.path.join(out, PRIVACY), os.path.join(staging_path(out), PRIVACY)):
+    if os.path.exists(ledger_path):
+      found = read_ledger(ledger_path)
+      prior = found if prior is None else prior.merge(found)
+  if prior is not None:
     if prior.releases and not new_release:
       raise RunDirError(
           f"{out} holds a private release ({prior.total_epsilon():.3g}-DP). Replacing the run "
@@ -193,8 +251,14 @@ def check_release_matches_ledger(path: str, release: dict[str, np.ndarray],
   """
   for record in ledger.active_releases:
     array = release_arrays.get(record.name)
-    if record.sha256 is None or array not in release:
-      continue  # written before digests were kept
+    if array not in release:
+      continue
+    if record.sha256 is None:
+      # A record without its fingerprint cannot vouch for the stored array.
+      raise RunDirError(
+          f"{path}: privacy.json's record of {record.name!r} has no sha256, so the stored "
+          f"release cannot be matched to it; refusing to train on it. Restore the original "
+          f"privacy.json, or start over with --force --new-release (charged again).")
     if array_digest(release[array]) != record.sha256:
       raise RunDirError(
           f"{path}: {array!r} is not the release its privacy.json records (sha256 differs): "

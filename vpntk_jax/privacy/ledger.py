@@ -149,6 +149,18 @@ class PrivacyLedger:
           f"the ledger {self.adjacency!r}")
     return dataclasses.replace(self, releases=self.releases + (record,))
 
+  def merge(self, other: PrivacyLedger) -> PrivacyLedger:
+    """This ledger plus every release of `other` it does not hold yet (the same
+    release, copied between ledgers, is counted once)."""
+    def key(r: ReleaseRecord):
+      return (r.name, r.created_utc, r.sha256, r.sigma)
+    known = {key(r) for r in self.releases}
+    merged = self
+    for record in other.releases:
+      if key(record) not in known:
+        merged, known = merged.add(record), known | {key(record)}
+    return merged
+
   def supersede_active(self, notes: str = "") -> PrivacyLedger:
     """Returns a new ledger with every active release marked superseded (still charged)."""
     def mark(r: ReleaseRecord) -> ReleaseRecord:
