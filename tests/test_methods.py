@@ -164,3 +164,56 @@ def test_a_run_stored_in_the_flat_layout_resumes(tmp_path):
   assert (out / "release.npz").read_bytes() == release
   resumed = json.loads((out / "config.json").read_text())
   assert resumed["options"]["num_features"] == 100 and resumed["train"]["steps"] == 4
+
+
+# A method added from outside the package: one module defining METHOD, nothing else.
+_EXTRA_METHOD = '''
+import dataclasses
+import math
+
+from vpntk_jax.methods.base import Flag, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """DP-NTK on a network with LeCun initialisation."""
+  scale: float = 1.0
+
+  def validate(self):
+    return self
+
+
+def build(config, image_shape, num_classes, public_models):
+  import dataclasses as dc
+  from vpntk_jax.features.ntk_map import NTKFeatureMap
+  from vpntk_jax.stages import mean_embedding
+  network = dc.replace(mean_embedding.ntk_network(config), init="lecun")
+  features = NTKFeatureMap(network, input_dim=math.prod(image_shape), seed=config.seed)
+  return mean_embedding.with_new_generator(features, config, image_shape, num_classes)
+
+
+METHOD = Method(name="dp-ntk-lecun", summary="DP-NTK, LeCun init", options=Options,
+                build=build, flags=(Flag("--lecun-scale", "scale", dict(type=float)),))
+'''
+
+
+def test_a_new_method_is_one_module_in_the_registry(tmp_path, monkeypatch):
+  # The module sits in a folder added to the package's path: as a file in methods/ would.
+  (tmp_path / "dp_ntk_lecun.py").write_text(_EXTRA_METHOD)
+  monkeypatch.setattr(methods, "__path__", list(methods.__path__) + [str(tmp_path)])
+  caches = (methods.names, methods.get, methods.legacy_fields)
+  for cached in caches:
+    cached.cache_clear()
+  try:
+    assert "dp-ntk-lecun" in methods.names()
+    config = with_overrides(RunConfig(), {"method": "dp-ntk-lecun", "options.scale": "2"})
+    assert config.validate().options.scale == 2.0
+    assert "--lecun-scale" in cli.reference()
+    from vpntk_jax import pipeline
+    recipe = pipeline.build_recipe(config, (8, 8, 1), 3)
+    assert recipe.features.network.init == "lecun"
+  finally:
+    monkeypatch.undo()
+    sys.modules.pop("vpntk_jax.methods.dp_ntk_lecun", None)
+    for cached in caches:
+      cached.cache_clear()

@@ -95,6 +95,11 @@ def make_dir(path: str) -> None:
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
+    blocker = path
+    while blocker and not os.path.exists(blocker):
+      blocker = os.path.dirname(blocker)
+    if blocker and not os.path.isdir(blocker):
+      raise RunDirError(f"cannot create the directory {path}: {blocker} is a file") from None
     raise RunDirError(f"cannot create the directory {path}: {e.strerror or e}") from None
 
 
