@@ -18,3 +18,7 @@ def host_devices_env(count: int) -> dict:
            if not f.startswith("--xla_force_host_platform_device_count=")]
   flags.append(f"--xla_force_host_platform_device_count={count}")
   return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+
+
+# Fixtures several test modules share (public models pretrained once per session).
+from public_fixtures import private_npz, public_generator, tiny_public  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import

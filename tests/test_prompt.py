@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from public_fixtures import TINY_NTK, public_generator  # pylint: disable=unused-import
+from public_fixtures import TINY_NTK
 
 from vpntk_jax import training
 from vpntk_jax.blocks import PromptConfig

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import host_devices_env
-from public_fixtures import TINY_NTK, tiny_public  # pylint: disable=unused-import
+from public_fixtures import TINY_NTK
 
 from vpntk_jax import public
 from vpntk_jax.data import load_dataset

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 
-from public_fixtures import private_npz, tiny_public, vp_args  # pylint: disable=unused-import
+from public_fixtures import vp_args
 
 from vpntk_jax import cli
 
