@@ -4,6 +4,7 @@ fine-tuning) on a public pretrained conditional generator."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from vpntk_jax.blocks import IMAGE_PROMPTS, PromptConfig
 from vpntk_jax.errors import ConfigError
@@ -48,8 +49,7 @@ def build(config, image_shape, num_classes, public_models):
   if release_reads_public_model(config.options):
     features = public_models.feature_map(network, config.seed)
   else:
-    h, w, c = image_shape
-    features = NTKFeatureMap(network, input_dim=h * w * c, seed=config.seed)
+    features = NTKFeatureMap(network, input_dim=math.prod(image_shape), seed=config.seed)
   sampler = PromptedGenerator(public_models.generator, public_models.generator_variables,
                               config.options.prompt, num_classes, tuple(image_shape))
   return mean_embedding.MeanEmbeddingRecipe(features, sampler)

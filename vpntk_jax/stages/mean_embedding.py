@@ -108,10 +108,11 @@ def release_embedding(features: FeatureMap, private: ImageDataset, mean: jax.Arr
         name, shape=mean.shape, sha256=array_digest(noisy), lattice=lattice,
         notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
               f"{purpose}; noise on a lattice of step {lattice.granularity:.3g}"))
+  # What the ledger records: the lattice's sensitivity and the noise drawn with it.
   _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
-       f"{time.perf_counter() - t0:.1f} s: sensitivity {plan.sensitivity:.3g}, " +
-       ", ".join(f"{n} sigma {s:.4g} (noise std {plan.sensitivity * s:.3g})"
-                 for n, s in plan.sigmas.items()), quiet)
+       f"{time.perf_counter() - t0:.1f} s: " +
+       ", ".join(f"{r.name} sensitivity {r.sensitivity:.3g}, sigma {r.sigma:.4g} "
+                 f"(noise std {r.noise_std:.3g})" for r in ledger.active_releases), quiet)
   return arrays, ledger
 
 
