@@ -1,6 +1,7 @@
 """The empirical audit: below the claim with noise, detects the canary without."""
 
 import dataclasses
+import json
 import math
 import os
 
@@ -26,20 +27,24 @@ def test_clopper_pearson_and_bound_formula():
 def small_config(tmp_path_factory):
   rng = np.random.default_rng(0)
   path = tmp_path_factory.mktemp("audit") / "d.npz"
-  np.savez(path, x=rng.integers(0, 256, (200, 8, 8, 1), np.uint8), y=np.arange(200) % 4)
+  np.savez(path, x=rng.integers(0, 256, (200, 8, 8, 1), np.uint8), y=np.arange(200) % 4,
+           x_test=rng.integers(0, 256, (8, 8, 8, 1), np.uint8), y_test=np.arange(8) % 4)
   return config_lib.RunConfig(data=DataConfig(source=str(path)), ntk_layers=(32, "relu", "layernorm", 4),
                               epsilon=1.0, delta=1e-5)
 
 
 def test_audit_lower_bound_stays_below_claimed_epsilon(small_config):
-  result = pipeline.audit(small_config, num_examples=200, trials=400, seed=0)
-  assert result["gap_within_sensitivity"]
+  result = pipeline.audit(small_config, num_examples=200, trials=400, seed=0,
+                          private_diagnostics=True)
+  assert result["private_diagnostics"]["gap_within_sensitivity"]
   assert result["epsilon_lower_bound"] < small_config.epsilon
   assert result["false_positives"] + result["false_negatives"] > 0
 
 
 def test_audit_without_noise_detects_the_canary(small_config):
   result = pipeline.audit(small_config, num_examples=200, trials=400, noise=False, seed=0)
+  # The exact gap of the neighbours' statistics is private: shown only when asked.
+  assert "statistic_gap" not in json.dumps(result)
   assert result["false_positives"] == 0 and result["false_negatives"] == 0
   assert result["epsilon_lower_bound"] > small_config.epsilon
 
@@ -69,9 +74,10 @@ def test_audit_uses_the_sigma_the_run_releases_with_a_validation_release(small_c
 
 
 def test_audit_sees_the_images_at_the_run_s_image_size(small_config, tmp_path):
-  resized = resize_dataset(load_dataset(small_config.data.source, "train"), 4)
+  resized, test = (resize_dataset(load_dataset(small_config.data.source, split), 4)
+                   for split in ("train", "test"))
   path = tmp_path / "resized.npz"
-  np.savez(path, x=resized.images, y=resized.labels)
+  np.savez(path, x=resized.images, y=resized.labels, x_test=test.images, y_test=test.labels)
   at_size = dataclasses.replace(small_config, data=dataclasses.replace(small_config.data,
                                                                        image_size=4))
   pre_resized = dataclasses.replace(small_config, data=DataConfig(source=str(path)))

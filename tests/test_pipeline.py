@@ -246,20 +246,20 @@ def test_privacy_command_noise_std_per_adjacency(capsys):
   assert add_remove["pld"] == pytest.approx(replace["pld"] / 2)
 
 
-def test_release_warnings():
+def test_release_warnings_are_public_and_diagnostics_are_private():
   from vpntk_jax.config import RunConfig
   from vpntk_jax.data import make_dataset
   images = np.zeros((20, 4, 4, 1), np.uint8)
   labels = np.arange(20) % 2
   data = make_dataset(images, labels, num_classes=3)
-  config = RunConfig(delta=0.1)
-  warnings = mean_embedding.release_warnings(np.full((8, 3), 1e-3), data, config, noise_std=1.0)
-  text = " ".join(warnings)
-  assert "delta" in text and "[2]" in text and "signal-to-noise" in text
-  quiet = mean_embedding.release_warnings(np.ones((8, 3)),
-                                          make_dataset(images, labels, num_classes=2),
-                                          RunConfig(delta=1e-5), noise_std=1e-3)
-  assert quiet == []
+  assert "delta" in " ".join(mean_embedding.release_warnings(20, RunConfig(delta=0.1)))
+  assert mean_embedding.release_warnings(20, RunConfig(delta=1e-5)) == []
+  # Empty classes and the signal-to-noise ratio are exact private facts.
+  text = " ".join(mean_embedding.private_diagnostics(np.full((8, 3), 1e-3), data, noise_std=1.0))
+  assert "[2]" in text and "swamps" in text
+  strong = mean_embedding.private_diagnostics(np.ones((8, 3)), make_dataset(
+      images, labels, num_classes=2), noise_std=1e-3)
+  assert len(strong) == 1 and "swamps" not in strong[0]
 
 
 def test_run_from_in_memory_arrays(tiny_npz, tmp_path):

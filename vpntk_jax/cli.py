@@ -18,7 +18,8 @@ _CONFIG_OPTIONS = {
     "method": "method", "data": "data.source", "data_dir": "data.data_dir",
     "download": "data.download", "label_attribute": "data.label_attribute",
     "image_size": "data.image_size", "epsilon": "epsilon", "delta": "delta",
-    "accountant": "accountant", "adjacency": "adjacency", "noise_seed": "noise_seed",
+    "accountant": "accountant", "adjacency": "adjacency",
+    "public_num_examples": "public_num_examples", "noise_seed": "noise_seed",
     "seed": "seed", "steps": "train.steps", "batch_size": "train.batch_size",
     "lr": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
     "num_synthetic": "num_synthetic", "eval_train_size": "eval_train_size",
@@ -28,7 +29,7 @@ _CONFIG_OPTIONS = {
 }
 # Options of `audit`: the release settings.
 _AUDIT_OPTIONS = ("method", "data", "data_dir", "image_size", "accountant", "adjacency",
-                  "epsilon", "delta", "validation_noise_scale")
+                  "public_num_examples", "epsilon", "delta", "validation_noise_scale")
 # Options of `pretrain` that map onto PretrainConfig fields.
 _PRETRAIN_OPTIONS = {
     "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
@@ -98,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--delta", type=float, help=f"privacy budget delta (default {d.delta})")
   s.add_argument("--accountant", choices=ACCOUNTANTS, help=f"noise calibration (default {d.accountant})")
   s.add_argument("--adjacency", choices=ADJACENCIES, help=f"neighbouring datasets (default {d.adjacency})")
+  s.add_argument("--public-num-examples", type=int, metavar="N",
+                 help="add_remove: the public count the mean divides by (default: release "
+                      "the count with its own noise, charged)")
   s.add_argument("--noise-seed", type=int, help="reproducible privacy noise, for experiments only (default: OS entropy)")
   s.add_argument("--seed", type=int, help=f"public seed: network, generator, batches (default {d.seed})")
   s.add_argument("--steps", type=int, help=f"generator steps (default {d.train.steps})")
@@ -131,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="start a new run from RUN_DIR's release (same release settings; only "
                       "training/prompt/evaluation settings may differ): no new privacy cost")
   s.add_argument("--quiet", action="store_true", help="no progress bars")
+  s.add_argument("--private-diagnostics", action="store_true",
+                 help="also print exact facts about the private data (empty classes, signal "
+                      "to noise) to this terminal, marked PRIVATE; never stored")
   _add_method_flags(s)
 
   t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
@@ -159,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
   for name in ("data", "data_dir", "accountant", "adjacency"):
     a.add_argument("--" + name.replace("_", "-"))
   a.add_argument("--image-size", type=int, help="resize the images as the run does")
+  a.add_argument("--public-num-examples", type=int, metavar="N",
+                 help="add_remove: the public count the mean divides by, as the run")
   a.add_argument("--epsilon", type=float)
   a.add_argument("--delta", type=float)
   a.add_argument("--validation-noise-scale", type=float, metavar="K",
@@ -167,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
   a.add_argument("--trials", type=int, default=500, help="releases per neighbouring dataset (default 500)")
   a.add_argument("--confidence", type=float, default=0.95)
   a.add_argument("--no-noise", action="store_true", help="switch the noise off: the audit must then detect the canary")
+  a.add_argument("--private-diagnostics", action="store_true",
+                 help="include the exact (un-noised) statistic gap of the two neighbours, "
+                      "marked PRIVATE")
   a.add_argument("--sampler", choices=("lattice", "float32"), default="lattice",
                  help="noise sampler the reachability test attacks: lattice (what runs use, "
                       "default) or float32 (the float32 sampler it replaced)")
@@ -206,6 +218,7 @@ def _synthesize(args, dotted: dict) -> dict:
     config = _run_config(args, overrides)
   return pipeline.run_synthesis(config, args.out, resume=args.resume, force=args.force,
                                 new_release=args.new_release, quiet=args.quiet,
+                                private_diagnostics=args.private_diagnostics,
                                 reuse_release=args.reuse_release)
 
 
@@ -281,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
       config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})
       print(json.dumps(pipeline.audit(config, num_examples=args.examples, trials=args.trials,
                                       noise=not args.no_noise, confidence=args.confidence,
-                                      sampler=args.sampler),
+                                      sampler=args.sampler,
+                                      private_diagnostics=args.private_diagnostics),
                        indent=2))
     elif args.command == "privacy":
       from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top

@@ -32,6 +32,12 @@ class RunConfig:
   delta: float = 1e-5
   accountant: str = "pld"
   adjacency: str = "replace_one"
+  # Under add/remove the number of private examples differs between neighbours,
+  # so it is private: the mean divides by this declared public count instead
+  # (e.g. the dataset's published size). None: the count is released with its
+  # own noise and charged. Unused under replace-one, where neighbours have the
+  # same size.
+  public_num_examples: int | None = None
   # None: privacy noise from OS entropy. An int makes the noise reproducible
   # (experiments only); it is recorded as such in privacy.json.
   noise_seed: int | None = None
@@ -82,6 +88,15 @@ class RunConfig:
     parameters.check_epsilon_delta(self.epsilon, self.delta)
     parameters.check_accountant(self.accountant)
     parameters.check_adjacency(self.adjacency)
+    if self.public_num_examples is not None:
+      if self.adjacency != "add_remove":
+        raise ConfigError("public_num_examples applies to --adjacency add_remove only; "
+                          "under replace-one the count is the same for neighbours")
+      if not (isinstance(self.public_num_examples, int)
+              and not isinstance(self.public_num_examples, bool)
+              and self.public_num_examples >= 1):
+        raise ConfigError(f"public_num_examples must be an integer >= 1, got "
+                          f"{self.public_num_examples!r}")
     if self.num_synthetic <= 0 or self.eval_train_size <= 0:
       raise ConfigError("num_synthetic and eval_train_size must be positive")
     if not (isinstance(self.seed, int) and self.seed >= 0):

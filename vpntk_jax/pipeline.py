@@ -27,10 +27,12 @@ from vpntk_jax import report
 from vpntk_jax import sharding
 from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
+from vpntk_jax.data.schema import Schema, fit_to_schema
 from vpntk_jax.errors import ConfigError, RunDirError
 from vpntk_jax.features import ntk
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
+from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.noise import noise_rng
 from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
                                open_run_dir, staging_path)
@@ -67,20 +69,18 @@ def build_recipe(config: RunConfig, image_shape, num_classes: int, public_models
 
 
 def load_private_and_test(config: RunConfig, datasets=None) -> tuple[ImageDataset, ImageDataset]:
-  """The private training set and the real test set, from `config.data` or given in memory."""
+  """The private training set and the real test set, from `config.data` or given in memory.
+
+  The test set is public and declares the schema (classes, names, channels,
+  size); the private set is fitted to it (`fit_to_schema`).
+  """
   if datasets is not None:
     private, test = datasets
   else:
     private = load_split(config, "train")
-    test = load_split(config, "test", num_classes=private.num_classes)
-  if test.num_classes != private.num_classes:
-    raise RunDirError(f"the test set has {test.num_classes} classes, the private set "
-                      f"{private.num_classes}")
-  private = resize_dataset(private, config.data.image_size)
+    test = load_split(config, "test")
   test = resize_dataset(test, config.data.image_size)
-  if test.image_shape != private.image_shape:
-    raise RunDirError(f"test images {test.image_shape} differ from training images "
-                      f"{private.image_shape}")
+  private = fit_to_schema(resize_dataset(private, config.data.image_size), Schema.of(test))
   return private, test
 
 
@@ -112,7 +112,8 @@ def describe_public_models(config: RunConfig, models, private: ImageDataset) -> 
 def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
                   new_release: bool = False, quiet: bool = False,
                   reuse_release: str | None = None,
-                  datasets: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
+                  datasets: tuple[ImageDataset, ImageDataset] | None = None,
+                  private_diagnostics: bool = False) -> dict:
   """The whole job. Returns a summary dict (paths, privacy, accuracy).
 
   `datasets`: (private, test) ImageDatasets given in memory (`make_dataset`)
@@ -121,6 +122,9 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   `reuse_release`: another run directory whose release (and ledger) this run
   copies instead of releasing again; its release settings must be identical,
   so the two runs together still spend the budget once.
+
+  `private_diagnostics`: print exact facts about the private data to stderr,
+  marked (privacy/diagnostics.py); they are never stored.
   """
   config.validate()
   if reuse_release is not None and (resume or force):
@@ -132,7 +136,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
         config, data=dataclasses.replace(config.data, source=f"in-memory:{datasets[0].name}"))
   private, test = load_private_and_test(config, datasets)
   public_models = load_public_models(config)
-  recipe = build_recipe(config, private.image_shape, private.num_classes, public_models)
+  recipe = build_recipe(config, test.image_shape, test.num_classes, public_models)
   release_arrays = recipe.release_arrays(config)
   if reuse_release is not None:
     check_reusable_release(reuse_release, config, release_arrays)
@@ -174,7 +178,8 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       statistic = recipe.private_statistic(private, config, mesh=mesh, quiet=quiet)
 
       def release_and_store() -> None:
-        release, ledger = recipe.release(statistic, private, config, prior=prior, quiet=quiet)
+        release, ledger = recipe.release(statistic, private, config, prior=prior, quiet=quiet,
+                                         show_private=private_diagnostics)
         store_release(run, release, ledger, config)
 
       distributed.on_primary(release_and_store, "release")
@@ -240,34 +245,42 @@ def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
 
 def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
           noise: bool = True, confidence: float = 0.95, seed: int | None = None,
-          sampler: str = "lattice") -> dict:
+          sampler: str = "lattice", private_diagnostics: bool = False) -> dict:
   """`vpntk audit`: empirical epsilon lower bound for this config's release.
 
   Neighbours: the first `num_examples` private images (as the run sees them:
   resized to `config.data.image_size`), and the same with example 0 replaced
-  by a canary (an all-white image of another class). Both embeddings come from
+  by a canary (an all-white image of another class), or under add/remove with
+  the canary added. Both embeddings come from
   the method's own feature code; the noise is the run's own plan (with a
   validation release, the main release's share of the composed budget).
 
   With noise, the floating-point reachability test runs too, against `sampler`
   ("lattice", what runs use, or "float32", the float32 sampler it replaced).
+
+  The exact gap between the neighbours' statistics is a private fact: it is in
+  the result only with `private_diagnostics`, marked.
   """
   config.validate()
-  if config.adjacency != "replace_one":
-    raise RunDirError("the audit builds replace-one neighbours; use --adjacency replace_one")
-  data = resize_dataset(load_split(config, "train"), config.data.image_size)
+  data, _ = load_private_and_test(config)
   images, labels = data.images[:num_examples].copy(), data.labels[:num_examples].copy()
-  m = len(labels)
   recipe = build_recipe(config, data.image_shape, data.num_classes, load_public_models(config))
   features = recipe.features
+  # Under add/remove the neighbour has the canary added and both sums divide by
+  # the same public count (declared, or here the audited set's size).
+  audited = len(labels)
+  m = config.public_num_examples or audited
 
   def mean(imgs, lbls):
     return np.asarray(ntk.embedding_to_matrix(
         features.private_sum(imgs, lbls, data.num_classes)), np.float64) / m
 
   mean_without = mean(images, labels)
-  images[0] = 255
-  labels[0] = (labels[0] + 1) % data.num_classes
+  canary, canary_label = np.full_like(images[:1], 255), (labels[:1] + 1) % data.num_classes
+  if config.adjacency == "replace_one":
+    images[:1], labels[:1] = canary, canary_label
+  else:
+    images, labels = np.concatenate([images, canary]), np.concatenate([labels, canary_label])
   mean_with = mean(images, labels)
   plan = mean_embedding.release_plan(config, m, features.norm_bound)
   sigma = plan.sigmas[mean_embedding.RELEASE_NAME] if noise else 0.0
@@ -279,8 +292,11 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
     result["reachability"] = audit_lib.reachability_audit(
         mean_without, mean_with, sampler=sampler, sensitivity=plan.sensitivity, sigma=sigma,
         delta=config.delta, trials=trials, seeds=reachability, confidence=confidence)
+  gap = result.pop("statistic_gap")
   result.update(claimed_epsilon=config.epsilon if noise else None, delta=config.delta,
-                num_examples=m, sensitivity=plan.sensitivity, sigma=sigma,
-                image_shape=list(data.image_shape),
-                gap_within_sensitivity=bool(result["statistic_gap"] <= plan.sensitivity))
+                num_examples=audited, sensitivity=plan.sensitivity, sigma=sigma,
+                image_shape=list(data.image_shape))
+  if private_diagnostics:
+    result["private_diagnostics"] = diagnostics.marked(
+        {"statistic_gap": gap, "gap_within_sensitivity": bool(gap <= plan.sensitivity)})
   return result

@@ -194,12 +194,21 @@ def _statement(ledger: PrivacyLedger, data: str, total: float,
   """(statement, plain-words explanation, warnings) for a ledger with releases."""
   counts = sorted({r.num_private_examples for r in ledger.releases})
   n_text = " / ".join(str(n) for n in counts)
+  count_note = ""
+  if ledger.adjacency == "add_remove":
+    # The private set's size is itself private here: only the public divisor shows.
+    sources = sorted({r.num_examples_source for r in ledger.releases if r.num_examples_source})
+    count_note = (f" The mean divides by the public count {n_text}"
+                  + (f" ({'; '.join(sources)})" if sources else "") + ".")
+    n_text = "the"
+  else:
+    n_text = f"the {n_text}"
   adj_name, adj_change = ADJACENCY_WORDS.get(
       ledger.adjacency, (ledger.adjacency, "changing any one of those examples"))
   if math.isinf(total):
     unprotected = ", ".join(repr(r.name) for r in ledger.releases if r.sigma == 0)
     statement = (f"{subject} is NOT differentially private: release {unprotected} "
-                 f"of the {n_text} private training examples of {data} was made without "
+                 f"of {n_text} private training examples of {data} was made without "
                  "noise (sigma = 0).")
     return statement, "The private training data has no formal protection in this run.", [
         f"NOT PRIVATE: release {unprotected} has sigma = 0, so the total epsilon is infinite."]
@@ -208,7 +217,7 @@ def _statement(ledger: PrivacyLedger, data: str, total: float,
   # the composed total actually holds.
   eps = ledger.epsilon if within else total
   statement = (f"{subject} is (epsilon = {fmt_num(eps)}, delta = "
-               f"{fmt_num(ledger.delta)})-differentially private with respect to the {n_text} "
+               f"{fmt_num(ledger.delta)})-differentially private with respect to {n_text} "
                f"private training examples of {data} under {adj_name} adjacency.")
   explanation = (
       f"In plain words: {adj_change} changes the probability of any output of this run "
@@ -216,7 +225,7 @@ def _statement(ledger: PrivacyLedger, data: str, total: float,
       f"most a factor of e^epsilon = {_exp_text(eps)}, plus delta = {fmt_num(ledger.delta)}. "
       "So no output can reveal much about any single private example. The guarantee covers "
       f"{_releases_phrase(ledger)} of the private data listed below; everything else is "
-      "computed from those releases alone, which cannot weaken it.")
+      "computed from those releases alone, which cannot weaken it." + count_note)
   warnings = []
   if not within:
     warnings.append(

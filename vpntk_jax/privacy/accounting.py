@@ -288,11 +288,11 @@ def mean_embedding_sensitivity(
 
   * "replace_one": neighbours differ by replacing one example; m is unchanged, two
     terms of norm <= norm_bound differ, so the sensitivity is 2 * norm_bound / m.
-  * "add_remove": neighbours differ by adding or removing one example. The release is
-    treated as the SUM scaled by the constant 1/m, where m is assumed PUBLIC (e.g. the
-    dataset's nominal size, not re-counted on the private data); the sum changes by one
-    term, so the sensitivity is norm_bound / m. If m itself were private, dividing by the
-    true count would need its own release and this bound would not apply.
+  * "add_remove": neighbours differ by adding or removing one example, so their sizes
+    differ and m must be a PUBLIC constant: a declared count (`public_num_examples`) or a
+    count released with its own noise first. The sum changes by one term of norm <=
+    norm_bound and is divided by that constant, so the sensitivity is norm_bound / m for
+    neighbours of any size.
   """
   check_adjacency(adjacency)
   num_examples = _as_count(num_examples, "num_examples")

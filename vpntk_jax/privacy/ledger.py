@@ -71,6 +71,9 @@ class ReleaseRecord:
   # Step g of the lattice the noise was drawn on (`noise.Lattice`); None in records
   # written with the earlier float32 sampler.
   granularity: float | None = None
+  # Where num_private_examples comes from: public (replace-one), declared, or a
+  # noisy release; None in records written before it was kept.
+  num_examples_source: str | None = None
 
   def __post_init__(self) -> None:
     check_adjacency(self.adjacency)
@@ -89,7 +92,7 @@ class ReleaseRecord:
       cls, name: str, *, sensitivity: float, sigma: float, adjacency: str, accountant: str,
       epsilon: float, delta: float, num_private_examples: int, noise_seed: int | None,
       shape: Sequence[int], status: str = "active", notes: str = "", sha256: str | None = None,
-      granularity: float | None = None,
+      granularity: float | None = None, num_examples_source: str | None = None,
   ) -> ReleaseRecord:
     """Builds a record, deriving noise_std and stamping the current UTC time."""
     return cls(
@@ -98,7 +101,7 @@ class ReleaseRecord:
         accountant=accountant, epsilon=float(epsilon), delta=float(delta),
         num_private_examples=int(num_private_examples), noise_seed=noise_seed,
         shape=tuple(shape), created_utc=utc_now(), status=status, notes=notes, sha256=sha256,
-        granularity=granularity)
+        granularity=granularity, num_examples_source=num_examples_source)
 
   def to_json(self) -> dict:
     """JSON-ready dict (inf/NaN floats as strings)."""
@@ -112,7 +115,8 @@ class ReleaseRecord:
   def from_json(cls, d: dict) -> ReleaseRecord:
     """Inverse of `to_json`."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    missing = fields - set(d) - {"status", "notes", "sha256", "granularity"}
+    missing = fields - set(d) - {"status", "notes", "sha256", "granularity",
+                                 "num_examples_source"}
     if missing:
       raise ConfigError(f"release record is missing {sorted(missing)}")
     kwargs = {k: v for k, v in d.items() if k in fields}
@@ -210,6 +214,8 @@ class PrivacyLedger:
         "adjacency": self.adjacency,
         "num_private_examples": _single_or_list(
             sorted({r.num_private_examples for r in active})),
+        "num_private_examples_source": _single_or_list(
+            sorted({r.num_examples_source for r in active if r.num_examples_source})),
         "num_releases": len(self.releases),
         "total_epsilon": _encode_float(total),
         "within_budget": total <= self.epsilon * (1.0 + _BUDGET_RTOL),

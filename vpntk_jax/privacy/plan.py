@@ -50,7 +50,8 @@ class ReleasePlan:
     return self.sensitivity * self.sigmas[name]
 
   def record(self, name: str, *, shape, sha256: str, notes: str,
-             lattice: Lattice | None = None) -> ReleaseRecord:
+             lattice: Lattice | None = None,
+             num_examples_source: str | None = None) -> ReleaseRecord:
     """The ledger record of release `name`, once its array (digest `sha256`) exists.
 
     With the lattice it was drawn on, the record's sensitivity is the lattice's
@@ -61,7 +62,8 @@ class ReleasePlan:
         sigma=self.sigmas[name], adjacency=self.adjacency, accountant=self.accountant,
         epsilon=self.epsilon, delta=self.delta, num_private_examples=self.num_examples,
         noise_seed=self.noise_seed, shape=shape, sha256=sha256, notes=notes,
-        granularity=lattice.granularity if lattice else None)
+        granularity=lattice.granularity if lattice else None,
+        num_examples_source=num_examples_source)
 
   def empty_ledger(self, prior: PrivacyLedger | None = None) -> PrivacyLedger:
     """A ledger for this budget that keeps charging every release of `prior` (a run

@@ -20,7 +20,6 @@ prompts the public generator, refuses it (`require_generator`).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 

@@ -20,6 +20,7 @@ from vpntk_jax.data import ImageDataset
 from vpntk_jax.features import FeatureMap, ntk
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.privacy import PrivacyLedger
+from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.plan import ReleasePlan
 from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.privacy.release import array_digest, gaussian_release
@@ -27,8 +28,14 @@ from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, T
 
 RELEASE_NAME = "labelled_mean_embedding"
 VALIDATION_RELEASE_NAME = "validation_embedding"
+COUNT_RELEASE_NAME = "private_count"
 # Ledger name -> array name in release.npz.
-RELEASE_ARRAYS = {RELEASE_NAME: "embedding", VALIDATION_RELEASE_NAME: "validation_embedding"}
+RELEASE_ARRAYS = {RELEASE_NAME: "embedding", VALIDATION_RELEASE_NAME: "validation_embedding",
+                  COUNT_RELEASE_NAME: "private_count"}
+# The mean needs the count only to a relative error of about a percent, so the
+# count's noise is this many times the embedding's; that costs about 1/100 of
+# the budget (Gaussian noise multipliers compose as 1/sigma^2).
+COUNT_NOISE_SCALE = 10.0
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -40,30 +47,48 @@ def ntk_network(config) -> ntk.NTKNetwork:
   return ntk.NTKNetwork(tuple(config.ntk_layers), config.ntk_init)
 
 
+def counts_privately(config) -> bool:
+  """Whether the run releases its private count: under add/remove without a
+  declared public count (neighbours differ in size, so the count is private)."""
+  return config.adjacency == "add_remove" and config.public_num_examples is None
+
+
+def count_source(config) -> str:
+  """Where the count the mean divides by comes from, as the ledger states it."""
+  if config.adjacency != "add_remove":
+    return "public: replace-one neighbours have the same number of examples"
+  if config.public_num_examples is not None:
+    return "declared public (public_num_examples); the private set is not counted"
+  return f"released with noise ({COUNT_RELEASE_NAME}) and charged"
+
+
 def release_scales(config) -> dict[str, float]:
   """Ledger name -> noise relative to the main release, for this config's releases."""
   scales = {RELEASE_NAME: 1.0}
   if config.validation_noise_scale is not None:
     scales[VALIDATION_RELEASE_NAME] = float(config.validation_noise_scale)
+  if counts_privately(config):
+    scales[COUNT_RELEASE_NAME] = COUNT_NOISE_SCALE
   return scales
 
 
 def release_plan(config, num_examples: int, norm_bound: float) -> ReleasePlan:
-  """The plan the run releases with, and that `vpntk audit` audits."""
+  """The plan the run releases with, and that `vpntk audit` audits; `num_examples`
+  is the public count the mean divides by (`divisor`)."""
   return ReleasePlan.for_mean(scales=release_scales(config), num_examples=num_examples,
                               norm_bound=norm_bound, epsilon=config.epsilon,
                               delta=config.delta, accountant=config.accountant,
                               adjacency=config.adjacency, noise_seed=config.noise_seed)
 
 
-def private_mean_embedding(features: FeatureMap, private: ImageDataset, *, mesh=None,
-                           quiet: bool = False) -> jax.Array:
-  """The exact (P, C) labelled mean embedding of the private set. Never stored.
+def private_embedding_sum(features: FeatureMap, private: ImageDataset, *, mesh=None,
+                          quiet: bool = False) -> jax.Array:
+  """The exact (P, C) labelled embedding sum of the private set. Never stored.
 
   In a multi-host job every process takes part (each sums its share).
   """
-  m = len(private.labels)
-  bar = tqdm(total=m, desc="private embedding", disable=quiet, dynamic_ncols=True)
+  bar = tqdm(total=len(private.labels), desc="private embedding", disable=quiet,
+             dynamic_ncols=True)
   done = [0]
 
   def progress(n):
@@ -73,67 +98,100 @@ def private_mean_embedding(features: FeatureMap, private: ImageDataset, *, mesh=
   total = features.private_sum(private.images, private.labels, private.num_classes,
                                progress=progress, mesh=mesh)
   bar.close()
-  return ntk.embedding_to_matrix(total) / m
+  return ntk.embedding_to_matrix(total)
 
 
-def release_embedding(features: FeatureMap, private: ImageDataset, mean: jax.Array, config, *,
-                      prior: PrivacyLedger | None = None, quiet: bool = False
+def divisor(config, private: ImageDataset, noisy_count: np.ndarray | None) -> int:
+  """The public count the mean divides by: m under replace-one (public there), the
+  declared count, or the released noisy count rounded (at least 1)."""
+  if noisy_count is not None:
+    return max(1, int(np.rint(float(noisy_count[0]))))
+  return config.public_num_examples or len(private.labels)
+
+
+def release_embedding(features: FeatureMap, private: ImageDataset, total: jax.Array, config, *,
+                      prior: PrivacyLedger | None = None, quiet: bool = False,
+                      show_private: bool = False
                       ) -> tuple[dict[str, np.ndarray], PrivacyLedger]:
-  """Releases `mean`, the `private_mean_embedding`, once (Gaussian mechanism).
+  """Releases the mean of `total`, the `private_embedding_sum`, once (Gaussian mechanism).
 
   Returns the release.npz arrays, {"embedding": noisy (P, C) matrix} plus
   "validation_embedding" (a second, noisier release of the same mean) when
-  `config.validation_noise_scale` is set, and the ledger with them added. With
-  a validation release the noise of both is calibrated for their composition.
+  `config.validation_noise_scale` is set and "private_count" when the count is
+  released (`counts_privately`), and the ledger with them added. The noise of
+  all of them is calibrated for their composition.
+  `show_private` prints exact private diagnostics to the terminal (marked).
   """
-  plan = release_plan(config, len(private.labels), features.norm_bound)
-  t0 = time.perf_counter()
-  for warning in release_warnings(np.asarray(mean), private, config,
-                                  plan.noise_std(RELEASE_NAME)):
-    _say(f"WARNING: {warning}", quiet=False)
-  ledger = plan.empty_ledger(prior)
   scales = release_scales(config)
   # One independent noise stream per release.
-  streams = noise_rng(config.noise_seed).spawn(len(plan.sigmas))
-  # In float64 on the host: the lattice rounding needs it, and it is one pass.
-  exact = np.asarray(mean, np.float64)
-  arrays = {}
-  for stream, (name, sigma) in zip(streams, plan.sigmas.items()):
-    noisy, lattice = gaussian_release(exact, sensitivity=plan.sensitivity, sigma=sigma,
-                                      rng=generator(stream))
+  streams = dict(zip(scales, noise_rng(config.noise_seed).spawn(len(scales))))
+  records, arrays = [], {}
+  noisy_count = None
+  t0 = time.perf_counter()
+  if counts_privately(config):
+    # Its sigma does not depend on the count, only its sensitivity (1) does.
+    sigma = release_plan(config, 1, features.norm_bound).sigmas[COUNT_RELEASE_NAME]
+    noisy_count, lattice = gaussian_release(np.asarray([len(private.labels)], np.float64),
+                                            sensitivity=1.0, sigma=sigma,
+                                            rng=generator(streams[COUNT_RELEASE_NAME]))
+    arrays[RELEASE_ARRAYS[COUNT_RELEASE_NAME]] = noisy_count
+    records.append((COUNT_RELEASE_NAME, noisy_count, lattice,
+                    "the number of private examples, which the mean divides by"))
+  m = divisor(config, private, noisy_count)
+  plan = release_plan(config, m, features.norm_bound)
+  for warning in release_warnings(m, config):
+    _say(f"WARNING: {warning}", quiet=False)
+  # Divided as a JAX array, then in float64 on the host: the lattice rounding
+  # needs float64, and it is one pass.
+  exact = np.asarray(total / m, np.float64)
+  if show_private:
+    diagnostics.show(private_diagnostics(exact, private, plan.noise_std(RELEASE_NAME)))
+  for name in (RELEASE_NAME, VALIDATION_RELEASE_NAME):
+    if name not in scales:
+      continue
+    noisy, lattice = gaussian_release(exact, sensitivity=plan.sensitivity,
+                                      sigma=plan.sigmas[name], rng=generator(streams[name]))
     arrays[RELEASE_ARRAYS[name]] = noisy
-    purpose = ("training target" if name == RELEASE_NAME else
-               "model selection only (noise x{:g})".format(scales[name]))
+    records.append((name, noisy, lattice, "training target" if name == RELEASE_NAME else
+                    "model selection only (noise x{:g})".format(scales[name])))
+  ledger = plan.empty_ledger(prior)
+  for name, noisy, lattice, purpose in records:
     ledger = ledger.add(plan.record(
-        name, shape=mean.shape, sha256=array_digest(noisy), lattice=lattice,
+        name, shape=noisy.shape, sha256=array_digest(noisy), lattice=lattice,
+        num_examples_source=count_source(config),
         notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
               f"{purpose}; noise on a lattice of step {lattice.granularity:.3g}"))
   # What the ledger records: the lattice's sensitivity and the noise drawn with it.
-  _say(f"released the embedding ({mean.shape[0]:,} x {mean.shape[1]}) in "
+  _say(f"released the embedding ({exact.shape[0]:,} x {exact.shape[1]}) in "
        f"{time.perf_counter() - t0:.1f} s: " +
        ", ".join(f"{r.name} sensitivity {r.sensitivity:.3g}, sigma {r.sigma:.4g} "
                  f"(noise std {r.noise_std:.3g})" for r in ledger.active_releases), quiet)
   return arrays, ledger
 
 
-def release_warnings(mean: np.ndarray, private: ImageDataset, config,
-                     noise_std: float) -> list[str]:
-  """Conditions under which the release is valid but likely useless or weak."""
-  warnings = []
-  m = len(private.labels)
-  if config.delta >= 1.0 / m:
-    warnings.append(f"delta {config.delta:g} >= 1/m = {1 / m:.3g}: a mechanism that publishes "
-                    f"one random example outright would meet this delta; choose delta << 1/m")
+def release_warnings(num_examples: int, config) -> list[str]:
+  """Settings under which the release is valid but weak; from public facts only
+  (`num_examples` is the public count the mean divides by)."""
+  if config.delta >= 1.0 / num_examples:
+    return [f"delta {config.delta:g} >= 1/m = {1 / num_examples:.3g}: a mechanism that "
+            f"publishes one random example outright would meet this delta; choose "
+            f"delta << 1/m"]
+  return []
+
+
+def private_diagnostics(mean: np.ndarray, private: ImageDataset, noise_std: float) -> list[str]:
+  """Exact facts about the private data that explain a useless release (see
+  privacy/diagnostics.py: for the operator, when asked)."""
+  lines = []
   empty = [c for c, n in enumerate(private.class_counts()) if n == 0]
   if empty:
-    warnings.append(f"classes {empty} have no private examples; their columns are pure noise")
-  # Signal-to-noise ratio of the whole release (Frobenius norms). The norm of
-  # the exact mean is not released, only printed to the operator.
+    lines.append(f"classes {empty} have no private examples; their columns are pure noise")
+  # Signal-to-noise ratio of the whole release (Frobenius norms).
   snr = float(np.linalg.norm(mean)) / (noise_std * math.sqrt(mean.size))
-  if snr < 0.1:
-    warnings.append(f"the noise swamps the embedding (signal-to-noise {snr:.3g}); expect poor "
-                    f"synthetic data: use more private examples or a larger epsilon")
-  return warnings
+  lines.append(f"signal-to-noise of the release {snr:.3g}" +
+               ("; the noise swamps the embedding: expect poor synthetic data" if snr < 0.1
+                else ""))
+  return lines
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,12 +214,13 @@ class MeanEmbeddingRecipe:
   def private_statistic(self, private: ImageDataset, config, *, mesh=None,
                         quiet: bool = False) -> jax.Array:
     del config
-    return private_mean_embedding(self.features, private, mesh=mesh, quiet=quiet)
+    return private_embedding_sum(self.features, private, mesh=mesh, quiet=quiet)
 
   def release(self, statistic, private: ImageDataset, config, *,
-              prior: PrivacyLedger | None = None, quiet: bool = False):
+              prior: PrivacyLedger | None = None, quiet: bool = False,
+              show_private: bool = False):
     return release_embedding(self.features, private, statistic, config, prior=prior,
-                             quiet=quiet)
+                             quiet=quiet, show_private=show_private)
 
   def post_process(self, release: dict[str, np.ndarray], num_classes: int, config, run, *,
                    mesh=None, quiet: bool = False):

@@ -1,0 +1,73 @@
+"""The schema of a run (classes, their names, image shape) and fitting private data to it.
+
+What a release looks like must not depend on the private data: two neighbouring
+datasets, one with an example relabelled to a class nobody else has or one RGB
+image among grey ones, would otherwise give releases of different shapes. So the
+schema is read from public information, the real test set (or, for in-memory
+data, the test dataset given), and the private set is fitted to it: its labels
+are mapped by class name when both sides name their classes, grey images become
+RGB when the schema is RGB, and anything else that does not fit is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vpntk_jax.data.dataset import ImageDataset
+from vpntk_jax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """What every release and synthetic set of a run is shaped by."""
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  class_names: tuple[str, ...] | None
+  source: str  # where it was read, for error messages
+
+  @classmethod
+  def of(cls, dataset: ImageDataset) -> "Schema":
+    """The schema of a public dataset (the test set)."""
+    return cls(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+               class_names=dataset.class_names, source=dataset.name)
+
+
+def _relabel_by_name(private: ImageDataset, schema: Schema) -> np.ndarray:
+  index = {name: i for i, name in enumerate(schema.class_names)}
+  unknown = [name for name in private.class_names if name not in index]
+  if unknown:
+    raise DataError(f"{private.name}: classes {unknown} are not among the classes of "
+                    f"{schema.source} ({list(schema.class_names)}); the test set declares "
+                    f"the classes a run has")
+  mapping = np.asarray([index[name] for name in private.class_names], np.int32)
+  return mapping[private.labels]
+
+
+def fit_to_schema(private: ImageDataset, schema: Schema) -> ImageDataset:
+  """`private` with the schema's classes and channels, or a DataError naming the misfit.
+
+  The result's num_classes and class_names are the schema's, whatever the
+  private labels hold.
+  """
+  labels = private.labels
+  if private.class_names is not None and schema.class_names is not None:
+    labels = _relabel_by_name(private, schema)
+  elif labels.size and labels.max() >= schema.num_classes:
+    raise DataError(f"{private.name}: labels must lie in [0, {schema.num_classes}), the "
+                    f"classes of {schema.source}; some private labels are larger")
+  images = private.images
+  channels, expected = images.shape[-1], schema.image_shape[-1]
+  if channels != expected:
+    if channels != 1:
+      raise DataError(f"{private.name}: images have {channels} channels but {schema.source} "
+                      f"has {expected}; convert the private images to {expected} channel(s)")
+    # Grey to RGB is lossless (Pillow's L->RGB does the same).
+    images = np.ascontiguousarray(np.repeat(images, expected, axis=-1))
+  if images.shape[1:3] != schema.image_shape[:2]:
+    raise DataError(f"{private.name}: images are {images.shape[1]}x{images.shape[2]} but "
+                    f"{schema.source} has {schema.image_shape[0]}x{schema.image_shape[1]}; "
+                    f"set data.image_size (--image-size) to resize both")
+  return ImageDataset(images=images, labels=labels, num_classes=schema.num_classes,
+                      name=private.name, class_names=schema.class_names)
