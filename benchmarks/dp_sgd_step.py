@@ -1,0 +1,172 @@
+"""One DP-SGD step (training.dp_sgd) against a non-private step and a per-example
+Python loop (one jax.grad call per example, the reference implementations'
+style), on the same model and batch, in one process.
+
+    python -m benchmarks.dp_sgd_step                 # small convnet, batch 256
+    python -m benchmarks.dp_sgd_step --quick         # batch 64, fewer repeats
+    python -m benchmarks.dp_sgd_step --model unet    # the EDM UNet ("tiny"), 2 noise draws
+
+The DP step is also split into its device part (per-example gradients, clip,
+exact lattice sum: `lattice_grad_sum`) and its host noise (`gaussian_release` of
+the flat sum). The loop clips each gradient with the same `clip_per_example`
+and adds float32 noise on the device (no lattice), so it is, if anything,
+favoured. Weights and data are random (timing does not depend on them). Prints
+one JSON object; seconds are medians after one warm-up call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from vpntk_jax.privacy import release
+from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.training import dp_sgd
+
+SHAPE = (28, 28, 1)
+CLIP = 1e-3
+SIGMA = 1.0
+
+
+class ConvNet(nn.Module):
+  """A small classifier with GroupNorm (never batch statistics under DP-SGD)."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.silu(nn.GroupNorm(4)(nn.Conv(16, (3, 3))(x)))
+    x = nn.silu(nn.GroupNorm(4)(nn.Conv(32, (3, 3), strides=(2, 2))(x)))
+    x = nn.silu(nn.Conv(32, (3, 3), strides=(2, 2))(x))
+    return nn.Dense(10)(jnp.mean(x, axis=(-3, -2)))
+
+
+def convnet():
+  model = ConvNet()
+  params = model.init(jax.random.key(0), jnp.zeros((1,) + SHAPE))["params"]
+
+  def loss_fn(params, example, key):
+    image, label = example
+    # Per-example key: a small input perturbation, as a diffusion loss draws noise.
+    x = image.astype(jnp.float32) / 255.0 + 0.01 * jax.random.normal(key, image.shape)
+    logits = model.apply({"params": params}, x[None])[0]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, label)
+  return params, loss_fn
+
+
+def unet(multiplicity: int):
+  # Written by another engineer alongside this benchmark; imported only on request.
+  from vpntk_jax.diffusion import edm
+  from vpntk_jax.models import unet as unet_lib
+  config = unet_lib.unet_config("tiny", SHAPE, 10)
+  model = unet_lib.UNet(config)
+  params = unet_lib.init_params(model, jax.random.key(0))
+  apply_fn = unet_lib.make_apply_fn(model)
+
+  def loss_fn(params, example, key):
+    image, label = example
+    return edm.per_example_loss(params, apply_fn, image, label, key,
+                                multiplicity=multiplicity, num_classes=10,
+                                label_dropout=config.label_dropout)
+  return params, loss_fn
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def per_example_loop_step(loss_fn, optimizer):
+  """The reference style: one jitted grad call per example, clipped, summed, noised."""
+  grad = jax.jit(jax.grad(loss_fn))
+  clip = jax.jit(lambda g: jax.tree.map(lambda x: x[0], dp_sgd.clip_per_example(
+      jax.tree.map(lambda x: x[None], g), CLIP)))
+
+  @jax.jit
+  def finish(params, opt_state, total, key, scale):
+    leaves, treedef = jax.tree.flatten(total)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [(x + SIGMA * CLIP * jax.random.normal(k, x.shape)) / scale
+             for x, k in zip(leaves, keys)]
+    updates, opt_state = optimizer.update(jax.tree.unflatten(treedef, noisy), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def step(params, opt_state, batch, mask, keys, key):
+    total = None
+    for i in np.flatnonzero(mask):
+      g = clip(grad(params, jax.tree.map(lambda x: x[i], batch), keys[i]))
+      total = g if total is None else jax.tree.map(jnp.add, total, g)
+    return finish(params, opt_state, total, key, float(mask.sum()))
+  return step
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--batch", type=int)
+  p.add_argument("--model", choices=("convnet", "unet"), default="convnet")
+  p.add_argument("--multiplicity", type=int, default=2, help="noise draws per example (unet)")
+  args = p.parse_args(argv)
+  batch_size = args.batch or (64 if args.quick else 256)
+  repeats = 3 if args.quick else 5
+  params, loss_fn = convnet() if args.model == "convnet" else unet(args.multiplicity)
+  optimizer = optax.adam(3e-4)
+  opt_state = optimizer.init(params)
+  rng = np.random.default_rng(0)
+  batch = (jnp.asarray(rng.integers(0, 256, (batch_size,) + SHAPE, dtype=np.uint8)),
+           jnp.asarray(rng.integers(0, 10, batch_size, dtype=np.int32)))
+  mask = np.ones(batch_size, np.float32)
+  keys = jax.random.split(jax.random.key(1), batch_size)
+  noise = generator(noise_rng(None))
+
+  dp_step = dp_sgd.make_dp_sgd_step(loss_fn, optimizer, clip_norm=CLIP, noise_multiplier=SIGMA,
+                                    expected_batch_size=float(batch_size),
+                                    adjacency="add_remove")
+  plain_step = dp_sgd.make_non_private_step(loss_fn, optimizer)
+  loop_step = per_example_loop_step(loss_fn, optimizer)
+  lattice = dp_sgd.lattice_for(params, CLIP)
+  flat_sum = dp_sgd.lattice_grad_sum(loss_fn, params, batch, mask, keys, CLIP)
+  statistic = flat_sum.astype(np.float64) * lattice.granularity
+
+  seconds = {
+      "dp_sgd_step": _median_seconds(
+          lambda: dp_step(params, opt_state, batch, mask, keys, noise), repeats),
+      "dp_sgd_device_sum": _median_seconds(
+          lambda: dp_sgd.lattice_grad_sum(loss_fn, params, batch, mask, keys, CLIP), repeats),
+      "dp_sgd_host_noise": _median_seconds(
+          lambda: release.gaussian_release(statistic, sensitivity=CLIP, sigma=SIGMA, rng=noise),
+          repeats),
+      "non_private_step": _median_seconds(
+          lambda: plain_step(params, opt_state, batch, mask, keys), repeats),
+      "per_example_loop_step": _median_seconds(
+          lambda: loop_step(params, opt_state, batch, mask, keys, jax.random.key(2)),
+          max(1, repeats // 2)),
+  }
+  result = {
+      "benchmark": "dp_sgd_step", "model": args.model, "batch": batch_size,
+      "parameters": int(lattice.size), "repeats": repeats,
+      "multiplicity": args.multiplicity if args.model == "unet" else None,
+      "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+      "jax": jax.__version__, "machine": platform.machine(),
+      "seconds": seconds,
+      "dp_over_non_private": seconds["dp_sgd_step"] / seconds["non_private_step"],
+      "loop_over_dp": seconds["per_example_loop_step"] / seconds["dp_sgd_step"],
+      "host_noise_share_of_dp": seconds["dp_sgd_host_noise"] / seconds["dp_sgd_step"],
+  }
+  print(json.dumps(result, indent=2))
+  return result
+
+
+if __name__ == "__main__":
+  main()
