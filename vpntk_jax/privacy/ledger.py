@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vpntk_jax.errors import ConfigError
+from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.io_utils import write_json_atomic
 from vpntk_jax.privacy.accounting import (
     check_accountant,
@@ -29,6 +29,9 @@ STATUSES = ("active", "superseded")
 # Root finders behind the accountants stop at ~1e-12 relative; the budget check should
 # not flip on that.
 _BUDGET_RTOL = 1e-9
+# Record fields older ledgers may lack.
+_OPTIONAL_FIELDS = ("status", "notes", "sha256", "granularity", "num_examples_source",
+                    "mechanism", "dp_event", "sampling_rate", "steps", "clip_norm")
 
 
 def utc_now() -> str:
@@ -45,6 +48,11 @@ def _single_or_list(values: Sequence[Any]) -> Any:
   if not values:
     return None
   return values[0] if len(values) == 1 else list(values)
+
+
+def dp_event_lib():
+  from dp_accounting import dp_event  # pylint: disable=g-import-not-at-top
+  return dp_event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +82,15 @@ class ReleaseRecord:
   # Where num_private_examples comes from: public (replace-one), declared, or a
   # noisy release; None in records written before it was kept.
   num_examples_source: str | None = None
+  # "gaussian": one Gaussian release (its event is Gaussian(sigma)). Other
+  # mechanisms (DP-SGD's subsampled steps) carry their dp-accounting event
+  # (`subsampled.event_to_json`, dp-accounting's units for the ledger's
+  # adjacency) and the settings it was built from.
+  mechanism: str = "gaussian"
+  dp_event: dict | None = None
+  sampling_rate: float | None = None
+  steps: int | None = None
+  clip_norm: float | None = None
 
   def __post_init__(self) -> None:
     check_adjacency(self.adjacency)
@@ -84,8 +101,19 @@ class ReleaseRecord:
       raise ConfigError(
           f"release {self.name!r}: need sensitivity > 0 and sigma >= 0, "
           f"got {self.sensitivity!r} and {self.sigma!r}")
+    if self.mechanism != "gaussian" and self.dp_event is None:
+      raise ConfigError(f"release {self.name!r} ({self.mechanism}) has no dp_event: its "
+                        f"epsilon cannot be derived, so the record is refused")
     # Keeps the tuple type through dataclasses.replace and JSON round trips.
     object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+
+  def event(self):
+    """This record's dp-accounting event under the ledger's adjacency."""
+    from vpntk_jax.privacy import subsampled  # pylint: disable=g-import-not-at-top
+    if self.dp_event is not None:
+      return subsampled.event_from_json(self.dp_event)
+    events = subsampled.gaussian_events([self.sigma], adjacency=self.adjacency)
+    return events[0] if events else dp_event_lib().NoOpDpEvent()
 
   @classmethod
   def make(
@@ -93,6 +121,7 @@ class ReleaseRecord:
       epsilon: float, delta: float, num_private_examples: int, noise_seed: int | None,
       shape: Sequence[int], status: str = "active", notes: str = "", sha256: str | None = None,
       granularity: float | None = None, num_examples_source: str | None = None,
+      **mechanism: Any,
   ) -> ReleaseRecord:
     """Builds a record, deriving noise_std and stamping the current UTC time."""
     return cls(
@@ -101,7 +130,7 @@ class ReleaseRecord:
         accountant=accountant, epsilon=float(epsilon), delta=float(delta),
         num_private_examples=int(num_private_examples), noise_seed=noise_seed,
         shape=tuple(shape), created_utc=utc_now(), status=status, notes=notes, sha256=sha256,
-        granularity=granularity, num_examples_source=num_examples_source)
+        granularity=granularity, num_examples_source=num_examples_source, **mechanism)
 
   def to_json(self) -> dict:
     """JSON-ready dict (inf/NaN floats as strings)."""
@@ -115,8 +144,7 @@ class ReleaseRecord:
   def from_json(cls, d: dict) -> ReleaseRecord:
     """Inverse of `to_json`."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    missing = fields - set(d) - {"status", "notes", "sha256", "granularity",
-                                 "num_examples_source"}
+    missing = fields - set(d) - set(_OPTIONAL_FIELDS)
     if missing:
       raise ConfigError(f"release record is missing {sorted(missing)}")
     kwargs = {k: v for k, v in d.items() if k in fields}
@@ -184,7 +212,15 @@ class PrivacyLedger:
     accountant = self.accountant
     if accountant == "analytic" and len(self.releases) > 1:
       accountant = "pld"  # the analytic formula covers one release only
-    return epsilon_of([r.sigma for r in self.releases], self.delta, accountant=accountant)
+    if all(r.dp_event is None for r in self.releases):
+      return epsilon_of([r.sigma for r in self.releases], self.delta, accountant=accountant)
+    from vpntk_jax.privacy import subsampled  # pylint: disable=g-import-not-at-top
+    return subsampled.event_epsilon(self.event(), self.delta, adjacency=self.adjacency,
+                                    accountant=accountant)
+
+  def event(self):
+    """Every release composed, as one dp-accounting event (see `to_json`)."""
+    return dp_event_lib().ComposedDpEvent([r.event() for r in self.releases])
 
   def within_budget(self) -> bool:
     """Whether the composed epsilon stays within the ledger's epsilon."""
@@ -219,6 +255,10 @@ class PrivacyLedger:
         "num_releases": len(self.releases),
         "total_epsilon": _encode_float(total),
         "within_budget": total <= self.epsilon * (1.0 + _BUDGET_RTOL),
+        # Re-derivable with dp-accounting alone: compose this event in an
+        # accountant for this neighbouring relation and ask for epsilon at delta.
+        "neighboring_relation": _relation_name(self.adjacency),
+        "dp_event": _event_json(self) if self.releases else None,
         "releases": [r.to_json() for r in self.releases],
     }
 
@@ -235,6 +275,19 @@ class PrivacyLedger:
           releases=tuple(ReleaseRecord.from_json(r) for r in d.get("releases", ())))
     except KeyError as e:
       raise ConfigError(f"privacy record is missing {e.args[0]!r}") from None
+
+
+def _relation_name(adjacency: str) -> str:
+  from vpntk_jax.privacy import subsampled  # pylint: disable=g-import-not-at-top
+  return subsampled.NEIGHBORING_RELATIONS[adjacency].name
+
+
+def _event_json(ledger: PrivacyLedger) -> dict | None:
+  from vpntk_jax.privacy import subsampled  # pylint: disable=g-import-not-at-top
+  try:
+    return subsampled.event_to_json(ledger.event())
+  except DataError:
+    return None  # a sigma-0 (non-private) release has no finite event to store
 
 
 def write_ledger(path: str | os.PathLike, ledger: PrivacyLedger) -> None:
