@@ -47,7 +47,6 @@ from __future__ import annotations
 import collections
 import functools
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +56,7 @@ from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from vpntk_jax.errors import ConfigError, DataError
-from vpntk_jax.privacy.parameters import (_as_float, _check_delta, check_accountant,
+from vpntk_jax.privacy.parameters import (_as_count, _as_float, _check_delta, check_accountant,
                                           check_adjacency, check_epsilon_delta)
 
 # PLD loss-grid spacing per unit of epsilon (as `accounting.PLD_DISCRETIZATION`).
@@ -94,23 +93,12 @@ def check_sampling_rate(sampling_rate: Any) -> float:
 
 def check_steps(steps: Any) -> int:
   """An integer >= 1 (bools and floats refused); ConfigError otherwise."""
-  if isinstance(steps, bool):
-    raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
-  try:
-    count = operator.index(steps)
-  except TypeError:
-    raise ConfigError(f"steps must be an integer >= 1, got {steps!r}") from None
-  if count < 1:
-    raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
-  return int(count)
+  return int(_as_count(steps, "steps"))
 
 
 def check_count(value: Any, name: str) -> int:
   """An integer >= 1 named `name` in the error."""
-  try:
-    return check_steps(value)
-  except ConfigError:
-    raise ConfigError(f"{name} must be an integer >= 1, got {value!r}") from None
+  return int(_as_count(value, name))
 
 
 def check_noise_multiplier(noise_multiplier: Any) -> float:
