@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import sys
 import time
 
 import jax
@@ -38,11 +37,7 @@ from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load
                                open_run_dir, staging_path)
 from vpntk_jax.run_files import CONFIG, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
-
-
-def _say(msg: str, quiet: bool) -> None:
-  if not quiet:
-    print(msg, file=sys.stderr, flush=True)
+from vpntk_jax.log import say
 
 
 def device_mesh(config: RunConfig):
@@ -157,7 +152,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       if reuse_release is not None:
         write_ledger(run.file(PRIVACY), read_ledger(os.path.join(reuse_release, PRIVACY)))
         shutil.copyfile(os.path.join(reuse_release, RELEASE), run.file(RELEASE))
-        _say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
+        say(f"reusing the release of {reuse_release} (no new noise drawn)", quiet)
       return run, prior
 
     t0 = time.perf_counter()
@@ -170,7 +165,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     if run is None:
       run = RunDir(out, staging_path(out) if staged else out, resumed=bool(resumed))
     if run.resumed or reuse_release is not None:
-      _say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
+      say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
     else:
       # Every process computes its share of the private statistic; only the
       # primary draws noise and stores the release, which every process then
@@ -212,7 +207,7 @@ def store_release(run: RunDir, release: dict[str, np.ndarray], ledger: PrivacyLe
   write_ledger(run.file(PRIVACY), ledger)
   io_utils.save_npz_atomic(run.file(RELEASE), **release)
   if not ledger.within_budget():
-    _say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
+    say(f"WARNING: this directory's ledger now holds {len(ledger.releases)} releases on "
          f"the private data; together they spend epsilon {ledger.total_epsilon():.3g} > "
          f"{config.epsilon}", quiet=False)
 

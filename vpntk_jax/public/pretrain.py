@@ -20,7 +20,6 @@ prompts the public generator, refuses it (`require_generator`).
 
 from __future__ import annotations
 
-import sys
 import time
 
 import jax
@@ -37,17 +36,13 @@ from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.public.artefact import (FORMAT, GENERATOR_LOG, PublicModels, open_public_dir,
                                        save_public)
+from vpntk_jax.log import say
 
 def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
   data = config.data
   return resize_dataset(load_dataset(data.source, split, data_dir=data.data_dir,
                                      download=data.download,
                                      label_attribute=data.label_attribute), data.image_size)
-
-
-def _say(msg: str, quiet: bool) -> None:
-  if not quiet:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def feature_statistics(extractor, params, images: np.ndarray, shape, *,
@@ -73,7 +68,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   shape, num_classes = data.image_shape, data.num_classes
   key = jax.random.key(config.seed)
   extractor = ConvExtractor(num_classes, tuple(config.extractor_widths), config.extractor_hidden)
-  _say(f"training the public extractor on {data.name} ({len(data)} images)", quiet)
+  say(f"training the public extractor on {data.name} ({len(data)} images)", quiet)
   extractor_params, losses = train_cnn(data.images, data.labels, num_classes=num_classes,
                                        key=jax.random.fold_in(key, 1),
                                        epochs=config.extractor_epochs, model=extractor)
@@ -81,7 +76,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   if test is not None:
     pred = predict_cnn(extractor_params, test.images, num_classes=num_classes, model=extractor)
     accuracy = float(np.mean(pred == test.labels))
-    _say(f"extractor accuracy on {test.name}: {accuracy:.3f}", quiet)
+    say(f"extractor accuracy on {test.name}: {accuracy:.3f}", quiet)
   mean, std = feature_statistics(extractor, extractor_params, data.images, shape)
 
   # The generator: DP-NTK on the public pixels with the exact (noise-free) embedding.
@@ -92,7 +87,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
                                 hidden=config.train.generator_hidden,
                                 channels=config.train.generator_channels)
-  _say(f"training the public generator ({config.train.steps} steps)", quiet)
+  say(f"training the public generator ({config.train.steps} steps)", quiet)
   state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
                                   config=config.train, seed=config.seed,
                                   log_path=run.file(GENERATOR_LOG),
@@ -116,5 +111,5 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
                         extractor, extractor_params, mean, std)
   save_public(models, run.work)
   run.finish()
-  _say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
+  say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
   return models

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from vpntk_jax.privacy.plan import ReleasePlan
 from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.privacy.release import array_digest, gaussian_release
 from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, TRAIN_LOG
+from vpntk_jax.log import say
 
 RELEASE_NAME = "labelled_mean_embedding"
 VALIDATION_RELEASE_NAME = "validation_embedding"
@@ -36,11 +36,6 @@ RELEASE_ARRAYS = {RELEASE_NAME: "embedding", VALIDATION_RELEASE_NAME: "validatio
 # count's noise is this many times the embedding's; that costs about 1/100 of
 # the budget (Gaussian noise multipliers compose as 1/sigma^2).
 COUNT_NOISE_SCALE = 10.0
-
-
-def _say(msg: str, quiet: bool) -> None:
-  if not quiet:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def ntk_network(config) -> ntk.NTKNetwork:
@@ -140,7 +135,7 @@ def release_embedding(features: FeatureMap, private: ImageDataset, total: jax.Ar
   m = divisor(config, private, noisy_count)
   plan = release_plan(config, m, features.norm_bound)
   for warning in release_warnings(m, config):
-    _say(f"WARNING: {warning}", quiet=False)
+    say(f"WARNING: {warning}", quiet=False)
   # Divided as a JAX array, then in float64 on the host: the lattice rounding
   # needs float64, and it is one pass.
   exact = np.asarray(total / m, np.float64)
@@ -162,7 +157,7 @@ def release_embedding(features: FeatureMap, private: ImageDataset, total: jax.Ar
         notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
               f"{purpose}; noise on a lattice of step {lattice.granularity:.3g}"))
   # What the ledger records: the lattice's sensitivity and the noise drawn with it.
-  _say(f"released the embedding ({exact.shape[0]:,} x {exact.shape[1]}) in "
+  say(f"released the embedding ({exact.shape[0]:,} x {exact.shape[1]}) in "
        f"{time.perf_counter() - t0:.1f} s: " +
        ", ".join(f"{r.name} sensitivity {r.sensitivity:.3g}, sigma {r.sigma:.4g} "
                  f"(noise std {r.noise_std:.3g})" for r in ledger.active_releases), quiet)
