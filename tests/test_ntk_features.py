@@ -18,6 +18,10 @@ NETWORKS = [
 ]
 
 
+# Jitted, as the features run in training: one compile per shape, not one per op.
+_features = jax.jit(ntk.per_example_features, static_argnums=0)
+
+
 def _data(n=24, d=20, classes=3, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 256, size=(n, 4, 5, 1), dtype=np.uint8)  # d = 20
@@ -31,10 +35,12 @@ def test_feature_gram_is_neural_tangents_empirical_ntk(network, implementation):
   x, _ = _data(n=10)
   xf = ntk.flatten_images(x)
   params = ntk.init_params(jax.random.key(0), network, xf.shape[1])
-  phi = ntk.per_example_features(network, params, xf)
+  # Both sides jitted: one compile each, not one per op.
+  phi = _features(network, params, xf)
   gram = np.asarray(phi @ phi.T)
   f = lambda p, inputs: ntk.summed_output(network, p, inputs)[:, None]
-  kernel = nt.empirical_ntk_fn(f, trace_axes=(), implementation=implementation)(xf, None, params)
+  kernel_fn = nt.empirical_ntk_fn(f, trace_axes=(), implementation=implementation)
+  kernel = jax.jit(kernel_fn)(xf, None, params)
   np.testing.assert_allclose(np.asarray(kernel).reshape(10, 10), gram, rtol=1e-4,
                              atol=1e-4 * np.abs(gram).max())
 
@@ -68,10 +74,11 @@ def test_fast_synthetic_embedding_and_its_gradient_match_exact(network):
     m = ntk.embedding_to_matrix(ntk.synthetic_embedding(network, params, xg))
     return m * (1 + ntk.NORM_SAFETY_MARGIN)
 
-  np.testing.assert_allclose(fast_mean(x), exact_mean(x), atol=1e-6)
+  # Jitted: one compile each, not one per op.
+  np.testing.assert_allclose(jax.jit(fast_mean)(x), jax.jit(exact_mean)(x), atol=1e-6)
   loss = lambda mean_fn: (lambda xg: jnp.sum(jnp.square(mean_fn(xg) - target)))
-  g_fast = jax.grad(loss(fast_mean))(x)
-  g_exact = jax.grad(loss(exact_mean))(x)
+  g_fast = jax.jit(jax.grad(loss(fast_mean)))(x)
+  g_exact = jax.jit(jax.grad(loss(exact_mean)))(x)
   np.testing.assert_allclose(g_fast, g_exact, rtol=1e-3, atol=1e-5 * float(jnp.abs(g_exact).max()))
 
 
@@ -96,7 +103,7 @@ def test_normalised_contribution_norm_at_most_one_in_float64(name):
   assert np.all(np.isfinite(scales))
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-    phi64 = np.asarray(ntk.per_example_features(network, p64, jnp.asarray(x, jnp.float64)))
+    phi64 = np.asarray(_features(network, p64, jnp.asarray(x, jnp.float64)))
   norms = np.linalg.norm(phi64, axis=1) * scales
   assert np.all(norms <= 1.0), norms
   assert np.all(norms > 1.0 - 2 * ntk.NORM_SAFETY_MARGIN), norms  # not over-shrunk
