@@ -1,0 +1,221 @@
+"""A small class-conditional EDM UNet (Karras et al. 2022, DDPM++ layout), NHWC.
+
+The raw network F(c_in * x, c_noise, label) that `vpntk_jax.diffusion.edm`
+preconditions into a denoiser. It is trained with DP-SGD (PrivImage, DPDM),
+so it normalises with GroupNorm only: no layer reads statistics across the
+batch, and one example's output depends on that example alone (tested).
+
+Labels are ints in [0, num_classes]; num_classes is the null class that
+classifier-free guidance conditions on (a learned embedding row of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vpntk_jax.features import ntk
+
+# EDM's layers whose output joins a residual sum start near zero (init_weight
+# 1e-5): every block, and the whole network, starts close to the identity.
+_near_zero = nn.initializers.variance_scaling(1e-10, "fan_avg", "uniform")
+_xavier = nn.initializers.xavier_uniform()
+# EDM scales each residual sum by sqrt(1/2), (h + skip) / sqrt(2). Here only the
+# skip is scaled: the learned conv before the sum absorbs the factor on h, so the
+# networks are the same family and the same at init (h ~ 0); XLA:CPU compiles the
+# gradient of a scaled GroupNorm-residual sum 3x slower (measured, 10 blocks).
+_SKIP_SCALE = math.sqrt(0.5)
+_attention_init = nn.initializers.variance_scaling(0.2, "fan_avg", "uniform")  # EDM's sqrt(0.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Architecture of a UNet; `UNET_SIZES` names the tested ones.
+
+  Level i runs at resolution H / 2**i with channels * channel_mult[i]
+  channels, so H and W must be multiples of 2**(len(channel_mult) - 1)
+  (28 -> 14 -> 7 and 32 -> 16 -> 8 with three levels).
+  """
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  num_classes: int = 10
+  channels: int = 32
+  channel_mult: tuple[int, ...] = (1, 2, 2)
+  blocks_per_level: int = 2
+  attention: bool = True  # self-attention in the blocks of the lowest resolution
+  dropout: float = 0.0
+  # P(label -> null class) in training, for guidance: read by the loss, not the network.
+  label_dropout: float = 0.1
+
+  @property
+  def null_label(self) -> int:
+    return self.num_classes
+
+
+UNET_SIZES: dict[str, dict] = {
+    # CPU tests: 10k parameters at 28x28x1. One level, no resampling or attention:
+    # a test's time is mostly XLA compiling, which grows with the layers.
+    "tiny": dict(channels=8, channel_mult=(1,), blocks_per_level=1, attention=False),
+    # CPU runs: the reference at 3/8 of its width, 220k parameters at 28x28x1.
+    "small": dict(channels=12, channel_mult=(2, 2), blocks_per_level=2, attention=True),
+    # DPImageBench's PrivImage FashionMNIST network (ch_mult [2, 2], attention at
+    # 14x14; 32 channels and 2 blocks assumed): 1.55M parameters at 28x28x1.
+    "reference": dict(channels=32, channel_mult=(2, 2), blocks_per_level=2, attention=True),
+}
+
+
+count_params = ntk.num_params  # the repo's parameter counter, under the name callers look for
+
+
+def unet_config(size: str, image_shape, num_classes: int, **overrides) -> UNetConfig:
+  """The UNetConfig of a named size (`UNET_SIZES`) for these images and classes."""
+  if size not in UNET_SIZES:
+    raise ValueError(f"UNet size must be one of {sorted(UNET_SIZES)}, got {size!r}")
+  return UNetConfig(image_shape=tuple(image_shape), num_classes=num_classes,
+                    **{**UNET_SIZES[size], **overrides})
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+  # EDM: groups of at least 4 channels, at most 32 groups; the count must divide.
+  groups = min(32, max(channels // 4, 1))
+  while channels % groups:
+    groups -= 1
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-5)
+
+
+def _downsample(x: jax.Array) -> jax.Array:
+  # 2x2 average: EDM's resample_filter [1, 1].
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _upsample(x: jax.Array) -> jax.Array:
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def positional_embedding(c_noise: jax.Array, channels: int, max_positions: int = 10000):
+  """[cos, sin] of c_noise at `channels` // 2 geometric frequencies (EDM, endpoint=True)."""
+  half = channels // 2
+  freqs = (1.0 / max_positions) ** (jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  angles = c_noise.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class Attention(nn.Module):
+  """Self-attention over the pixels of one example, residual (EDM's UNetBlock attention)."""
+  channels: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    heads = max(1, c // 64)
+    qkv = nn.Conv(3 * c, (1, 1), kernel_init=_attention_init, name="qkv")(_group_norm(c)(x))
+    q, k, v = jnp.split(qkv.reshape(n, h * w, heads, 3 * c // heads), 3, axis=-1)
+    weights = jax.nn.softmax(jnp.einsum("nqhc,nkhc->nhqk", q, k) / math.sqrt(c // heads), -1)
+    a = jnp.einsum("nhqk,nkhc->nqhc", weights, v).reshape(n, h, w, c)
+    return x * _SKIP_SCALE + nn.Conv(c, (1, 1), kernel_init=_near_zero, name="proj")(a)
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-SiLU-conv twice, the embedding added between, optionally resampled.
+
+  The skip path gets the same resampling and a 1x1 conv when the shape changes.
+  """
+  channels: int
+  resample: str | None = None  # None, "down" or "up"
+  attention: bool = False
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
+    resample = {None: lambda a: a, "down": _downsample, "up": _upsample}[self.resample]
+    skip = resample(x)
+    if skip.shape[-1] != self.channels:
+      skip = nn.Conv(self.channels, (1, 1), kernel_init=_xavier, name="skip")(skip)
+    h = resample(nn.silu(_group_norm(x.shape[-1])(x)))
+    h = nn.Conv(self.channels, (3, 3), kernel_init=_xavier, name="conv0")(h)
+    h = h + nn.Dense(self.channels, kernel_init=_xavier, name="affine")(emb)[:, None, None, :]
+    h = nn.silu(_group_norm(self.channels)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.Conv(self.channels, (3, 3), kernel_init=_near_zero, name="conv1")(h)
+    x = h + skip * _SKIP_SCALE
+    if self.attention:
+      x = Attention(self.channels)(x)
+    return x
+
+
+class UNet(nn.Module):
+  """F(x, c_noise, labels): x [B, H, W, C] float, c_noise [B], labels [B] int in
+  [0, num_classes] -> [B, H, W, C]. Nothing is shared across the batch axis."""
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c_noise: jax.Array, labels: jax.Array,
+               train: bool = False) -> jax.Array:
+    cfg = self.config
+    levels = len(cfg.channel_mult)
+    height, width, out_channels = cfg.image_shape
+    if x.shape[1:] != tuple(cfg.image_shape):
+      raise ValueError(f"UNet built for images {tuple(cfg.image_shape)}, got {x.shape[1:]}")
+    if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
+      raise ValueError(f"{height}x{width} images need sides divisible by {2 ** (levels - 1)} "
+                       f"for {levels} levels")
+    noise_channels, emb_channels = cfg.channels, 4 * cfg.channels
+    emb = positional_embedding(c_noise, noise_channels)
+    emb = emb + nn.Embed(cfg.num_classes + 1, noise_channels, name="label_embed")(labels)
+    emb = nn.silu(nn.Dense(emb_channels, kernel_init=_xavier, name="emb0")(emb))
+    emb = nn.silu(nn.Dense(emb_channels, kernel_init=_xavier, name="emb1")(emb))
+
+    def block(channels, resample=None, attention=False):
+      return ResBlock(channels, resample, attention, cfg.dropout)
+
+    # Encoder: every output is kept for the decoder's skip connections.
+    h = nn.Conv(cfg.channels * cfg.channel_mult[0], (3, 3), kernel_init=_xavier, name="conv_in")(x)
+    skips = [h]
+    for level, mult in enumerate(cfg.channel_mult):
+      lowest = cfg.attention and level == levels - 1
+      if level > 0:
+        h = block(h.shape[-1], "down")(h, emb, train)
+        skips.append(h)
+      for _ in range(cfg.blocks_per_level):
+        h = block(cfg.channels * mult, attention=lowest)(h, emb, train)
+        skips.append(h)
+
+    # Decoder: one block more per level than the encoder, each eating one skip.
+    for level in reversed(range(levels)):
+      mult = cfg.channel_mult[level]
+      if level == levels - 1:
+        h = block(h.shape[-1], attention=cfg.attention)(h, emb, train)
+        h = block(h.shape[-1])(h, emb, train)
+      else:
+        h = block(h.shape[-1], "up")(h, emb, train)
+      for _ in range(cfg.blocks_per_level + 1):
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = block(cfg.channels * mult, attention=cfg.attention and level == levels - 1)(
+            h, emb, train)
+    h = nn.silu(_group_norm(h.shape[-1])(h))
+    return nn.Conv(out_channels, (3, 3), kernel_init=_near_zero, name="conv_out")(h)
+
+
+def init_params(model: UNet, key: jax.Array):
+  """The UNet's parameters (initialised on one example: no batch is needed)."""
+  h, w, c = model.config.image_shape
+  variables = model.init(key, jnp.zeros((1, h, w, c)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
+  return variables["params"]
+
+
+def make_apply_fn(model: UNet) -> Callable:
+  """(params, x, c_noise, labels, dropout_key=None) -> F: the call `diffusion.edm` makes.
+
+  A dropout_key turns training mode (dropout) on; with dropout 0 it changes nothing.
+  """
+  def apply_fn(params, x, c_noise, labels, dropout_key=None):
+    if dropout_key is None:
+      return model.apply({"params": params}, x, c_noise, labels, train=False)
+    return model.apply({"params": params}, x, c_noise, labels, train=True,
+                       rngs={"dropout": dropout_key})
+  return apply_fn
