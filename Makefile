@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/vpntk synthesize --method dp-ntk --data fashion_mnist --epsilon 1 --delta 1e-5 --out $(RUN)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=15 tests
+	$(VENV)/bin/python -m pytest -q --durations=15 -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks.ntk_embedding --quick
