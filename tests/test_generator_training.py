@@ -20,10 +20,12 @@ def test_dense_upsample_conv_equals_xla_convolution(shape):
   dense, conv = UpsampleConv(5), UpsampleConv(5, force_conv=True)
   variables = dense.init(jax.random.key(1), x)
   variables = jax.tree.map(lambda v: v + 0.1, variables)  # nonzero bias too
-  np.testing.assert_allclose(dense.apply(variables, x), conv.apply(variables, x), atol=1e-5)
+  # Jitted, as the generator runs in training: one compile each, not one per op.
+  np.testing.assert_allclose(jax.jit(dense.apply)(variables, x), jax.jit(conv.apply)(variables, x),
+                             atol=1e-5)
   loss = lambda layer: (lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x))))
-  g_dense = jax.grad(loss(dense), argnums=(0, 1))(variables, x)
-  g_conv = jax.grad(loss(conv), argnums=(0, 1))(variables, x)
+  g_dense = jax.jit(jax.grad(loss(dense), argnums=(0, 1)))(variables, x)
+  g_conv = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(variables, x)
   for a, b in zip(jax.tree.leaves(g_dense), jax.tree.leaves(g_conv)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
