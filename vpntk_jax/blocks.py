@@ -131,6 +131,9 @@ class PretrainConfig:
   extractor_epochs: int = 10
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   train: TrainConfig = TrainConfig()
+  # False: the extractor (a classifier) only, no generator; `ntk_layers` and
+  # `train` then go unused. Configs stored before this field made both.
+  generator: bool = True
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)

@@ -34,7 +34,7 @@ _AUDIT_OPTIONS = ("method", "data", "data_dir", "image_size", "accountant", "adj
 _PRETRAIN_OPTIONS = {
     "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
     "image_size": "data.image_size", "seed": "seed", "extractor_epochs": "extractor_epochs",
-    "steps": "train.steps", "batch_size": "train.batch_size",
+    "steps": "train.steps", "batch_size": "train.batch_size", "generator": "generator",
 }
 
 
@@ -150,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--extractor-epochs", type=int)
   t.add_argument("--steps", type=int, help="generator steps")
   t.add_argument("--batch-size", type=int, help="generator batch")
+  t.add_argument("--extractor-only", dest="generator", action="store_false", default=None,
+                 help="the extractor (a classifier) only, no generator: enough for "
+                      "PrivImage's semantic query and dp-mepf, not for vp-ntk")
   t.add_argument("--force", action="store_true", help="replace existing models in --out")
   t.add_argument("--quiet", action="store_true")
 

@@ -9,6 +9,7 @@ complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vpntk_jax import io_utils
-from vpntk_jax.errors import ConfigError, RunDirError
+from vpntk_jax import arrays, io_utils
+from vpntk_jax.errors import ConfigError, DataError, RunDirError
 from vpntk_jax.features import ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
@@ -45,7 +46,8 @@ PUBLIC_DIR_NAMES = frozenset({PUBLIC_JSON, MODELS, GENERATOR_LOG})
 class PublicModels:
   """A public generator and extractor with their description (public.json).
 
-  Extractor-only directories (VGG19) have generator and generator_variables None.
+  Extractor-only directories (VGG19, `vpntk pretrain --extractor-only`) have
+  generator and generator_variables None.
   """
   spec: dict
   generator: ConvCondGenerator | None
@@ -82,6 +84,41 @@ def require_generator(models: PublicModels) -> None:
     raise ConfigError(f"{models.path or 'the public model directory'} has no public generator "
                       f"(it holds a {kind} extractor only, usable by dp-mepf); vp-ntk needs one "
                       f"made by `vpntk pretrain`")
+
+
+def classifier_logits(models: PublicModels, images: np.ndarray, *,
+                      batch_size: int = 1024) -> np.ndarray:
+  """float32 (n, num_classes) logits of the public ConvExtractor classifier on uint8
+  NHWC images at the models' resolution (PrivImage's semantic query votes with them).
+
+  Fixed-size batches, the last one padded, compile once per shape.
+  """
+  if not isinstance(models.extractor, ConvExtractor):
+    kind = models.spec.get("extractor", {}).get("kind", type(models.extractor).__name__)
+    raise ConfigError(f"{models.path or 'the public model directory'} holds a {kind} extractor "
+                      f"without a classifier head; the semantic query needs a public classifier "
+                      f"made by `vpntk pretrain`")
+  if batch_size < 1:
+    raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != models.image_shape:
+    raise DataError(f"the public classifier takes uint8 images of shape (n, "
+                    f"{', '.join(map(str, models.image_shape))}), got {images.dtype} "
+                    f"{images.shape}")
+  apply = _logits_fn(models.extractor)
+  logits = np.empty((len(images), models.num_classes), np.float32)
+  for rows in arrays.consecutive_rows(len(images), batch_size):
+    chunk, _ = arrays.padded_chunk(images, rows, batch_size)
+    logits[rows] = np.asarray(apply(models.extractor_params, chunk))[:len(rows)]
+  return logits
+
+
+# Cached so every call on the same architecture reuses the compiled function.
+@functools.lru_cache(maxsize=8)
+def _logits_fn(extractor: ConvExtractor):
+  # Scaled to [0, 1] as train_cnn trained it (vpntk_jax.evaluation.cnn).
+  return jax.jit(lambda params, x: extractor.apply({"params": params},
+                                                   x.astype(jnp.float32) / 255.0))
 
 
 def _modules(spec: dict) -> tuple[ConvCondGenerator | None, ConvExtractor | VGG19Features]:

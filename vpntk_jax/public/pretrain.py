@@ -4,7 +4,8 @@ It trains, on a public labelled dataset,
   (a) a class-conditional generator (the DP-NTK recipe with no noise: it
       matches the exact labelled NTK mean embedding of the public pixels), and
   (b) a feature extractor (a CNN classifier; its activations are features),
-and saves them in a directory:
+and saves them in a directory (with `generator=False`, `--extractor-only`,
+(b) alone: DP-MEPF's extractor, or the classifier of PrivImage's semantic query):
   public.json   what they are: architectures, resolution, classes, public
                 data, the extractor's accuracy on the public test split
   models/       Orbax checkpoint of the weights and feature statistics
@@ -55,9 +56,29 @@ def feature_statistics(extractor, params, images: np.ndarray, shape, *,
   return raw.mean(0), raw.std(0)
 
 
+def train_public_generator(config: PretrainConfig, data: ImageDataset, log_path: str,
+                           quiet: bool) -> tuple[ConvCondGenerator, dict]:
+  """The public generator and its variables: DP-NTK on the public pixels with the
+  exact (noise-free) embedding."""
+  shape, num_classes = data.image_shape, data.num_classes
+  pixel_features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers)),
+                                 input_dim=int(np.prod(shape)), seed=config.seed)
+  target = np.asarray(ntk.embedding_to_matrix(pixel_features.private_sum(
+      data.images, data.labels, num_classes))) / len(data)
+  generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
+                                hidden=config.train.generator_hidden,
+                                channels=config.train.generator_channels)
+  say(f"training the public generator ({config.train.steps} steps)", quiet)
+  state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
+                                  config=config.train, seed=config.seed, log_path=log_path,
+                                  progress=not quiet)
+  return generator, {"params": state.params, "batch_stats": state.model_state}
+
+
 def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
              quiet: bool = False) -> PublicModels:
-  """Trains the public extractor and generator and saves them in `out`."""
+  """Trains the public extractor (and, unless `config.generator` is False, the
+  generator) and saves them in `out`."""
   data = load_public_data(config, "train")
   try:
     test = load_public_data(config, "test")
@@ -78,26 +99,17 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
     accuracy = float(np.mean(pred == test.labels))
     say(f"extractor accuracy on {test.name}: {accuracy:.3f}", quiet)
   mean, std = feature_statistics(extractor, extractor_params, data.images, shape)
-
-  # The generator: DP-NTK on the public pixels with the exact (noise-free) embedding.
-  pixel_features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers)),
-                                 input_dim=int(np.prod(shape)), seed=config.seed)
-  target = np.asarray(ntk.embedding_to_matrix(pixel_features.private_sum(
-      data.images, data.labels, num_classes))) / len(data)
-  generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
-                                hidden=config.train.generator_hidden,
-                                channels=config.train.generator_channels)
-  say(f"training the public generator ({config.train.steps} steps)", quiet)
-  state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
-                                  config=config.train, seed=config.seed,
-                                  log_path=run.file(GENERATOR_LOG),
-                                  progress=not quiet)
-  spec = {
-      "format": FORMAT, "public_data": data.name, "image_shape": list(shape),
-      "num_classes": num_classes, "class_names": list(data.class_names or ()),
-      "generator": {"kind": "ConvCondGenerator", "hidden": config.train.generator_hidden,
-                    "channels": config.train.generator_channels,
-                    "latent_dim": config.train.latent_dim},
+  generator = generator_variables = None
+  if config.generator:
+    generator, generator_variables = train_public_generator(config, data,
+                                                            run.file(GENERATOR_LOG), quiet)
+  spec = {"format": FORMAT, "public_data": data.name, "image_shape": list(shape),
+          "num_classes": num_classes, "class_names": list(data.class_names or ())}
+  if generator is not None:  # absent: an extractor-only directory
+    spec["generator"] = {"kind": "ConvCondGenerator", "hidden": config.train.generator_hidden,
+                         "channels": config.train.generator_channels,
+                         "latent_dim": config.train.latent_dim}
+  spec.update({
       "extractor": {"kind": "ConvExtractor", "widths": list(config.extractor_widths),
                     "hidden": config.extractor_hidden,
                     "feature_dim": extractor.feature_dim(shape[0]),
@@ -105,11 +117,11 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
       "pretrain_config": config.to_json(),
       "seconds": round(time.perf_counter() - t0, 1),
       "privacy": "public data only: no privacy cost, no guarantee for the public data",
-  }
-  models = PublicModels(spec, generator, {"params": state.params,
-                                          "batch_stats": state.model_state},
-                        extractor, extractor_params, mean, std)
+  })
+  models = PublicModels(spec, generator, generator_variables, extractor, extractor_params,
+                        mean, std)
   save_public(models, run.work)
   run.finish()
   say(f"public models saved in {out} ({spec['seconds']} s)", quiet)
   return models
+
