@@ -219,8 +219,14 @@ class PrivacyLedger:
                                     accountant=accountant)
 
   def event(self):
-    """Every release composed, as one dp-accounting event (see `to_json`)."""
-    return dp_event_lib().ComposedDpEvent([r.event() for r in self.releases])
+    """Every release composed, as one dp-accounting event (see `to_json`).
+
+    Records of the same repeated step (DP-SGD charged chunk by chunk: each a
+    SelfComposed(step, n)) are merged into one SelfComposed(step, total n), at the
+    place of the first: the same event, which the accountant composes in one
+    pass, so a run charged in chunks has the epsilon it was calibrated for.
+    """
+    return dp_event_lib().ComposedDpEvent(merge_repeated([r.event() for r in self.releases]))
 
   def within_budget(self) -> bool:
     """Whether the composed epsilon stays within the ledger's epsilon."""
@@ -275,6 +281,24 @@ class PrivacyLedger:
           releases=tuple(ReleaseRecord.from_json(r) for r in d.get("releases", ())))
     except KeyError as e:
       raise ConfigError(f"privacy record is missing {e.args[0]!r}") from None
+
+
+def merge_repeated(events: list) -> list:
+  """`events` with every SelfComposed(e, n) of the same e merged into one, at the place
+  of the first; other events stay as they are."""
+  lib = dp_event_lib()
+  merged: list = []
+  position: dict = {}
+  for event in events:
+    if isinstance(event, lib.SelfComposedDpEvent):
+      key = repr(event.event)
+      if key in position:
+        i = position[key]
+        merged[i] = lib.SelfComposedDpEvent(event.event, merged[i].count + event.count)
+        continue
+      position[key] = len(merged)
+    merged.append(event)
+  return merged
 
 
 def _relation_name(adjacency: str) -> str:

@@ -45,8 +45,12 @@ _MAX_LATTICE_INDEX = 2.0**52
 _MAX_SEED = 2**32
 
 
-def noise_rng(seed: int | None) -> np.random.SeedSequence:
+def noise_rng(seed: int | None, stream: tuple[int, ...] = ()) -> np.random.SeedSequence:
   """The seed sequence of a release's noise streams.
+
+  `stream` names one of several independent sequences of the same seed (e.g. the
+  DP-SGD steps starting at step s: (s,)); with a fixed seed the same stream
+  comes back on every call.
 
   `None` draws 256 bits from OS entropy (the default for real releases: noise
   must not be reproducible from anything stored with the run). An int makes the
@@ -54,12 +58,12 @@ def noise_rng(seed: int | None) -> np.random.SeedSequence:
   who knows it can remove the noise.
   """
   if seed is None:
-    return np.random.SeedSequence(int.from_bytes(os.urandom(32), "little"))
+    return np.random.SeedSequence(int.from_bytes(os.urandom(32), "little"), spawn_key=stream)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise ConfigError(f"noise seed must be an integer or None, got {seed!r}")
   if not 0 <= int(seed) < _MAX_SEED:
     raise ConfigError(f"noise seed must be in [0, 2**32), got {seed!r}")
-  return np.random.SeedSequence(int(seed))
+  return np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in stream))
 
 
 def generator(seeds: np.random.SeedSequence) -> np.random.Generator:

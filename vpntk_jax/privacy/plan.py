@@ -8,8 +8,9 @@ anyone re-deriving a ledger compute the same sigma for the same settings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-from vpntk_jax.privacy import accounting
+from vpntk_jax.privacy import accounting, subsampled
 from vpntk_jax.privacy.ledger import PrivacyLedger, ReleaseRecord
 from vpntk_jax.privacy.noise import Lattice
 
@@ -68,10 +69,106 @@ class ReleasePlan:
   def empty_ledger(self, prior: PrivacyLedger | None = None) -> PrivacyLedger:
     """A ledger for this budget that keeps charging every release of `prior` (a run
     this one replaces)."""
-    ledger = PrivacyLedger(epsilon=self.epsilon, delta=self.delta, accountant=self.accountant,
-                           adjacency=self.adjacency)
-    for record in (prior.releases if prior is not None else ()):
-      ledger = ledger.add(dataclasses.replace(
-          record, status="superseded",
-          notes=record.notes or "from the run this one replaced (--force); still charged"))
-    return ledger
+    return new_ledger(self, prior)
+
+
+def new_ledger(plan, prior: PrivacyLedger | None = None) -> PrivacyLedger:
+  """An empty ledger for `plan`'s budget (epsilon, delta, accountant, adjacency) that
+  keeps charging every release of `prior` (a run this one replaces), as superseded."""
+  ledger = PrivacyLedger(epsilon=plan.epsilon, delta=plan.delta, accountant=plan.accountant,
+                         adjacency=plan.adjacency)
+  for record in (prior.releases if prior is not None else ()):
+    ledger = ledger.add(dataclasses.replace(
+        record, status="superseded",
+        notes=record.notes or "from the run this one replaced (--force); still charged"))
+  return ledger
+
+
+DP_SGD_MECHANISM = "dp_sgd"
+DP_SGD_RELEASE_NAME = "dp_sgd_steps"
+
+
+@dataclasses.dataclass(frozen=True)
+class DpSgdPlan:
+  """`steps` DP-SGD steps (Poisson rate `sampling_rate`, clip `clip_norm`), calibrated
+  together with a run's plain Gaussian releases (`other_sigmas`) for (epsilon, delta).
+
+  `noise_multiplier` is the house one (noise std / L2 sensitivity of the clipped
+  sum, C or 2C): `subsampled.calibrate_noise_multiplier`'s answer. The run
+  charges its steps chunk by chunk, each chunk's record written before the
+  chunk runs (`chunk_record`); the ledger merges the chunks back into one event.
+  """
+  epsilon: float
+  delta: float
+  accountant: str
+  adjacency: str
+  num_examples: int
+  sampling_rate: float
+  steps: int
+  clip_norm: float
+  noise_multiplier: float
+  other_sigmas: tuple[float, ...] = ()
+  max_batch: int | None = None
+  noise_seed: int | None = None
+
+  @classmethod
+  def calibrate(cls, *, epsilon: float, delta: float, accountant: str, adjacency: str,
+                num_examples: int, expected_batch_size: float, steps: int, clip_norm: float,
+                other_sigmas: tuple[float, ...] = (), max_batch: int | None = None,
+                noise_seed: int | None = None) -> "DpSgdPlan":
+    """The plan with the smallest noise multiplier that meets the budget. The sampling
+    rate is expected_batch_size / num_examples (both public)."""
+    q = subsampled.check_sampling_rate(float(expected_batch_size) / float(num_examples))
+    sigma = _calibrated(float(epsilon), float(delta), q, int(steps), adjacency,
+                        tuple(float(s) for s in other_sigmas), accountant, int(num_examples),
+                        max_batch)
+    return cls(epsilon=float(epsilon), delta=float(delta), accountant=accountant,
+               adjacency=adjacency, num_examples=int(num_examples), sampling_rate=q,
+               steps=int(steps), clip_norm=subsampled.check_clip_norm(clip_norm),
+               noise_multiplier=sigma, other_sigmas=tuple(other_sigmas), max_batch=max_batch,
+               noise_seed=noise_seed)
+
+  @property
+  def expected_batch_size(self) -> float:
+    return self.sampling_rate * self.num_examples
+
+  def event(self, steps: int):
+    """The dp-accounting event of `steps` of these steps."""
+    return subsampled.dp_sgd_event(self.noise_multiplier, self.sampling_rate, steps,
+                                   adjacency=self.adjacency, num_examples=self.num_examples,
+                                   max_batch=self.max_batch)
+
+  def chunk_record(self, start: int, end: int, *, lattice: Lattice, num_params: int,
+                   redone: bool) -> ReleaseRecord:
+    """The record charging steps [start, end), to be written before they run.
+    `redone`: a resumed run runs steps an earlier attempt already charged."""
+    notes = (f"DP-SGD steps {start}..{end - 1} of {self.steps}: Poisson rate "
+             f"{self.sampling_rate:.6g}, clip {self.clip_norm:g}, noise on a lattice of step "
+             f"{lattice.granularity:.3g}")
+    if redone:
+      notes += ("; REDONE after a resume: an earlier attempt was charged for these steps "
+                "too, and both stay charged")
+    return ReleaseRecord.make(
+        DP_SGD_RELEASE_NAME, sensitivity=lattice.effective_sensitivity * (
+            2.0 if self.adjacency == "replace_one" else 1.0),
+        sigma=self.noise_multiplier, adjacency=self.adjacency, accountant=self.accountant,
+        epsilon=self.epsilon, delta=self.delta, num_private_examples=self.num_examples,
+        noise_seed=self.noise_seed, shape=(num_params,), notes=notes,
+        granularity=lattice.granularity, mechanism=DP_SGD_MECHANISM,
+        dp_event=subsampled.event_to_json(self.event(end - start)),
+        sampling_rate=self.sampling_rate, steps=end - start, clip_norm=self.clip_norm)
+
+
+def charged_steps(ledger: PrivacyLedger) -> int:
+  """DP-SGD steps the ledger's active records charge (redone ones included)."""
+  return sum(r.steps or 0 for r in ledger.active_releases if r.mechanism == DP_SGD_MECHANISM)
+
+
+@functools.lru_cache(maxsize=32)
+def _calibrated(epsilon, delta, q, steps, adjacency, other_sigmas, accountant, num_examples,
+                max_batch) -> float:
+  # One calibration per setting per process: resuming and re-planning are free.
+  return subsampled.calibrate_noise_multiplier(
+      epsilon, delta, sampling_rate=q, steps=steps, adjacency=adjacency,
+      other_sigmas=list(other_sigmas), accountant=accountant,
+      num_examples=num_examples if max_batch is not None else None, max_batch=max_batch)

@@ -322,7 +322,9 @@ def _smallest_feasible(eps, epsilon: float, lo: float, hi: float, rtol: float) -
   """
   tol = math.log1p(rtol)
   a, b = math.log(lo), math.log(hi)
-  f = lambda x: math.log(eps(math.exp(x)) / epsilon)
+  # A grid can round a tiny epsilon to 0; the floor keeps the log finite (and such
+  # a sigma feasible).
+  f = lambda x: math.log(max(eps(math.exp(x)), 1e-300) / epsilon)
   fa, fb = f(a), f(b)
   side = 0
   while b - a > tol:
