@@ -15,7 +15,7 @@ import pytest
 from vpntk_jax.diffusion import edm
 from vpntk_jax.diffusion.train import make_train_step
 from vpntk_jax.models import unet
-from vpntk_jax.training.ema import ema_update
+from vpntk_jax.training.ema import ema_decay_at, ema_update
 
 SHAPE = (8, 8, 1)
 NUM_CLASSES = 2
@@ -214,6 +214,9 @@ def test_sigma_steps_follow_edm():
 def test_ema_update():
   ema = ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 4.0])}, 0.75)
   np.testing.assert_allclose(ema["w"], [1.5, 2.5])
+  # Warm-up: the first update keeps a tenth, later ones follow the ramp up to the decay.
+  assert ema_decay_at(0, 0.999) == 0.1 and ema_decay_at(90, 0.999) == 91 / 100
+  assert ema_decay_at(10**6, 0.999) == 0.999
 
 
 def test_non_private_training_reduces_the_loss(tiny, fns):
@@ -224,7 +227,7 @@ def test_non_private_training_reduces_the_loss(tiny, fns):
                            (BATCH,) + SHAPE)
   optimizer = optax.adam(1e-2)
   step = make_train_step(apply_fn, optimizer, multiplicity=MULTIPLICITY, num_classes=NUM_CLASSES,
-                         label_dropout=0.5, ema_decay=0.9)
+                         label_dropout=0.5)
 
   def evaluate(p):  # the mean over many keys of the shared batch loss, labels kept
     return np.mean([fns["losses"](p, images, labels, jax.random.split(jax.random.key(j), BATCH),
@@ -233,7 +236,7 @@ def test_non_private_training_reduces_the_loss(tiny, fns):
   state = (params, jax.jit(optimizer.init)(params), params)
   for i in range(50):
     key = jax.random.key(100 + i)  # (unstacking a split of 50 keys compiles for ~1 s)
-    *state, loss = step(*state, images, labels, key)
+    *state, loss = step(*state, images, labels, key, 0.9)
     if i == 0:  # the step's loss is the batch mean of per_example_loss, one key each
       np.testing.assert_allclose(loss, np.mean(fns["losses"](
           params, images, labels, jax.random.split(key, BATCH), 0.5)), rtol=1e-5)

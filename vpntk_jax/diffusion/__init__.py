@@ -12,6 +12,7 @@ from vpntk_jax.diffusion.edm import (
     denoise,
     draw_losses,
     drop_labels,
+    heun,
     per_example_loss,
     preconditioning,
     sample,
@@ -23,6 +24,6 @@ from vpntk_jax.diffusion.train import make_train_step
 
 __all__ = [
     "batch_loss", "denoise", "draw_losses", "drop_labels", "per_example_loss", "preconditioning",
-    "sample", "split_example_key", "to_model_range", "to_uint8",
+    "heun", "sample", "split_example_key", "to_model_range", "to_uint8",
     "make_train_step",
 ]

@@ -153,9 +153,9 @@ def sigma_steps(num_steps: int, sigma_min: float, sigma_max: float, rho: float) 
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=(
-    "image_shape", "num_steps", "sigma_min", "sigma_max", "rho", "guidance_scale", "null_label"))
-def _sample(apply_fn, params, key, labels, *, image_shape, num_steps, sigma_min, sigma_max, rho,
-            guidance_scale, null_label):
+    "num_steps", "sigma_min", "sigma_max", "rho", "guidance_scale", "null_label"))
+def _heun(apply_fn, params, noise, labels, *, num_steps, sigma_min, sigma_max, rho,
+          guidance_scale, null_label):
   n = labels.shape[0]
   t = jnp.asarray(sigma_steps(num_steps, sigma_min, sigma_max, rho))
 
@@ -180,10 +180,25 @@ def _sample(apply_fn, params, key, labels, *, image_shape, num_steps, sigma_min,
     # The last step, to sigma 0, stays Euler: it lands on D(x; t[N-1]).
     return jax.lax.cond(t_next > 0, correct, lambda x_next: x_next, x_next)
 
-  x = jax.random.normal(key, (n,) + image_shape) * t[0]
   # fori_loop keeps one x alive (memory: one batch) and compiles the network twice,
   # not once per step.
-  return to_uint8(jax.lax.fori_loop(0, num_steps, step, x))
+  return jax.lax.fori_loop(0, num_steps, step, noise * t[0])
+
+
+def heun(apply_fn: Callable, params, noise: jax.Array, labels, *, num_steps: int = 18,
+         sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+         guidance_scale: float = 0.0, null_label: int | None = None) -> jax.Array:
+  """EDM's deterministic Heun sampler from given standard-normal `noise` [N, H, W, C]:
+  float32 images in [-1, 1] (before rounding to pixels), a pure function of the
+  noise, so a synthesis can be re-drawn from its keys. See `sample`."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if guidance_scale != 0.0 and null_label is None:
+    raise ValueError("classifier-free guidance needs null_label (the null class)")
+  return _heun(apply_fn, params, noise, jnp.asarray(labels, jnp.int32), num_steps=int(num_steps),
+               sigma_min=float(sigma_min), sigma_max=float(sigma_max), rho=float(rho),
+               guidance_scale=float(guidance_scale),
+               null_label=None if null_label is None else int(null_label))
 
 
 def sample(apply_fn: Callable, params, key: jax.Array, labels, *, image_shape,
@@ -191,18 +206,14 @@ def sample(apply_fn: Callable, params, key: jax.Array, labels, *, image_shape,
            rho: float = 7.0, guidance_scale: float = 0.0,
            null_label: int | None = None) -> jax.Array:
   """uint8 NHWC images for `labels` [N], by EDM's deterministic Heun sampler (Algorithm 1,
-  no churn; 2 * num_steps - 1 network evaluations), jitted.
+  no churn; 2 * num_steps - 1 network evaluations) from noise drawn with `key`, jitted.
 
   guidance_scale w > 0: classifier-free guidance D = (1 + w) D(x | y) - w D(x | null),
   which needs `null_label` (the model's num_classes) and twice the memory. All
   of `labels` is one batch: split large requests into batches.
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  if guidance_scale != 0.0 and null_label is None:
-    raise ValueError("classifier-free guidance needs null_label (the null class)")
-  return _sample(apply_fn, params, key, jnp.asarray(labels, jnp.int32),
-                 image_shape=tuple(int(s) for s in image_shape), num_steps=int(num_steps),
-                 sigma_min=float(sigma_min), sigma_max=float(sigma_max), rho=float(rho),
-                 guidance_scale=float(guidance_scale),
-                 null_label=None if null_label is None else int(null_label))
+  labels = jnp.asarray(labels, jnp.int32)
+  noise = jax.random.normal(key, (labels.shape[0],) + tuple(int(s) for s in image_shape))
+  return to_uint8(heun(apply_fn, params, noise, labels, num_steps=num_steps,
+                       sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                       guidance_scale=guidance_scale, null_label=null_label))

@@ -18,12 +18,13 @@ from vpntk_jax.training.ema import ema_update
 
 def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation, *,
                     multiplicity: int, num_classes: int | None = None,
-                    label_dropout: float = 0.0, ema_decay: float = 0.999):
-  """Returns `step(params, opt_state, ema_params, images, labels, key)
+                    label_dropout: float = 0.0):
+  """Returns `step(params, opt_state, ema_params, images, labels, key, ema_decay)
   -> (params, opt_state, ema_params, loss)`, jitted.
 
   images: [B, H, W, C] uint8; labels: [B] int; key: fresh per step (e.g.
-  fold_in(base_key, step)). loss is the batch loss before the update.
+  fold_in(base_key, step)); ema_decay: this step's (`ema.ema_decay_at`). loss
+  is the batch loss before the update.
   """
   loss_kwargs = dict(multiplicity=multiplicity, num_classes=num_classes,
                      label_dropout=label_dropout)
@@ -32,7 +33,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
     return edm.batch_loss(params, apply_fn, images, labels, key, **loss_kwargs)
 
   @jax.jit
-  def step(params, opt_state, ema_params, images, labels, key):
+  def step(params, opt_state, ema_params, images, labels, key, ema_decay):
     loss, grads = jax.value_and_grad(loss_fn)(params, images, labels, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)

@@ -13,3 +13,11 @@ def ema_update(ema_params, params, decay: float):
   the released noisy updates, so it costs no privacy.
   """
   return optax.incremental_update(params, ema_params, 1.0 - decay)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+  """The decay of update number `step` (0-based): min(decay, (1 + step) / (10 + step)),
+  so a short run's average is not dominated by its starting point (the usual
+  warm-up of an EMA; a run of a few hundred steps at 0.999 would otherwise keep
+  most of its initial weights)."""
+  return min(float(decay), (1.0 + step) / (10.0 + step))
