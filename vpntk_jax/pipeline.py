@@ -132,6 +132,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   private, test = load_private_and_test(config, datasets)
   public_models = load_public_models(config)
   recipe = build_recipe(config, test.image_shape, test.num_classes, public_models)
+  recipe.preflight(private, config)
   release_arrays = recipe.release_arrays(config)
   if reuse_release is not None:
     check_reusable_release(reuse_release, config, release_arrays)
@@ -181,8 +182,21 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     # What was stored is what every process trains on, fresh or resumed.
     ledger = read_ledger(run.file(PRIVACY))
     release = load_release(run.file(RELEASE), release_arrays, ledger)
-    del private  # nothing after this point sees private data
     state = recipe.post_process(release, test.num_classes, config, run, mesh=mesh, quiet=quiet)
+
+    def charge(record) -> PrivacyLedger:
+      # Written before the steps it charges run: a kill never leaves them uncharged.
+      charged = read_ledger(run.file(PRIVACY)).add(record)
+      write_ledger(run.file(PRIVACY), charged)
+      return charged
+
+    state = recipe.train_on_private(state, private, config, run, ledger=ledger, charge=charge,
+                                    quiet=quiet)
+    del private  # nothing after this point sees private data
+    ledger = read_ledger(run.file(PRIVACY))
+    if not ledger.within_budget():
+      say(f"WARNING: this run's ledger spends epsilon {ledger.total_epsilon():.4g} > "
+          f"{config.epsilon}: steps redone after a resume are charged again", quiet=False)
     distributed.barrier("trained")  # every process has closed its checkpoints
     if not distributed.is_primary():
       return {"run_dir": run.path, "process_index": jax.process_index()}

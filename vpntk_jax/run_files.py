@@ -14,9 +14,14 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 SELECTION = "selection.json"
 SELECTION_CHECKPOINTS = "best"
+# The diffusion family: public pretraining and the semantic query's selection.
+PRETRAIN_CHECKPOINTS = "pretrain_checkpoints"
+DP_SGD_LOG = "dp_sgd_log.csv"
+QUERY_SELECTION = "query_selection.json"
 
 # Every name a run writes into its directory: --force replaces only a directory
 # that holds nothing else, so it never deletes a file the library did not make.
 RUN_DIR_NAMES = frozenset({CONFIG, PRIVACY, RELEASE, CHECKPOINTS, TRAIN_LOG, SYNTHETIC, SAMPLES,
                            LOSS_PNG, METRICS, PUBLIC, REPORT_MD, REPORT_HTML, SELECTION,
-                           SELECTION_CHECKPOINTS})
+                           SELECTION_CHECKPOINTS, PRETRAIN_CHECKPOINTS, DP_SGD_LOG,
+                           QUERY_SELECTION})

@@ -23,6 +23,7 @@ from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.plan import ReleasePlan
 from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.privacy.release import array_digest, gaussian_release
+from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, TRAIN_LOG
 from vpntk_jax.log import say
 
@@ -190,14 +191,13 @@ def private_diagnostics(mean: np.ndarray, private: ImageDataset, noise_std: floa
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class MeanEmbeddingRecipe:
+class MeanEmbeddingRecipe(Recipe):
   """One private mechanism (the labelled mean of `features`, released once) and one
-  post-processing stage (`sampler` trained to match the release).
+  post-processing stage (`sampler` trained to match the release); see
+  `stages.recipe` for the protocol.
 
-  The run orchestrator asks a recipe for its private statistic (every process
-  of a multi-host job computes its share), its release (noise and ledger, once,
-  on the primary process), and its post-processing; any recipe with these
-  methods runs the same way.
+  Every process of a multi-host job computes its share of the private
+  statistic; the release (noise and ledger) happens once, on the primary.
   """
   features: FeatureMap
   sampler: Any

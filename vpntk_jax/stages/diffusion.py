@@ -1,0 +1,338 @@
+"""The diffusion family (PrivImage, DPDM): a class-conditional EDM UNet, pretrained
+on public images, fine-tuned on the private set with DP-SGD, sampled by Heun.
+
+PrivImage first asks which public classes resemble the private ones: the
+semantic query (`stages.semantic_query`), one Gaussian release of a vote
+histogram, from which the public classes are selected and relabelled
+(post-processing); the model is pretrained on that subset. DPDM pretrains on
+the whole public pool with every label the null class (unconditional), or not
+at all. The DP-SGD noise multiplier is calibrated once for the whole run: the
+query's fixed noise and the T steps composed in one accountant
+(`privacy.plan.DpSgdPlan`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from vpntk_jax import distributed
+from vpntk_jax import io_utils
+from vpntk_jax.data import ImageDataset, load_dataset, make_dataset, resize_dataset
+from vpntk_jax.diffusion import edm
+from vpntk_jax.diffusion.train import make_train_step
+from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.models import unet
+from vpntk_jax.privacy import PrivacyLedger
+from vpntk_jax.privacy.ledger import ReleaseRecord
+from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy.plan import DpSgdPlan, new_ledger
+from vpntk_jax.privacy.release import array_digest, gaussian_release
+from vpntk_jax.privacy import subsampled
+from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
+                                 QUERY_SELECTION, TRAIN_LOG)
+from vpntk_jax.stages import mean_embedding, private_training, semantic_query
+from vpntk_jax.stages.recipe import Recipe
+from vpntk_jax.training.checkpoints import Checkpointer
+from vpntk_jax.training.ema import ema_decay_at
+from vpntk_jax.training.samplers import TrainState
+from vpntk_jax.log import say
+
+QUERY_ARRAY = "query_histogram"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DiffusionSampler:
+  """The Sampler protocol over an EDM UNet: the latent is the initial noise (one
+  per pixel), the image the Heun solution from it, with the EMA weights (the
+  state's model_state)."""
+  apply_fn: Any
+  image_shape: tuple[int, int, int]
+  num_steps: int
+  guidance_scale: float
+  null_label: int
+  batch_size: int
+
+  @property
+  def latent_dim(self) -> int:
+    return math.prod(self.image_shape)
+
+  def apply(self, params, model_state, z, labels, *, train: bool):
+    del params, train  # synthesis samples from the EMA weights
+    noise = jnp.reshape(z, (-1,) + tuple(self.image_shape))
+    x = edm.heun(self.apply_fn, model_state, noise, labels, num_steps=self.num_steps,
+                 guidance_scale=self.guidance_scale, null_label=self.null_label)
+    return (x + 1.0) * 0.5, model_state
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SemanticQuery:
+  """PrivImage's query: the public classifier, the pool it classifies into, and
+  the query's settings (`methods.privimage.QueryConfig`)."""
+  classifier: Any  # public.PublicModels with a ConvExtractor classifier
+  pool: ImageDataset
+  settings: Any
+
+
+def load_pool(source: str, image_shape, *, what: str) -> ImageDataset:
+  """The public pool's train split at the run's image size and channels."""
+  pool = resize_dataset(load_dataset(source, "train"), image_shape[0])
+  channels = pool.images.shape[-1]
+  if channels != image_shape[-1]:
+    if channels != 1:
+      raise DataError(f"{what} {source} has {channels} channels, the run {image_shape[-1]}")
+    pool = make_dataset(np.repeat(pool.images, image_shape[-1], axis=-1), pool.labels,
+                        pool.num_classes, name=pool.name, class_names=pool.class_names)
+  return pool
+
+
+def public_count(config, private: ImageDataset) -> int:
+  """N of the sampling rate: declared under add/remove (required there), else the
+  private set's size, which replace-one neighbours share."""
+  return mean_embedding.divisor(config, private, None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DiffusionRecipe(Recipe):
+  """One optional one-shot release (the semantic query), public pretraining, DP-SGD
+  fine-tuning, and a Heun sampler; see `stages.recipe`."""
+  model: unet.UNet
+  options: Any  # the method's block: model, pretrain, dp_sgd (methods._diffusion)
+  sampler: DiffusionSampler
+  pool: ImageDataset | None
+  query: SemanticQuery | None
+
+  @property
+  def apply_fn(self):
+    return self.sampler.apply_fn
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.config.num_classes
+
+  def plan(self, config, private: ImageDataset) -> DpSgdPlan:
+    dp = self.options.dp_sgd
+    others = (self.query.settings.noise_multiplier,) if self.query is not None else ()
+    return DpSgdPlan.calibrate(
+        epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
+        adjacency=config.adjacency, num_examples=public_count(config, private),
+        expected_batch_size=dp.batch_size, steps=dp.steps, clip_norm=dp.clip_norm,
+        other_sigmas=others, max_batch=dp.max_batch, noise_seed=config.noise_seed)
+
+  def preflight(self, private: ImageDataset, config) -> None:
+    n = public_count(config, private)
+    if self.options.dp_sgd.batch_size > n:
+      raise ConfigError(f"dp_sgd.batch_size {self.options.dp_sgd.batch_size} exceeds the "
+                        f"{n} examples the sampling rate divides by: the rate must be in "
+                        f"(0, 1]")
+    self.plan(config, private)  # an infeasible budget fails here, before anything is written
+
+  def release_arrays(self, config) -> dict[str, str]:
+    del config
+    return {semantic_query.RELEASE_NAME: QUERY_ARRAY} if self.query is not None else {}
+
+  def private_statistic(self, private: ImageDataset, config, *, mesh=None,
+                        quiet: bool = False):
+    del config, mesh
+    if self.query is None:
+      return None
+    from vpntk_jax import public  # pylint: disable=g-import-not-at-top
+    say(f"semantic query: classifying the private images into {self.query.pool.num_classes} "
+        f"public classes", quiet)
+    logits = public.classifier_logits(self.query.classifier, private.images)
+    votes = semantic_query.top_k_classes(logits, self.query.settings.top_k)
+    return semantic_query.vote_histogram(private.labels, votes, self.num_classes,
+                                         self.query.pool.num_classes)
+
+  def release(self, statistic, private: ImageDataset, config, *,
+              prior: PrivacyLedger | None = None, quiet: bool = False,
+              show_private: bool = False):
+    del show_private
+    ledger = new_ledger(config, prior)
+    if self.query is None:
+      return {}, ledger
+    settings = self.query.settings
+    sensitivity = semantic_query.histogram_sensitivity(settings.top_k, config.adjacency)
+    stream = noise_rng(config.noise_seed).spawn(1)[0]
+    noisy, lattice = gaussian_release(statistic, sensitivity=sensitivity,
+                                      sigma=settings.noise_multiplier, rng=generator(stream))
+    record = ReleaseRecord.make(
+        semantic_query.RELEASE_NAME, sensitivity=lattice.effective_sensitivity,
+        sigma=settings.noise_multiplier, adjacency=config.adjacency,
+        accountant=config.accountant, epsilon=config.epsilon, delta=config.delta,
+        num_private_examples=public_count(config, private), noise_seed=config.noise_seed,
+        shape=noisy.shape, sha256=array_digest(noisy), granularity=lattice.granularity,
+        num_examples_source=mean_embedding.count_source(config),
+        notes=f"semantic query: top-{settings.top_k} votes of the public classifier per "
+              f"private image, (private classes x public classes); noise on a lattice of "
+              f"step {lattice.granularity:.3g}")
+    say(f"released the semantic query histogram {noisy.shape}: sensitivity "
+        f"{record.sensitivity:.3g}, noise std {record.noise_std:.3g}", quiet)
+    return {QUERY_ARRAY: noisy}, ledger.add(record)
+
+  def post_process(self, release: dict[str, np.ndarray], num_classes: int, config, run, *,
+                   mesh=None, quiet: bool = False) -> TrainState:
+    """The selection (PrivImage) and public pretraining; returns the DP-SGD start."""
+    del num_classes, mesh
+    images, labels = self.public_training_set(release, run)
+    params = unet.init_params(self.model, jax.random.key(config.seed))
+    if images is not None and self.options.pretrain.steps > 0:
+      params = self.pretrain(params, images, labels, config, run, quiet=quiet)
+    optimizer = optax.adam(self.options.dp_sgd.learning_rate)
+    return TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
+                      opt_state=optimizer.init(params))
+
+  def public_training_set(self, release, run) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The public images pretraining uses, with their labels; (None, None) without a pool."""
+    if self.query is not None:
+      selection = semantic_query.select_public_classes(release[QUERY_ARRAY],
+                                                       self.query.settings.per_class)
+      if distributed.is_primary():
+        write_selection(run.file(QUERY_SELECTION), selection, self.query.pool,
+                        self.num_classes, self.query.settings)
+      rows, labels = semantic_query.relabel_public(self.query.pool.labels, selection)
+      return self.query.pool.images[rows], labels
+    if self.pool is not None:
+      # The pool's classes are not the private ones: pretrain unconditionally.
+      return self.pool.images, np.full(len(self.pool), self.model.config.null_label, np.int32)
+    return None, None
+
+  def pretrain(self, params, images: np.ndarray, labels: np.ndarray, config, run, *,
+               quiet: bool = False):
+    """Non-private EDM training on public images (checkpointed, resumable); returns the
+    EMA weights."""
+    p = self.options.pretrain
+    optimizer = optax.adam(p.learning_rate)
+    step_fn = make_train_step(self.apply_fn, optimizer, multiplicity=p.multiplicity,
+                              num_classes=self.num_classes,
+                              label_dropout=self.model.config.label_dropout)
+    state = TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
+                       opt_state=optimizer.init(params))
+    checkpoints = Checkpointer(run.file(PRETRAIN_CHECKPOINTS), every=p.checkpoint_every,
+                               max_to_keep=1)
+    try:
+      if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+      start = int(state.step)
+      if start < p.steps:
+        say(f"public pretraining on {len(labels)} images: steps {start}..{p.steps - 1}", quiet)
+      key = jax.random.key(config.seed)
+      rng = np.random.default_rng([config.seed, start])  # public batches: any seed will do
+      params, ema, opt_state = state.params, state.model_state, state.opt_state
+      bar = tqdm(total=p.steps, initial=start, desc="pretrain", disable=quiet,
+                 dynamic_ncols=True)
+      t0 = time.perf_counter()
+      losses = []
+      for step in range(start, p.steps):
+        rows = rng.integers(0, len(labels), p.batch_size)
+        params, opt_state, ema, loss = step_fn(params, opt_state, ema, images[rows],
+                                               labels[rows], jax.random.fold_in(key, step),
+                                               ema_decay_at(step, p.ema_decay))
+        losses.append(loss)
+        bar.update(1)
+        if (step + 1) % p.checkpoint_every == 0 or step + 1 == p.steps:
+          state = TrainState(step=np.asarray(step + 1, np.int32), params=params,
+                             model_state=ema, opt_state=opt_state)
+          checkpoints.save(state, force=True)
+          if distributed.is_primary():
+            append_loss_log(run.file(TRAIN_LOG), step + 1,
+                            float(np.mean(jax.device_get(losses))), time.perf_counter() - t0)
+          losses = []
+      bar.close()
+    finally:
+      checkpoints.close()
+    return state.model_state
+
+  def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
+                       ledger: PrivacyLedger, charge, quiet: bool = False) -> TrainState:
+    dp = self.options.dp_sgd
+    apply_fn = self.apply_fn
+    num_classes, label_dropout = self.num_classes, self.model.config.label_dropout
+
+    def loss_fn(params, example, key):
+      image, label = example
+      return edm.per_example_loss(params, apply_fn, image, label, key,
+                                  multiplicity=dp.multiplicity, num_classes=num_classes,
+                                  label_dropout=label_dropout)
+
+    return private_training.train_with_dp_sgd(
+        state, private, self.plan(config, private), loss_fn=loss_fn,
+        optimizer=optax.adam(dp.learning_rate), ema_decay=dp.ema_decay,
+        checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
+        ledger=ledger, charge=charge, seed=config.seed + 1, microbatch=dp.microbatch,
+        log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
+
+
+def append_loss_log(path: str, step: int, loss: float, seconds: float) -> None:
+  new = not os.path.exists(path)
+  with open(path, "a") as f:
+    if new:
+      f.write("step,loss,seconds\n")
+    f.write(f"{step},{loss:.6g},{seconds:.1f}\n")
+
+
+def write_selection(path: str, selection: np.ndarray, pool: ImageDataset, num_classes: int,
+                    settings) -> None:
+  """The public classes chosen per private class (post-processing of the query's
+  release): a public artefact of the run."""
+  names = pool.class_names or tuple(str(c) for c in range(pool.num_classes))
+  io_utils.write_json_atomic(path, {
+      "what": "public classes selected per private class from the noisy semantic-query "
+              "histogram (post-processing of that release)",
+      "top_k": settings.top_k, "per_class": settings.per_class,
+      "pool": pool.name,
+      "selection": {str(c): {"public_classes": [int(p) for p in selection[c]],
+                             "public_class_names": [names[int(p)] for p in selection[c]]}
+                    for c in range(num_classes)},
+  })
+
+
+def build(config, image_shape, num_classes: int, *, pool_source: str | None,
+          query_settings=None, classifier=None) -> DiffusionRecipe:
+  """The recipe for `config` (a privimage or dpdm run); checks everything it can
+  without the private data."""
+  if distributed.is_multi_process():
+    raise ConfigError(f"{config.method} runs in one process (its DP-SGD noise is drawn on "
+                      f"one host); multi-host jobs are not supported for it")
+  if config.adjacency == "add_remove" and config.public_num_examples is None:
+    raise ConfigError(f"{config.method} under --adjacency add_remove needs "
+                      f"--public-num-examples N: the sampling rate and the expected batch "
+                      f"size divide by N, which must be public")
+  subsampled.check_supported(
+      subsampled.dp_sgd_event(1.0, 0.5, 1, adjacency=config.adjacency,
+                              num_examples=2 if config.options.dp_sgd.max_batch else None,
+                              max_batch=1 if config.options.dp_sgd.max_batch else None),
+      adjacency=config.adjacency, accountant=config.accountant)
+  options = config.options
+  model_config = unet.unet_config(options.model.size, image_shape, num_classes,
+                                  label_dropout=options.model.label_dropout)
+  model = unet.UNet(model_config)
+  sampler = DiffusionSampler(unet.make_apply_fn(model), tuple(image_shape),
+                             options.model.sample_steps, float(options.model.guidance_scale),
+                             model_config.null_label, options.model.sample_batch)
+  pool = load_pool(pool_source, image_shape, what="public pool") if pool_source else None
+  query = None
+  if query_settings is not None:
+    if pool is None:
+      raise ConfigError(f"{config.method} needs a public pool (--public-data)")
+    if pool.num_classes != classifier.num_classes:
+      raise ConfigError(f"the public pool {pool_source} has {pool.num_classes} classes; the "
+                        f"public classifier {classifier.path} was trained on "
+                        f"{classifier.num_classes}: the query votes in the classifier's "
+                        f"classes, so they must be the pool's")
+    semantic_query.check_top_k(query_settings.top_k, pool.num_classes)
+    if num_classes * query_settings.per_class > pool.num_classes:
+      raise ConfigError(f"the public pool has {pool.num_classes} classes; {num_classes} "
+                        f"private classes x {query_settings.per_class} each need "
+                        f"{num_classes * query_settings.per_class}")
+    query = SemanticQuery(classifier, pool, query_settings)
+  return DiffusionRecipe(model=model, options=options, sampler=sampler, pool=pool, query=query)

@@ -1,0 +1,107 @@
+"""The many-step private mechanism: DP-SGD on the private set, charged before it runs.
+
+`train_with_dp_sgd` runs a `privacy.plan.DpSgdPlan` chunk by chunk. Before a
+chunk runs, its record goes into the ledger through `charge` (which writes
+privacy.json); after it, the state is checkpointed (Orbax). A run killed
+mid-chunk has charged that chunk; resumed, it restarts from the last
+checkpoint and charges the steps it runs again, marked as redone: the ledger
+never undercounts, and a resumed run that redid steps shows its total above
+the budget.
+
+What the operator sees is public or post-processing: step counts and
+seconds. The realised batch sizes and the private loss are functions of the
+private data and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from vpntk_jax.data import ImageDataset
+from vpntk_jax.privacy import PrivacyLedger
+from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
+from vpntk_jax.training import dp_sgd
+from vpntk_jax.training.checkpoints import Checkpointer
+from vpntk_jax.training.ema import ema_decay_at, ema_update
+from vpntk_jax.training.samplers import TrainState
+from vpntk_jax.log import say
+
+LOG_HEADER = "step,seconds\n"
+
+
+def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan, *,
+                      loss_fn: Callable, optimizer: optax.GradientTransformation,
+                      ema_decay: float, checkpoint_dir: str, checkpoint_every: int,
+                      ledger: PrivacyLedger, charge: Callable[[Any], PrivacyLedger],
+                      seed: int, microbatch: int | None = None, log_path: str | None = None,
+                      quiet: bool = False) -> TrainState:
+  """`plan.steps` DP-SGD steps from `state` (params trained, model_state their EMA).
+
+  loss_fn(params, (image, label), key) -> the loss of ONE example. `ledger` is
+  the run's ledger as stored; `charge(record)` adds a record to it, writes it,
+  and returns the new ledger. Per-example keys (the diffusion draws) come from
+  the public `seed`; batches and noise from `plan.noise_seed` (None: OS entropy).
+  """
+  step_fn = dp_sgd.make_dp_sgd_step(loss_fn, optimizer, clip_norm=plan.clip_norm,
+                                    noise_multiplier=plan.noise_multiplier,
+                                    expected_batch_size=plan.expected_batch_size,
+                                    adjacency=plan.adjacency, microbatch=microbatch)
+  ema = jax.jit(ema_update)
+  lattice = dp_sgd.lattice_for(state.params, plan.clip_norm)
+  num_params = lattice.size
+  checkpoints = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
+  try:
+    if checkpoints.latest_step() is not None:
+      state = checkpoints.restore(state)
+    start = int(state.step)
+    charged = charged_steps(ledger)
+    if start < plan.steps:
+      say(f"DP-SGD: steps {start}..{plan.steps - 1}, noise multiplier "
+          f"{plan.noise_multiplier:.4g}, Poisson rate {plan.sampling_rate:.4g}"
+          + (f" (resumed; steps {start}..{charged - 1} were charged before and are charged "
+             f"again)" if start < charged else ""), quiet)
+    images, labels = private.images, private.labels
+    base_key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    bar = tqdm(total=plan.steps, initial=start, desc="DP-SGD", disable=quiet,
+               dynamic_ncols=True)
+    params, ema_params, opt_state = state.params, state.model_state, state.opt_state
+    for chunk_start in range(start, plan.steps, checkpoint_every):
+      end = min(chunk_start + checkpoint_every, plan.steps)
+      charge(plan.chunk_record(chunk_start, end, lattice=lattice,
+                               num_params=num_params, redone=chunk_start < charged))
+      batch_stream, noise_stream = noise_rng(plan.noise_seed, (chunk_start,)).spawn(2)
+      batch_rng, noise = generator(batch_stream), generator(noise_stream)
+      for step in range(chunk_start, end):
+        indices, mask = dp_sgd.poisson_batch(batch_rng, len(labels), plan.sampling_rate,
+                                             plan.max_batch)
+        keys = jax.random.split(jax.random.fold_in(base_key, step), len(indices))
+        batch = (images[indices], labels[indices])
+        params, opt_state = step_fn(params, opt_state, batch, mask, keys, noise)
+        ema_params = ema(ema_params, params, ema_decay_at(step, ema_decay))
+        bar.update(1)
+      state = TrainState(step=np.asarray(end, np.int32), params=params,
+                         model_state=ema_params, opt_state=opt_state)
+      checkpoints.save(state, force=True)
+      if log_path is not None:
+        _append_log(log_path, end, time.perf_counter() - t0)
+    bar.close()
+  finally:
+    checkpoints.close()
+  return state
+
+
+def _append_log(path: str, step: int, seconds: float) -> None:
+  new = not os.path.exists(path)
+  with open(path, "a") as f:
+    if new:
+      f.write(LOG_HEADER)
+    f.write(f"{step},{seconds:.1f}\n")

@@ -1,0 +1,36 @@
+"""What the run orchestrator (`pipeline.run_synthesis`) asks of a method's recipe.
+
+In order:
+  preflight(private, config)         checks that need the private set's public
+                                     facts (its size under replace-one); runs
+                                     before anything is written
+  release_arrays(config)             ledger name -> release.npz array name
+  private_statistic(private, ...)    the exact statistic the one-shot releases
+                                     add noise to (never stored)
+  release(statistic, private, ...)   the one-shot releases and their ledger
+                                     (once; reused on resume)
+  post_process(release, ...)         training on the release and public data
+                                     only, any number of steps
+  train_on_private(state, private, ...)
+                                     many-step mechanisms (DP-SGD) that charge
+                                     the ledger as they go
+  sampler                            what synthesis samples from the final state
+
+The one-release family (`stages.mean_embedding`) has no many-step mechanism;
+the diffusion family (`stages.diffusion`) has both kinds.
+"""
+
+from __future__ import annotations
+
+
+class Recipe:
+  """Defaults for the stages a recipe may not have."""
+
+  def preflight(self, private, config) -> None:
+    """Nothing to check beyond the config's own validation."""
+    del private, config
+
+  def train_on_private(self, state, private, config, run, *, ledger, charge, quiet=False):
+    """No many-step mechanism: the state is the post-processing's."""
+    del private, config, run, ledger, charge, quiet
+    return state
