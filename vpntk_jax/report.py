@@ -38,7 +38,7 @@ EXPECTED_FILES = (
 )
 IMAGES = (
     ("samples", SAMPLES, "Synthetic samples (one row per class)"),
-    ("loss", LOSS_PNG, "Generator training loss"),
+    ("loss", LOSS_PNG, "Training loss (train_log.csv: generator or prompts; for diffusion models the public pretraining)"),
 )
 # Dotted config keys worth a glance; absent ones are skipped (configs gain and lose fields).
 CONFIG_KEYS = (
@@ -155,6 +155,9 @@ def _release_rows(ledger: PrivacyLedger) -> list[dict]:
       "sha256": r.sha256,
       "created_utc": r.created_utc,
       "notes": r.notes,
+      "mechanism": r.mechanism,
+      "steps": r.steps,
+      "sampling_rate": r.sampling_rate,
   } for r in ledger.releases]
 
 
@@ -171,12 +174,16 @@ def _not_covered(config: dict, metrics: dict | None, public: Sequence[str],
   ]
   notes += [f"The public model {name} is treated as public: it carries no privacy "
             "guarantee for its own training data." for name in public]
+  seeded: dict[int, list[str]] = {}
   for r in ledger.releases if ledger else ():
-    if r.noise_seed is not None:
-      notes.append(
-          f"Release {r.name!r} drew its noise from the fixed seed {r.noise_seed} "
-          "(reproducible, meant for experiments): the guarantee holds only while that "
-          "seed stays secret, since anyone who knows it can regenerate the noise.")
+    if r.noise_seed is not None and r.name not in seeded.setdefault(r.noise_seed, []):
+      seeded[r.noise_seed].append(r.name)
+  for seed, names in seeded.items():
+    notes.append(
+        f"{'Releases' if len(names) > 1 else 'Release'} {', '.join(map(repr, names))} drew "
+        f"noise from the fixed seed {seed} (reproducible, meant for experiments): the "
+        "guarantee holds only while that seed stays secret, since anyone who knows it can "
+        "regenerate the noise.")
   return notes
 
 
@@ -221,7 +228,7 @@ def _statement(ledger: PrivacyLedger, data: str, total: float,
                f"private training examples of {data} under {adj_name} adjacency.")
   explanation = (
       f"In plain words: {adj_change} changes the probability of any output of this run "
-      "(the synthetic images, the trained generator, anything computed from them) by at "
+      "(the synthetic images, the trained model, anything computed from them) by at "
       f"most a factor of e^epsilon = {_exp_text(eps)}, plus delta = {fmt_num(ledger.delta)}. "
       "So no output can reveal much about any single private example. The guarantee covers "
       f"{_releases_phrase(ledger)} of the private data listed below; everything else is "
@@ -405,7 +412,8 @@ def _release_table(releases: Sequence[dict]) -> tuple[list[str], list[list[str]]
   header = ["Release", "Status", "Sensitivity", "Sigma", "Noise std", "Accountant",
             "Epsilon", "Private examples", "Noise seed", "sha256 (first 12)"]
   # The digest prefix lets a reader see that two runs trained on one release.
-  rows = [[r["name"],
+  rows = [[r["name"] + (f" (DP-SGD: {r['steps']} steps, rate {fmt_num(r['sampling_rate'])})"
+                        if r.get("mechanism") == "dp_sgd" else ""),
            "superseded (still charged)" if r["status"] == "superseded" else r["status"],
            fmt_num(r["sensitivity"]), fmt_num(r["sigma"]), fmt_num(r["noise_std"]),
            r["accountant"], fmt_num(r["epsilon"]), str(r["num_private_examples"]),
