@@ -207,3 +207,19 @@ def test_a_pool_the_classifier_was_not_trained_on_is_refused(data, pool20, tmp_p
   assert cli.main(_args("privimage", data, out, "--public-model", pool20["classifier"],
                         "--public-data", data["pool"])) == 2
   assert "has 10 classes" in capsys.readouterr().err and not out.exists()
+
+
+def test_dpdm_with_no_dp_steps_is_the_public_only_baseline(data, tmp_path):
+  out = tmp_path / "public-only"
+  assert cli.main(_args("dpdm", data, out, "--public-data", data["pool"],
+                        "--pretrain-conditional", "--dp-steps", "0")) == 0
+  doc = _read(out / "privacy.json")
+  assert doc["releases"] == [] and doc["total_epsilon"] == 0.0
+  assert not (out / "checkpoints").exists() and (out / "synthetic.npz").exists()
+
+
+def test_a_conditional_pretraining_needs_the_private_classes(data, pool20, tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(_args("dpdm", data, out, "--public-data", pool20["pool"],
+                        "--pretrain-conditional")) == 2
+  assert "has 20 classes, the run 10" in capsys.readouterr().err and not out.exists()

@@ -10,7 +10,7 @@ import math
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods.base import Flag
 
-UNET_SIZES = ("tiny", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
+UNET_SIZES = ("tiny", "cpu", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
 
 
 def _positive_int(value, name: str, *, allow_none: bool = False) -> None:
@@ -82,7 +82,9 @@ class PublicPretrainConfig:
 class DpSgdConfig:
   """DP-SGD on the private set: Poisson batches of expected size `batch_size`
   (sampling rate batch_size / N), per-example clipping to `clip_norm`, the
-  loss averaged over `multiplicity` noise draws inside the clip, Adam, EMA."""
+  loss averaged over `multiplicity` noise draws inside the clip, Adam, EMA.
+  steps 0: no private training (a public-only baseline: nothing is charged but
+  the one-shot releases, if any)."""
   steps: int = 200
   batch_size: int = 256
   clip_norm: float = 1e-3
@@ -97,7 +99,9 @@ class DpSgdConfig:
   checkpoint_every: int = 50
 
   def validate(self) -> "DpSgdConfig":
-    for name in ("steps", "batch_size", "multiplicity", "checkpoint_every"):
+    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+      raise ConfigError(f"dp_sgd.steps must be an integer >= 0, got {self.steps!r}")
+    for name in ("batch_size", "multiplicity", "checkpoint_every"):
       _positive_int(getattr(self, name), f"dp_sgd.{name}")
     _positive_int(self.max_batch, "dp_sgd.max_batch", allow_none=True)
     _positive_int(self.microbatch, "dp_sgd.microbatch", allow_none=True)
@@ -115,8 +119,8 @@ class DpSgdConfig:
 
 FLAGS = (
     Flag("--unet-size", "model.size",
-         dict(choices=UNET_SIZES, help="UNet size: tiny (tests), small (CPU), reference "
-                                       "(PrivImage's 1.5M)")),
+         dict(choices=UNET_SIZES, help="UNet size: tiny (tests), cpu (CPU-scale runs), small, "
+                                       "reference (PrivImage's 1.5M)")),
     Flag("--sample-steps", "model.sample_steps",
          dict(type=int, help="Heun steps per synthesis (default 18)")),
     Flag("--pretrain-steps", "pretrain.steps",

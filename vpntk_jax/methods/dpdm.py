@@ -1,19 +1,22 @@
 """DPDM: the diffusion model trained on the private set with DP-SGD, from scratch or
-from an unconditional pretraining on a public pool; PrivImage without the query."""
+from a pretraining on a public pool; PrivImage without the query. With
+--dp-steps 0 and a conditional pretraining it is the public-only baseline."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from vpntk_jax.methods import _diffusion
-from vpntk_jax.methods.base import Method
+from vpntk_jax.methods.base import Flag, Method
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """The optional public pool (pretraining with every label the null class) and the
-  diffusion model's training."""
+  """The optional public pool and the diffusion model's training."""
   public_data: str | None = None
+  # Pretrain with the pool's own labels, which must then be the private classes
+  # (e.g. a public part of the same dataset); False: every label the null class.
+  pretrain_conditional: bool = False
   model: _diffusion.DiffusionModelConfig = _diffusion.DiffusionModelConfig()
   pretrain: _diffusion.PublicPretrainConfig = _diffusion.PublicPretrainConfig()
   dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig()
@@ -28,7 +31,8 @@ def build(config, image_shape, num_classes, public_models):
   del public_models
   from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
   return diffusion.build(config, image_shape, num_classes,
-                         pool_source=config.options.public_data)
+                         pool_source=config.options.public_data,
+                         pool_labels=config.options.pretrain_conditional)
 
 
 METHOD = Method(
@@ -36,4 +40,7 @@ METHOD = Method(
     "public pretraining)", options=Options, build=build,
     post_processing=frozenset({"model.sample_steps", "model.guidance_scale",
                                "model.sample_batch"}),
-    flags=_diffusion.FLAGS)
+    flags=_diffusion.FLAGS + (
+        Flag("--pretrain-conditional", "pretrain_conditional",
+             dict(action="store_true", default=None,
+                  help="pretrain with the public pool's labels (the private classes)")),))

@@ -60,6 +60,8 @@ UNET_SIZES: dict[str, dict] = {
     # CPU tests: 10k parameters at 28x28x1. One level, no resampling or attention:
     # a test's time is mostly XLA compiling, which grows with the layers.
     "tiny": dict(channels=8, channel_mult=(1,), blocks_per_level=1, attention=False),
+    # CPU-scale experiments: two levels (28 and 14), no attention; 44k parameters at 28x28x1.
+    "cpu": dict(channels=8, channel_mult=(1, 2), blocks_per_level=1, attention=False),
     # CPU runs: the reference at 3/8 of its width, 220k parameters at 28x28x1.
     "small": dict(channels=12, channel_mult=(2, 2), blocks_per_level=2, attention=True),
     # DPImageBench's PrivImage FashionMNIST network (ch_mult [2, 2], attention at

@@ -110,6 +110,8 @@ class DiffusionRecipe(Recipe):
   sampler: DiffusionSampler
   pool: ImageDataset | None
   query: SemanticQuery | None
+  # Without a query: pretrain with the pool's labels (True) or the null class.
+  pool_labels: bool = False
 
   @property
   def apply_fn(self):
@@ -129,6 +131,8 @@ class DiffusionRecipe(Recipe):
         other_sigmas=others, max_batch=dp.max_batch, noise_seed=config.noise_seed)
 
   def preflight(self, private: ImageDataset, config) -> None:
+    if self.options.dp_sgd.steps == 0:
+      return
     n = public_count(config, private)
     if self.options.dp_sgd.batch_size > n:
       raise ConfigError(f"dp_sgd.batch_size {self.options.dp_sgd.batch_size} exceeds the "
@@ -202,6 +206,8 @@ class DiffusionRecipe(Recipe):
       rows, labels = semantic_query.relabel_public(self.query.pool.labels, selection)
       return self.query.pool.images[rows], labels
     if self.pool is not None:
+      if self.pool_labels:
+        return self.pool.images, self.pool.labels.astype(np.int32)
       # The pool's classes are not the private ones: pretrain unconditionally.
       return self.pool.images, np.full(len(self.pool), self.model.config.null_label, np.int32)
     return None, None
@@ -255,6 +261,10 @@ class DiffusionRecipe(Recipe):
   def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
                        ledger: PrivacyLedger, charge, quiet: bool = False) -> TrainState:
     dp = self.options.dp_sgd
+    if dp.steps == 0:
+      say("no DP-SGD steps: the model is the public pretraining's (a public-only baseline)",
+          quiet)
+      return state
     apply_fn = self.apply_fn
     num_classes, label_dropout = self.num_classes, self.model.config.label_dropout
 
@@ -297,7 +307,7 @@ def write_selection(path: str, selection: np.ndarray, pool: ImageDataset, num_cl
 
 
 def build(config, image_shape, num_classes: int, *, pool_source: str | None,
-          query_settings=None, classifier=None) -> DiffusionRecipe:
+          query_settings=None, classifier=None, pool_labels: bool = False) -> DiffusionRecipe:
   """The recipe for `config` (a privimage or dpdm run); checks everything it can
   without the private data."""
   if distributed.is_multi_process():
@@ -320,6 +330,13 @@ def build(config, image_shape, num_classes: int, *, pool_source: str | None,
                              options.model.sample_steps, float(options.model.guidance_scale),
                              model_config.null_label, options.model.sample_batch)
   pool = load_pool(pool_source, image_shape, what="public pool") if pool_source else None
+  if pool_labels:
+    if pool is None:
+      raise ConfigError("a conditional pretraining needs a public pool (--public-data)")
+    if pool.num_classes > num_classes:
+      raise ConfigError(f"a conditional pretraining uses the pool's labels as private "
+                        f"classes: {pool_source} has {pool.num_classes} classes, the run "
+                        f"{num_classes}")
   query = None
   if query_settings is not None:
     if pool is None:
@@ -335,4 +352,5 @@ def build(config, image_shape, num_classes: int, *, pool_source: str | None,
                         f"private classes x {query_settings.per_class} each need "
                         f"{num_classes * query_settings.per_class}")
     query = SemanticQuery(classifier, pool, query_settings)
-  return DiffusionRecipe(model=model, options=options, sampler=sampler, pool=pool, query=query)
+  return DiffusionRecipe(model=model, options=options, sampler=sampler, pool=pool, query=query,
+                         pool_labels=pool_labels)
