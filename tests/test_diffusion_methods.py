@@ -223,3 +223,17 @@ def test_a_conditional_pretraining_needs_the_private_classes(data, pool20, tmp_p
   assert cli.main(_args("dpdm", data, out, "--public-data", pool20["pool"],
                         "--pretrain-conditional")) == 2
   assert "has 20 classes, the run 10" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_batch_the_device_cannot_hold_is_refused_naming_the_settings(data, tmp_path, capsys,
+                                                                      monkeypatch):
+  from vpntk_jax.stages import diffusion
+  monkeypatch.setattr(diffusion, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
+  out = tmp_path / "run"
+  assert cli.main(_args("dpdm", data, out)) == 2
+  err = capsys.readouterr().err
+  assert "padded rows (dp_sgd.batch_size 32, multiplicity 2) needs about" in err
+  assert "dp_sgd.microbatch" in err and not out.exists()
+  # A microbatch must divide the padding bucket (64 rows).
+  assert cli.main(_args("dpdm", data, out, "--config.options.dp_sgd.microbatch=24")) == 2
+  assert "must divide 64" in capsys.readouterr().err

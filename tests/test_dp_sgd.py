@@ -365,3 +365,12 @@ def test_dp_sgd_on_logistic_regression_draws_lattice_noise(adjacency, monkeypatc
     for t in range(30):
       p, state = plain(p, state, data, mask, keys(n))
     assert np.corrcoef(np.asarray(p["w"]), np.arange(1.0, DIM + 1))[0, 1] > 0.9
+
+
+def test_step_memory_comes_from_the_compiled_step_and_microbatches_shrink_it():
+  example = (np.zeros((DIM,), np.float32), np.zeros((), np.float32))
+  whole = dp_sgd.step_memory_bytes(mlp_loss, mlp_params(), example, 512, 1.0)
+  split = dp_sgd.step_memory_bytes(mlp_loss, mlp_params(), example, 512, 1.0, microbatch=64)
+  assert whole > split > 0
+  with pytest.raises(ConfigError, match="must divide"):
+    dp_sgd.step_memory_bytes(mlp_loss, mlp_params(), example, 512, 1.0, microbatch=100)

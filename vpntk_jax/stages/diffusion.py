@@ -14,6 +14,7 @@ query's fixed noise and the T steps composed in one accountant
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -42,6 +43,7 @@ from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
                                  QUERY_SELECTION, TRAIN_LOG)
 from vpntk_jax.stages import mean_embedding, private_training, semantic_query
 from vpntk_jax.stages.recipe import Recipe
+from vpntk_jax.training import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at
 from vpntk_jax.training.samplers import TrainState
@@ -131,14 +133,53 @@ class DiffusionRecipe(Recipe):
         other_sigmas=others, max_batch=dp.max_batch, noise_seed=config.noise_seed)
 
   def preflight(self, private: ImageDataset, config) -> None:
-    if self.options.dp_sgd.steps == 0:
+    dp = self.options.dp_sgd
+    if dp.steps == 0:
       return
     n = public_count(config, private)
-    if self.options.dp_sgd.batch_size > n:
-      raise ConfigError(f"dp_sgd.batch_size {self.options.dp_sgd.batch_size} exceeds the "
-                        f"{n} examples the sampling rate divides by: the rate must be in "
-                        f"(0, 1]")
+    if dp.batch_size > n:
+      raise ConfigError(f"dp_sgd.batch_size {dp.batch_size} exceeds the {n} examples the "
+                        f"sampling rate divides by: the rate must be in (0, 1]")
     self.plan(config, private)  # an infeasible budget fails here, before anything is written
+    self.check_memory()
+
+  def check_memory(self) -> None:
+    """Refuses a DP-SGD batch the device cannot hold, from the compiled step's own
+    memory analysis at a batch 4 standard deviations above the expected size (the
+    compilation is reused by the steps of that size)."""
+    dp = self.options.dp_sgd
+    if dp.microbatch is not None and dp_sgd.BUCKET % dp.microbatch:
+      raise ConfigError(f"dp_sgd.microbatch must divide {dp_sgd.BUCKET} (batches are padded "
+                        f"to multiples of it), got {dp.microbatch}")
+    expected = dp.batch_size
+    rows = dp_sgd.bucket_size(dp.max_batch if dp.max_batch is not None
+                              else math.ceil(expected + 4 * math.sqrt(expected)))
+    params = unet.init_params(self.model, jax.random.key(0))
+    example = (np.zeros(self.model.config.image_shape, np.uint8), np.zeros((), np.int32))
+    need = dp_sgd.step_memory_bytes(self.dp_loss_fn, params, example, rows, dp.clip_norm,
+                                    microbatch=dp.microbatch)
+    have = device_memory_bytes()
+    if need is not None and have is not None and need > 0.9 * have:
+      raise ConfigError(
+          f"a DP-SGD batch of {rows} padded rows (dp_sgd.batch_size {expected}, "
+          f"multiplicity {dp.multiplicity}) needs about {need / 2**30:.1f} GiB of "
+          f"{jax.devices()[0].device_kind} memory; {have / 2**30:.1f} GiB are available. "
+          f"Set dp_sgd.microbatch (e.g. 16), or lower dp_sgd.batch_size or "
+          f"dp_sgd.multiplicity")
+
+  @functools.cached_property
+  def dp_loss_fn(self):
+    """The loss of one private example (image, label) for DP-SGD; one function per
+    recipe, so the memory check's compilation is the steps' own."""
+    dp, apply_fn = self.options.dp_sgd, self.apply_fn
+    num_classes, label_dropout = self.num_classes, self.model.config.label_dropout
+
+    def loss_fn(params, example, key):
+      image, label = example
+      return edm.per_example_loss(params, apply_fn, image, label, key,
+                                  multiplicity=dp.multiplicity, num_classes=num_classes,
+                                  label_dropout=label_dropout)
+    return loss_fn
 
   def release_arrays(self, config) -> dict[str, str]:
     del config
@@ -265,21 +306,29 @@ class DiffusionRecipe(Recipe):
       say("no DP-SGD steps: the model is the public pretraining's (a public-only baseline)",
           quiet)
       return state
-    apply_fn = self.apply_fn
-    num_classes, label_dropout = self.num_classes, self.model.config.label_dropout
-
-    def loss_fn(params, example, key):
-      image, label = example
-      return edm.per_example_loss(params, apply_fn, image, label, key,
-                                  multiplicity=dp.multiplicity, num_classes=num_classes,
-                                  label_dropout=label_dropout)
-
     return private_training.train_with_dp_sgd(
-        state, private, self.plan(config, private), loss_fn=loss_fn,
+        state, private, self.plan(config, private), loss_fn=self.dp_loss_fn,
         optimizer=optax.adam(dp.learning_rate), ema_decay=dp.ema_decay,
         checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
         ledger=ledger, charge=charge, seed=config.seed + 1, microbatch=dp.microbatch,
         log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
+
+
+def device_memory_bytes() -> int | None:
+  """Memory of the first device: the accelerator's limit, or the host's available
+  memory on the CPU; None where neither is known."""
+  device = jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
 
 
 def append_loss_log(path: str, step: int, loss: float, seconds: float) -> None:

@@ -325,6 +325,28 @@ def lattice_grad_sum(loss_fn: Callable, params: Any, batch: Any, mask: Any, keys
   return (parts[:d] << _split_shift(rows)) + parts[d:]
 
 
+def step_memory_bytes(loss_fn: Callable, params: Any, example: Any, rows: int,
+                      clip_norm: float, *, microbatch: int | None = None) -> int | None:
+  """Device memory the per-example part of a step (`lattice_grad_sum`) of `rows` padded
+  rows needs, from XLA's own analysis of the compiled program (which later steps
+  of that shape reuse); None where the backend does not report it.
+
+  `example`: one example's arrays (a pytree like a batch row), e.g. zeros.
+  """
+  clip_norm = check_clip_norm(clip_norm)
+  batch = jax.tree.map(lambda x: jnp.zeros((rows,) + np.shape(x), jnp.asarray(x).dtype), example)
+  mask = jnp.zeros((rows,), jnp.float32)
+  keys = jax.random.split(jax.random.key(0), rows)
+  _check_rows(batch, mask, keys, _check_microbatch(microbatch))
+  compiled = _lattice_sum.lower(loss_fn, params, batch, mask, keys, clip_norm,
+                                microbatch).compile()
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes
+             + stats.output_size_in_bytes)
+
+
 def _unflatten(params: Any, vector: np.ndarray) -> Any:
   """`vector` (in `ravel_pytree(params)` order) as a pytree shaped and typed like params."""
   leaves, treedef = jax.tree.flatten(params)
