@@ -87,8 +87,9 @@ def test_a_killed_dp_sgd_run_resumed_charges_the_redone_steps_again(data, tmp_pa
     return wrapped
   monkeypatch.setattr(dp_sgd, "make_dp_sgd_step", dies_at_step_3)
   out = tmp_path / "killed"
+  # Truncated Poisson batches (at most 64 of the expected 32), accounted as such.
   with pytest.raises(KeyboardInterrupt):
-    cli.main(_args("dpdm", data, out))
+    cli.main(_args("dpdm", data, out, "--config.options.dp_sgd.max_batch=64"))
   monkeypatch.undo()
   charged = [r["steps"] for r in _read(out / "privacy.json")["releases"]]
   assert charged == [2, 2]  # the killed chunk was charged before it ran
@@ -102,10 +103,12 @@ def test_a_killed_dp_sgd_run_resumed_charges_the_redone_steps_again(data, tmp_pa
   # The calibration is minimal: a little less noise overspends the planned 4 steps.
   sigma, q = doc["releases"][0]["sigma"], doc["releases"][0]["sampling_rate"]
   assert q == 32 / 400
-  assert subsampled.epsilon_of(sigma, doc["delta"], sampling_rate=q, steps=DP_STEPS,
-                               adjacency="replace_one") <= EPSILON
-  assert subsampled.epsilon_of(sigma * (1 - 2e-3), doc["delta"], sampling_rate=q,
-                               steps=DP_STEPS, adjacency="replace_one") > EPSILON
+  assert doc["releases"][0]["dp_event"]["event"]["class_name"] == (
+      "TruncatedSubsampledGaussianDpEvent")
+  truncated = dict(sampling_rate=q, steps=DP_STEPS, adjacency="replace_one", num_examples=400,
+                   max_batch=64)
+  assert subsampled.epsilon_of(sigma, doc["delta"], **truncated) <= EPSILON
+  assert subsampled.epsilon_of(sigma * (1 - 2e-3), doc["delta"], **truncated) > EPSILON
   with np.load(out / "synthetic.npz") as z:
     assert z["images"].shape == (50, 28, 28, 1) and z["images"].dtype == np.uint8
   # No public pool: no pretraining. The DP-SGD log holds steps and seconds only

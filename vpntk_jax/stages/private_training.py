@@ -10,7 +10,9 @@ the budget.
 
 What the operator sees is public or post-processing: step counts and
 seconds. The realised batch sizes and the private loss are functions of the
-private data and are never logged.
+private data and are never logged. Time is a side channel on the padded batch
+size: under replace-one the batch sizes depend on nothing private; under
+add/remove they depend on N; with `max_batch` every batch is padded alike.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
           + (f" (resumed; steps {start}..{charged - 1} were charged before and are charged "
              f"again)" if start < charged else ""), quiet)
     images, labels = private.images, private.labels
+    # With truncated batches every batch has the same padded shape, so a step's time
+    # says nothing about the realised (private under add/remove) batch size.
+    bucket = (dp_sgd.bucket_size(plan.max_batch) if plan.max_batch is not None
+              else dp_sgd.BUCKET)
     base_key = jax.random.key(seed)
     t0 = time.perf_counter()
     bar = tqdm(total=plan.steps, initial=start, desc="DP-SGD", disable=quiet,
@@ -82,7 +88,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
       batch_rng, noise = generator(batch_stream), generator(noise_stream)
       for step in range(chunk_start, end):
         indices, mask = dp_sgd.poisson_batch(batch_rng, len(labels), plan.sampling_rate,
-                                             plan.max_batch)
+                                             plan.max_batch, bucket=bucket)
         keys = jax.random.split(jax.random.fold_in(base_key, step), len(indices))
         batch = (images[indices], labels[indices])
         params, opt_state = step_fn(params, opt_state, batch, mask, keys, noise)
