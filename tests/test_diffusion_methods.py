@@ -1,16 +1,13 @@
 """The diffusion family end to end on tiny settings: DPDM and PrivImage runs, their
 ledgers (re-derived with dp-accounting alone), resume after a kill, bad input."""
 
-import collections
 import json
 import os
 
 import numpy as np
 import pytest
-from dp_accounting import dp_event
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.privacy_accountant import NeighboringRelation
 
+from rederive import rederive_epsilon
 from vpntk_jax import cli
 from vpntk_jax.privacy import subsampled
 from vpntk_jax.privacy.release import array_digest
@@ -55,22 +52,6 @@ def _read(path):
     return json.load(f)
 
 
-def _named(value):
-  if isinstance(value, dict):
-    return collections.namedtuple("E", list(value))(**{k: _named(v) for k, v in value.items()})
-  if isinstance(value, list):
-    return [_named(v) for v in value]
-  return value
-
-
-def _rederive(doc) -> float:
-  """Epsilon of privacy.json's composed event, with dp-accounting alone."""
-  accountant = pld_privacy_accountant.PLDAccountant(
-      NeighboringRelation[doc["neighboring_relation"]], value_discretization_interval=1e-4)
-  accountant.compose(dp_event.DpEvent.from_named_tuple(_named(doc["dp_event"])))
-  return accountant.get_epsilon(doc["delta"])
-
-
 def test_a_killed_dp_sgd_run_resumed_charges_the_redone_steps_again(data, tmp_path,
                                                                     monkeypatch, capsys):
   real_make = dp_sgd.make_dp_sgd_step
@@ -98,7 +79,7 @@ def test_a_killed_dp_sgd_run_resumed_charges_the_redone_steps_again(data, tmp_pa
   assert [r["steps"] for r in doc["releases"]] == [2, 2, 2]
   assert "REDONE" in doc["releases"][2]["notes"] and "REDONE" not in doc["releases"][1]["notes"]
   assert doc["within_budget"] is False and doc["total_epsilon"] > EPSILON
-  assert _rederive(doc) == pytest.approx(doc["total_epsilon"], rel=1e-3)
+  assert rederive_epsilon(doc) == pytest.approx(doc["total_epsilon"], rel=1e-3)
   assert "charged again" in capsys.readouterr().err
   # The calibration is minimal: a little less noise overspends the planned 4 steps.
   sigma, q = doc["releases"][0]["sigma"], doc["releases"][0]["sampling_rate"]
@@ -169,7 +150,7 @@ def test_privimage_ledger_holds_the_query_and_the_steps_in_one_budget(privimage_
   query = records[0]
   assert query["mechanism"] == "gaussian" and query["sigma"] == 50.0
   assert query["sensitivity"] == pytest.approx(np.sqrt(2 * 2), rel=1e-3)  # replace-one, k = 2
-  assert _rederive(doc) == pytest.approx(EPSILON, rel=1e-3) and doc["within_budget"]
+  assert rederive_epsilon(doc) == pytest.approx(EPSILON, rel=1e-3) and doc["within_budget"]
   # Public pretraining on the selected classes logged its (public) loss.
   assert (privimage_run / "train_log.csv").read_text().splitlines()[0] == "step,loss,seconds"
   # The steps' noise was calibrated with the query in the same accountant.

@@ -1,36 +1,14 @@
 """privacy.json carries the run's composed dp-accounting event: anyone can re-derive
 the total epsilon with dp-accounting alone, for plain Gaussian releases and DP-SGD."""
 
-import collections
-import json
-
 import pytest
-from dp_accounting import dp_event
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.privacy_accountant import NeighboringRelation
 
+from rederive import rederive_epsilon
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, subsampled, write_ledger
 from vpntk_jax.privacy.ledger import ReleaseRecord
 
 DELTA = 1e-5
-
-
-def _named(value):
-  """JSON -> the namedtuples dp_event.DpEvent.from_named_tuple reads (test's own copy)."""
-  if isinstance(value, dict):
-    return collections.namedtuple("E", list(value))(**{k: _named(v) for k, v in value.items()})
-  if isinstance(value, list):
-    return [_named(v) for v in value]
-  return value
-
-
-def _rederive(path) -> float:
-  doc = json.loads(path.read_text())
-  accountant = pld_privacy_accountant.PLDAccountant(
-      NeighboringRelation[doc["neighboring_relation"]], value_discretization_interval=1e-4)
-  accountant.compose(dp_event.DpEvent.from_named_tuple(_named(doc["dp_event"])))
-  return accountant.get_epsilon(doc["delta"])
 
 
 def _gaussian(adjacency, sigma=4.0, name="embedding"):
@@ -54,7 +32,7 @@ def test_gaussian_ledgers_keep_their_epsilon_and_rederive_from_the_file(adjacenc
   ledger = PrivacyLedger(epsilon=1.0, delta=DELTA, accountant="pld", adjacency=adjacency)
   ledger = ledger.add(_gaussian(adjacency)).add(_gaussian(adjacency, 40.0, "validation"))
   write_ledger(tmp_path / "privacy.json", ledger)
-  assert _rederive(tmp_path / "privacy.json") == pytest.approx(ledger.total_epsilon(), rel=1e-3)
+  assert rederive_epsilon(tmp_path / "privacy.json") == pytest.approx(ledger.total_epsilon(), rel=1e-3)
 
 
 @pytest.mark.parametrize("adjacency", ["replace_one", "add_remove"])
@@ -66,7 +44,7 @@ def test_dp_sgd_steps_compose_with_the_query_in_one_accountant(adjacency, tmp_pa
   assert ledger.total_epsilon() == pytest.approx(expected, rel=1e-6)
   write_ledger(tmp_path / "privacy.json", ledger)
   assert read_ledger(tmp_path / "privacy.json").total_epsilon() == pytest.approx(expected)
-  assert _rederive(tmp_path / "privacy.json") == pytest.approx(expected, rel=1e-3)
+  assert rederive_epsilon(tmp_path / "privacy.json") == pytest.approx(expected, rel=1e-3)
   # The steps cost more than the query alone and less than with no noise at all.
   alone = PrivacyLedger(epsilon=1.0, delta=DELTA, accountant="pld", adjacency=adjacency)
   assert alone.add(_gaussian(adjacency, 50.0, "query")).total_epsilon() < expected
