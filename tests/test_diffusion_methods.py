@@ -216,7 +216,7 @@ def test_a_batch_the_device_cannot_hold_is_refused_naming_the_settings(data, tmp
   out = tmp_path / "run"
   assert cli.main(_args("dpdm", data, out)) == 2
   err = capsys.readouterr().err
-  assert "padded rows (dp_sgd.batch_size 32, multiplicity 2) needs about" in err
+  assert "padded rows per device (dp_sgd.batch_size 32, multiplicity 2) needs about" in err
   assert "dp_sgd.microbatch" in err and not out.exists()
   # A microbatch must divide the padding bucket (64 rows).
   assert cli.main(_args("dpdm", data, out, "--config.options.dp_sgd.microbatch=24")) == 2

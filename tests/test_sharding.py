@@ -50,6 +50,38 @@ SCRIPT = textwrap.dedent("""
     print("losses", l1, l8)
     assert abs(l1 - l8) <= 1e-4 * abs(l1), (l1, l8)
     np.testing.assert_allclose(out1, out8, atol=1e-4)
+
+    # DP-SGD: the per-example lattice sum split over 8 devices. The integer sum is
+    # exact on both; the per-example gradients, compiled apart, may each round to a
+    # neighbouring lattice point, so the sums differ by at most one unit per real row.
+    import optax
+    from vpntk_jax.privacy.noise import generator, noise_rng
+    from vpntk_jax.training import dp_sgd
+    def loss(p, example, key):
+      x, y = example
+      logit = jnp.tanh(x @ p["w1"]) @ p["w2"]
+      return optax.sigmoid_binary_cross_entropy(logit[0], y) + 0.01 * jax.random.normal(key)
+    p = {"w1": jnp.asarray(rng.normal(size=(12, 8)), jnp.float32),
+         "w2": jnp.asarray(rng.normal(size=(8, 1)), jnp.float32)}
+    x = (rng.normal(size=(128, 12)) * 10.0 ** rng.integers(-3, 4, size=(128, 1))).astype(np.float32)
+    batch = (x, (np.arange(128) % 2).astype(np.float32))
+    mask = (np.arange(128) < 100).astype(np.float32)
+    keys = jax.random.split(jax.random.key(4), 128)
+    one = dp_sgd.lattice_grad_sum(loss, p, batch, mask, keys, 0.5)
+    for micro in (None, 8):
+      eight = dp_sgd.lattice_grad_sum(loss, p, batch, mask, keys, 0.5, microbatch=micro, mesh=mesh)
+      gap = np.abs(one - eight).max()
+      assert gap <= mask.sum(), (micro, gap)
+    opt = optax.sgd(0.1)  # its update is linear in the gradient: the bound carries over
+    steps = [dp_sgd.make_dp_sgd_step(loss, opt, clip_norm=0.5, noise_multiplier=1.0,
+                                     expected_batch_size=100.0, adjacency="replace_one", mesh=m)
+             for m in (None, mesh)]
+    new = [jax.device_get(s(p, opt.init(p), batch, mask, keys, generator(noise_rng(5)))[0])
+           for s in steps]
+    g = dp_sgd.lattice_for(p, 0.5).granularity
+    for leaf1, leaf8 in zip(jax.tree.leaves(new[0]), jax.tree.leaves(new[1])):
+      np.testing.assert_allclose(leaf1, leaf8, rtol=0,
+                                 atol=0.1 * g * mask.sum() / 100.0 + 1e-6)
     print("OK")
 """)
 

@@ -132,14 +132,14 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   private, test = load_private_and_test(config, datasets)
   public_models = load_public_models(config)
   recipe = build_recipe(config, test.image_shape, test.num_classes, public_models)
-  recipe.preflight(private, config)
+  mesh = device_mesh(config)
+  recipe.preflight(private, config, mesh=mesh)
   release_arrays = recipe.release_arrays(config)
   if reuse_release is not None:
     check_reusable_release(reuse_release, config, release_arrays)
   public_spec = (describe_public_models(config, public_models, private)
                  if public_models is not None else None)
   quiet = quiet or not distributed.is_primary()
-  mesh = device_mesh(config)
 
   with contextlib.ExitStack() as cleanup:
     def open_and_record() -> tuple[RunDir, PrivacyLedger | None]:
@@ -191,7 +191,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       return charged
 
     state = recipe.train_on_private(state, private, config, run, ledger=ledger, charge=charge,
-                                    quiet=quiet)
+                                    mesh=mesh, quiet=quiet)
     del private  # nothing after this point sees private data
     ledger = read_ledger(run.file(PRIVACY))
     if not ledger.within_budget():

@@ -132,7 +132,7 @@ class DiffusionRecipe(Recipe):
         expected_batch_size=dp.batch_size, steps=dp.steps, clip_norm=dp.clip_norm,
         other_sigmas=others, max_batch=dp.max_batch, noise_seed=config.noise_seed)
 
-  def preflight(self, private: ImageDataset, config) -> None:
+  def preflight(self, private: ImageDataset, config, *, mesh=None) -> None:
     dp = self.options.dp_sgd
     if dp.steps == 0:
       return
@@ -141,19 +141,21 @@ class DiffusionRecipe(Recipe):
       raise ConfigError(f"dp_sgd.batch_size {dp.batch_size} exceeds the {n} examples the "
                         f"sampling rate divides by: the rate must be in (0, 1]")
     self.plan(config, private)  # an infeasible budget fails here, before anything is written
-    self.check_memory()
+    self.check_memory(mesh)
 
-  def check_memory(self) -> None:
-    """Refuses a DP-SGD batch the device cannot hold, from the compiled step's own
-    memory analysis at a batch 4 standard deviations above the expected size (the
-    compilation is reused by the steps of that size)."""
+  def check_memory(self, mesh=None) -> None:
+    """Refuses a DP-SGD batch a device cannot hold, from the compiled step's own
+    memory analysis of one device's share of a batch 4 standard deviations above
+    the expected size (on one device, the steps of that size reuse the compilation)."""
     dp = self.options.dp_sgd
     if dp.microbatch is not None and dp_sgd.BUCKET % dp.microbatch:
       raise ConfigError(f"dp_sgd.microbatch must divide {dp_sgd.BUCKET} (batches are padded "
-                        f"to multiples of it), got {dp.microbatch}")
+                        f"to multiples of it per device), got {dp.microbatch}")
     expected = dp.batch_size
+    devices = mesh.size if mesh is not None else 1
     rows = dp_sgd.bucket_size(dp.max_batch if dp.max_batch is not None
-                              else math.ceil(expected + 4 * math.sqrt(expected)))
+                              else math.ceil(expected + 4 * math.sqrt(expected)),
+                              private_training.padding_bucket(None, mesh)) // devices
     params = unet.init_params(self.model, jax.random.key(0))
     example = (np.zeros(self.model.config.image_shape, np.uint8), np.zeros((), np.int32))
     need = dp_sgd.step_memory_bytes(self.dp_loss_fn, params, example, rows, dp.clip_norm,
@@ -161,7 +163,7 @@ class DiffusionRecipe(Recipe):
     have = device_memory_bytes()
     if need is not None and have is not None and need > 0.9 * have:
       raise ConfigError(
-          f"a DP-SGD batch of {rows} padded rows (dp_sgd.batch_size {expected}, "
+          f"a DP-SGD batch of {rows} padded rows per device (dp_sgd.batch_size {expected}, "
           f"multiplicity {dp.multiplicity}) needs about {need / 2**30:.1f} GiB of "
           f"{jax.devices()[0].device_kind} memory; {have / 2**30:.1f} GiB are available. "
           f"Set dp_sgd.microbatch (e.g. 16), or lower dp_sgd.batch_size or "
@@ -300,7 +302,8 @@ class DiffusionRecipe(Recipe):
     return state.model_state
 
   def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
-                       ledger: PrivacyLedger, charge, quiet: bool = False) -> TrainState:
+                       ledger: PrivacyLedger, charge, mesh=None,
+                       quiet: bool = False) -> TrainState:
     dp = self.options.dp_sgd
     if dp.steps == 0:
       say("no DP-SGD steps: the model is the public pretraining's (a public-only baseline)",
@@ -310,7 +313,7 @@ class DiffusionRecipe(Recipe):
         state, private, self.plan(config, private), loss_fn=self.dp_loss_fn,
         optimizer=optax.adam(dp.learning_rate), ema_decay=dp.ema_decay,
         checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
-        ledger=ledger, charge=charge, seed=config.seed + 1, microbatch=dp.microbatch,
+        ledger=ledger, charge=charge, seed=config.seed + 1, microbatch=dp.microbatch, mesh=mesh,
         log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
 
 

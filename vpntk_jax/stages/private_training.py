@@ -43,8 +43,8 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
                       loss_fn: Callable, optimizer: optax.GradientTransformation,
                       ema_decay: float, checkpoint_dir: str, checkpoint_every: int,
                       ledger: PrivacyLedger, charge: Callable[[Any], PrivacyLedger],
-                      seed: int, microbatch: int | None = None, log_path: str | None = None,
-                      quiet: bool = False) -> TrainState:
+                      seed: int, microbatch: int | None = None, mesh=None,
+                      log_path: str | None = None, quiet: bool = False) -> TrainState:
   """`plan.steps` DP-SGD steps from `state` (params trained, model_state their EMA).
 
   loss_fn(params, (image, label), key) -> the loss of ONE example. `ledger` is
@@ -55,7 +55,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
   step_fn = dp_sgd.make_dp_sgd_step(loss_fn, optimizer, clip_norm=plan.clip_norm,
                                     noise_multiplier=plan.noise_multiplier,
                                     expected_batch_size=plan.expected_batch_size,
-                                    adjacency=plan.adjacency, microbatch=microbatch)
+                                    adjacency=plan.adjacency, microbatch=microbatch, mesh=mesh)
   ema = jax.jit(ema_update)
   lattice = dp_sgd.lattice_for(state.params, plan.clip_norm)
   num_params = lattice.size
@@ -73,8 +73,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
     images, labels = private.images, private.labels
     # With truncated batches every batch has the same padded shape, so a step's time
     # says nothing about the realised (private under add/remove) batch size.
-    bucket = (dp_sgd.bucket_size(plan.max_batch) if plan.max_batch is not None
-              else dp_sgd.BUCKET)
+    bucket = padding_bucket(plan.max_batch, mesh)
     base_key = jax.random.key(seed)
     t0 = time.perf_counter()
     bar = tqdm(total=plan.steps, initial=start, desc="DP-SGD", disable=quiet,
@@ -103,6 +102,13 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
   finally:
     checkpoints.close()
   return state
+
+
+def padding_bucket(max_batch: int | None, mesh=None) -> int:
+  """Batches are padded to a multiple of this: 64 rows per device; with truncated
+  batches, the one padded size of every batch."""
+  base = dp_sgd.BUCKET * (mesh.size if mesh is not None else 1)
+  return dp_sgd.bucket_size(max_batch, base) if max_batch is not None else base
 
 
 def _append_log(path: str, step: int, seconds: float) -> None:

@@ -26,11 +26,12 @@ from __future__ import annotations
 class Recipe:
   """Defaults for the stages a recipe may not have."""
 
-  def preflight(self, private, config) -> None:
+  def preflight(self, private, config, *, mesh=None) -> None:
     """Nothing to check beyond the config's own validation."""
-    del private, config
+    del private, config, mesh
 
-  def train_on_private(self, state, private, config, run, *, ledger, charge, quiet=False):
+  def train_on_private(self, state, private, config, run, *, ledger, charge, mesh=None,
+                       quiet=False):
     """No many-step mechanism: the state is the post-processing's."""
-    del private, config, run, ledger, charge, quiet
+    del private, config, run, ledger, charge, mesh, quiet
     return state

@@ -52,11 +52,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
+from vpntk_jax import sharding
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.privacy import release
 from vpntk_jax.privacy.noise import Lattice
 from vpntk_jax.privacy.parameters import _as_float, check_adjacency
+from vpntk_jax.sharding import DATA_AXIS
 from vpntk_jax.privacy.subsampled import (check_clip_norm, check_noise_multiplier,
                                           check_sampling_rate, check_count,
                                           event_multiplier)
@@ -285,16 +288,18 @@ def lattice_for(params: Any, clip_norm: float) -> Lattice:
   return Lattice.for_release(check_clip_norm(clip_norm), int(sum(_sizes(params))))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "clip_norm", "microbatch"))
-def _lattice_sum(loss_fn, params, batch, mask, keys, clip_norm, microbatch):
+def _lattice_parts(loss_fn, params, batch, mask, keys, clip_norm, microbatch, total_rows,
+                   varying=lambda tree: tree):
+  """The int32 high and low parts of the lattice sum over these rows; the split is
+  sized for `total_rows`, all rows of the batch (on every device), so the parts of
+  all devices also sum without overflow."""
   lattice = lattice_for(params, clip_norm)
-  rows = mask.shape[0]
-  shift = _split_shift(rows)
+  shift = _split_shift(total_rows)
   # |index| <= C/g + 1/2 per coordinate; the high parts' sum must fit in int32 too.
   max_index = math.floor(clip_norm / lattice.granularity * (1 + 1e-6) + 0.5) + 1
-  if rows * (max_index // 2**shift + 1) > _INT32_MAX:
-    raise ConfigError(f"a batch of {rows} rows with {lattice.size} parameters is too large "
-                      f"for the exact int32 gradient sum")
+  if total_rows * (max_index // 2**shift + 1) > _INT32_MAX:
+    raise ConfigError(f"a batch of {total_rows} rows with {lattice.size} parameters is too "
+                      f"large for the exact int32 gradient sum")
   inverse = np.float32(1.0 / lattice.granularity)  # a power of two: exact
   low_mask = jnp.int32(2**shift - 1)
 
@@ -304,23 +309,65 @@ def _lattice_sum(loss_fn, params, batch, mask, keys, clip_norm, microbatch):
     index = jnp.rint(flat * inverse).astype(jnp.int32)
     index = jnp.where((m > 0)[:, None], index, 0)
     return (jnp.sum(index >> shift, 0), jnp.sum(index & low_mask, 0))
-  zeros = jnp.zeros((lattice.size,), jnp.int32)
+  zeros = varying(jnp.zeros((lattice.size,), jnp.int32))  # the scan's carry, per device
   high, low = _microbatched(part, batch, mask, keys, microbatch, (zeros, zeros))
   return jnp.concatenate([high, low])
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "clip_norm", "microbatch"))
+def _lattice_sum(loss_fn, params, batch, mask, keys, clip_norm, microbatch):
+  return _lattice_parts(loss_fn, params, batch, mask, keys, clip_norm, microbatch,
+                        mask.shape[0])
+
+
+def _device_varying(tree):
+  # Inside shard_map a gradient with respect to a replicated input would be summed
+  # over the devices; a per-device copy keeps each example's gradient its own.
+  cast = getattr(jax.lax, "pcast", None)
+  if cast is not None:
+    return jax.tree.map(lambda x: cast(x, DATA_AXIS, to="varying"), tree)
+  return jax.tree.map(lambda x: jax.lax.pvary(x, DATA_AXIS), tree)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "clip_norm", "microbatch", "mesh"))
+def _sharded_lattice_sum(loss_fn, params, batch, mask, keys, clip_norm, microbatch, mesh):
+  rows = mask.shape[0]
+
+  def local(p, b, m, k):
+    parts = _lattice_parts(loss_fn, _device_varying(p), b, m, k, clip_norm, microbatch, rows,
+                           varying=_device_varying)
+    return jax.lax.psum(parts, DATA_AXIS)  # integers: exact in any order
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS),
+                                                   P(DATA_AXIS)),
+                       out_specs=P())(params, batch, mask, keys)
+
+
 def lattice_grad_sum(loss_fn: Callable, params: Any, batch: Any, mask: Any, keys: jax.Array,
-                     clip_norm: float, *, microbatch: int | None = None) -> np.ndarray:
+                     clip_norm: float, *, microbatch: int | None = None,
+                     mesh=None) -> np.ndarray:
   """The exact sum over real rows of round(clipped gradient / g), as int64 on the host.
 
   g is `lattice_for(params, clip_norm).granularity`; the order is that of
   `ravel_pytree(params)`. The device sums high and low bits in int32 (no
   overflow, no rounding); they come back as one vector and are joined here.
+  With a `sharding.data_mesh`, the rows are split over its devices (each runs
+  `microbatch` rows at a time) and the integer parts summed across them: the
+  same integers as on one device.
   """
   clip_norm = check_clip_norm(clip_norm)
-  rows = _check_rows(batch, mask, keys, microbatch)
-  parts = np.asarray(_lattice_sum(loss_fn, params, batch, jnp.asarray(mask), keys, clip_norm,
-                                  microbatch)).astype(np.int64)
+  rows = _check_rows(batch, mask, keys, None if mesh is not None else microbatch)
+  if mesh is None:
+    parts = _lattice_sum(loss_fn, params, batch, jnp.asarray(mask), keys, clip_norm,
+                         microbatch)
+  else:
+    if rows % mesh.size or (microbatch is not None and (rows // mesh.size) % microbatch):
+      raise ConfigError(f"a padded batch of {rows} rows does not split into {mesh.size} "
+                        f"devices" + (f" x microbatches of {microbatch}" if microbatch else ""))
+    rows_on = sharding.batch_sharding(mesh)
+    batch, mask, keys = jax.device_put((batch, jnp.asarray(mask), keys), rows_on)
+    parts = _sharded_lattice_sum(loss_fn, params, batch, mask, keys, clip_norm, microbatch,
+                                 mesh)
+  parts = np.asarray(parts).astype(np.int64)
   d = parts.size // 2
   return (parts[:d] << _split_shift(rows)) + parts[d:]
 
@@ -372,13 +419,15 @@ def _apply(optimizer, params, opt_state, grad):
 
 def make_dp_sgd_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                      clip_norm: float, noise_multiplier: float, expected_batch_size: float,
-                     adjacency: str, microbatch: int | None = None) -> Callable:
+                     adjacency: str, microbatch: int | None = None, mesh=None) -> Callable:
   """step(params, opt_state, batch, mask, keys, rng) -> (params, opt_state).
 
   `noise_multiplier` is the house one (noise std / L2 sensitivity: C under
   add_remove, 2C under replace_one), as `subsampled.calibrate_noise_multiplier`
   returns it; `expected_batch_size` is the public q * N. `rng` is a
   `privacy.noise.generator`, for the noise only (give poisson_batch its own).
+  With a `mesh`, the per-example work is split over its devices
+  (`lattice_grad_sum`); the noise is drawn once, on the host.
   """
   clip_norm = check_clip_norm(clip_norm)
   sigma = check_noise_multiplier(noise_multiplier)
@@ -395,7 +444,7 @@ def make_dp_sgd_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
       raise ConfigError(f"the DP-SGD noise needs a numpy Generator (privacy.noise.generator), "
                         f"got {type(rng).__name__}")
     total = lattice_grad_sum(loss_fn, params, batch, mask, keys, clip_norm,
-                             microbatch=microbatch)
+                             microbatch=microbatch, mesh=mesh)
     lattice = lattice_for(params, clip_norm)
     statistic = total.astype(np.float64) * lattice.granularity  # exact: on the lattice
     noisy, used = release.gaussian_release(statistic, sensitivity=clip_norm, sigma=z, rng=rng)
