@@ -37,6 +37,9 @@ from vpntk_jax.training.samplers import TrainState
 from vpntk_jax.log import say
 
 LOG_HEADER = "step,seconds\n"
+# The DP-SGD chunks' streams of the run's noise seed, apart from those the run's
+# one-shot releases spawn from it (children 0, 1, ...).
+DP_SGD_STREAM = 2**31
 
 
 def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan, *,
@@ -83,7 +86,8 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
       end = min(chunk_start + checkpoint_every, plan.steps)
       charge(plan.chunk_record(chunk_start, end, lattice=lattice,
                                num_params=num_params, redone=chunk_start < charged))
-      batch_stream, noise_stream = noise_rng(plan.noise_seed, (chunk_start,)).spawn(2)
+      batch_stream, noise_stream = noise_rng(plan.noise_seed,
+                                             (DP_SGD_STREAM, chunk_start)).spawn(2)
       batch_rng, noise = generator(batch_stream), generator(noise_stream)
       for step in range(chunk_start, end):
         indices, mask = dp_sgd.poisson_batch(batch_rng, len(labels), plan.sampling_rate,
