@@ -17,7 +17,6 @@ add/remove they depend on N; with `max_batch` every batch is padded alike.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 
@@ -34,9 +33,9 @@ from vpntk_jax.training import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
 from vpntk_jax.training.samplers import TrainState
-from vpntk_jax.log import say
+from vpntk_jax.log import append_csv_row, say, start_csv_log
 
-LOG_HEADER = "step,seconds\n"
+LOG_HEADER = "step,seconds"
 # The DP-SGD chunks' streams of the run's noise seed, apart from those the run's
 # one-shot releases spawn from it (children 0, 1, ...).
 DP_SGD_STREAM = 2**31
@@ -78,6 +77,8 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
     # says nothing about the realised (private under add/remove) batch size.
     bucket = padding_bucket(plan.max_batch, mesh)
     base_key = jax.random.key(seed)
+    if log_path is not None:
+      start_csv_log(log_path, LOG_HEADER, start)
     t0 = time.perf_counter()
     bar = tqdm(total=plan.steps, initial=start, desc="DP-SGD", disable=quiet,
                dynamic_ncols=True)
@@ -101,7 +102,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
                          model_state=ema_params, opt_state=opt_state)
       checkpoints.save(state, force=True)
       if log_path is not None:
-        _append_log(log_path, end, time.perf_counter() - t0)
+        append_csv_row(log_path, end, f"{time.perf_counter() - t0:.1f}")
     bar.close()
   finally:
     checkpoints.close()
@@ -114,10 +115,3 @@ def padding_bucket(max_batch: int | None, mesh=None) -> int:
   base = dp_sgd.BUCKET * (mesh.size if mesh is not None else 1)
   return dp_sgd.bucket_size(max_batch, base) if max_batch is not None else base
 
-
-def _append_log(path: str, step: int, seconds: float) -> None:
-  new = not os.path.exists(path)
-  with open(path, "a") as f:
-    if new:
-      f.write(LOG_HEADER)
-    f.write(f"{step},{seconds:.1f}\n")

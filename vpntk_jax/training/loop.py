@@ -9,7 +9,6 @@ Besides the loop: the optimizer (`make_optimizer`), placement on a device mesh
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Callable
 
@@ -19,10 +18,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vpntk_jax import io_utils
 from vpntk_jax import sharding
 from vpntk_jax.blocks import TrainConfig
 from vpntk_jax.features import ntk
+from vpntk_jax.log import append_csv_row, start_csv_log
 from vpntk_jax.training.checkpoints import BestCheckpoint, Checkpointer, record_selection
 from vpntk_jax.training.losses import squared_distance
 from vpntk_jax.training.samplers import TrainState, as_sampler, class_grouped_batch, init_state
@@ -121,7 +120,7 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
   """
   start_step = int(state.step)
   if log_path is not None:
-    _start_log(log_path, start_step)
+    start_csv_log(log_path, "step,loss,seconds", start_step)
   bar = tqdm(total=config.steps, initial=start_step, desc="train generator",
              disable=not progress, dynamic_ncols=True)
   t0 = time.perf_counter()
@@ -133,8 +132,7 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
       if not math.isfinite(loss_value):
         raise FloatingPointError(f"generator loss became {loss_value} at step {step}")
       if log_path is not None:
-        with open(log_path, "a") as f:
-          f.write(f"{step},{loss_value:.8g},{time.perf_counter() - t0:.3f}\n")
+        append_csv_row(log_path, step, f"{loss_value:.8g}", f"{time.perf_counter() - t0:.3f}")
       bar.set_postfix(loss=f"{loss_value:.4g}")
     bar.update(1)
     if step % config.checkpoint_every == 0 or step == config.steps:
@@ -144,24 +142,6 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
         on_checkpoint(state)
   bar.close()
   return state
-
-
-def _start_log(log_path: str, start_step: int) -> None:
-  """Creates the log, or keeps only its rows up to `start_step` (the resumed checkpoint).
-
-  A run killed between checkpoints logged steps it will now redo; dropping
-  them keeps one row per step.
-  """
-  header = "step,loss,seconds\n"
-  if not os.path.exists(log_path):
-    io_utils.write_bytes_atomic(log_path, header.encode())
-    return
-  with open(log_path) as f:
-    lines = f.read().splitlines(keepends=True)
-  kept = [line for line in lines[1:]
-          if line.split(",")[0].isdigit() and int(line.split(",")[0]) <= start_step]
-  if len(kept) != len(lines) - 1:
-    io_utils.write_bytes_atomic(log_path, (header + "".join(kept)).encode())
 
 
 def train_to_match(features, model, target_matrix, *, num_classes: int, config: TrainConfig,
