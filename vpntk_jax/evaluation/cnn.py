@@ -93,6 +93,18 @@ def _predict_fn(model: nn.Module) -> Callable:
   return jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, _scale(x)), axis=-1))
 
 
+@functools.lru_cache(maxsize=8)
+def _logits_fn(model: nn.Module) -> Callable:
+  return jax.jit(lambda p, x: model.apply({"params": p}, _scale(x)))
+
+
+def _in_batches(apply: Callable, params: Params, images: np.ndarray,
+                batch_size: int) -> list[np.ndarray]:
+  """apply(params, batch) over fixed-size batches (the last one padded), trimmed."""
+  return [np.asarray(apply(params, arrays.padded_chunk(images, rows, batch_size)[0]))[:len(rows)]
+          for rows in arrays.consecutive_rows(images.shape[0], batch_size)]
+
+
 def train_cnn(
   images: np.ndarray,
   labels: np.ndarray,
@@ -150,14 +162,20 @@ def predict_cnn(
 ) -> np.ndarray:
   """Predicts labels in fixed-size batches (the last one padded) to compile once per shape."""
   _check_images(images)
-  apply = _predict_fn(model or SmallCNN(num_classes=num_classes))
-  predictions = []
-  for rows in arrays.consecutive_rows(images.shape[0], batch_size):
-    batch, _ = arrays.padded_chunk(images, rows, batch_size)
-    predictions.append(np.asarray(apply(params, batch))[: len(rows)])
+  predictions = _in_batches(_predict_fn(model or SmallCNN(num_classes=num_classes)), params,
+                            images, batch_size)
   if not predictions:
     return np.zeros((0,), np.int64)
   return np.concatenate(predictions).astype(np.int64)
+
+
+def predict_logits(params: Params, images: np.ndarray, *, model: nn.Module, num_classes: int,
+                   batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
+  """float32 (n, num_classes) logits of `model` on uint8 images, batched as `predict_cnn`."""
+  logits = _in_batches(_logits_fn(model), params, images, batch_size)
+  if not logits:
+    return np.zeros((0, num_classes), np.float32)
+  return np.concatenate(logits).astype(np.float32)
 
 
 def split_validation(num: int, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:

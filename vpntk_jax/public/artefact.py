@@ -9,7 +9,6 @@ complete.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
@@ -19,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vpntk_jax import arrays, io_utils
+from vpntk_jax import io_utils
 from vpntk_jax.errors import ConfigError, DataError, RunDirError
+from vpntk_jax.evaluation.cnn import predict_logits
 from vpntk_jax.features import ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
@@ -105,20 +105,8 @@ def classifier_logits(models: PublicModels, images: np.ndarray, *,
     raise DataError(f"the public classifier takes uint8 images of shape (n, "
                     f"{', '.join(map(str, models.image_shape))}), got {images.dtype} "
                     f"{images.shape}")
-  apply = _logits_fn(models.extractor)
-  logits = np.empty((len(images), models.num_classes), np.float32)
-  for rows in arrays.consecutive_rows(len(images), batch_size):
-    chunk, _ = arrays.padded_chunk(images, rows, batch_size)
-    logits[rows] = np.asarray(apply(models.extractor_params, chunk))[:len(rows)]
-  return logits
-
-
-# Cached so every call on the same architecture reuses the compiled function.
-@functools.lru_cache(maxsize=8)
-def _logits_fn(extractor: ConvExtractor):
-  # Scaled to [0, 1] as train_cnn trained it (vpntk_jax.evaluation.cnn).
-  return jax.jit(lambda params, x: extractor.apply({"params": params},
-                                                   x.astype(jnp.float32) / 255.0))
+  return predict_logits(models.extractor_params, images, model=models.extractor,
+                        num_classes=models.num_classes, batch_size=batch_size)
 
 
 def _modules(spec: dict) -> tuple[ConvCondGenerator | None, ConvExtractor | VGG19Features]:
