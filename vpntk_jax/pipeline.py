@@ -184,19 +184,22 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     release = load_release(run.file(RELEASE), release_arrays, ledger)
     state = recipe.post_process(release, test.num_classes, config, run, mesh=mesh, quiet=quiet)
 
+    charged = []
+
     def charge(record) -> PrivacyLedger:
       # Written before the steps it charges run: a kill never leaves them uncharged.
-      charged = read_ledger(run.file(PRIVACY)).add(record)
-      write_ledger(run.file(PRIVACY), charged)
-      return charged
+      charged.append(read_ledger(run.file(PRIVACY)).add(record))
+      write_ledger(run.file(PRIVACY), charged[-1])
+      return charged[-1]
 
     state = recipe.train_on_private(state, private, config, run, ledger=ledger, charge=charge,
                                     mesh=mesh, quiet=quiet)
     del private  # nothing after this point sees private data
-    ledger = read_ledger(run.file(PRIVACY))
-    if not ledger.within_budget():
-      say(f"WARNING: this run's ledger spends epsilon {ledger.total_epsilon():.4g} > "
-          f"{config.epsilon}: steps redone after a resume are charged again", quiet=False)
+    if charged:
+      ledger = charged[-1]
+      if not ledger.within_budget():
+        say(f"WARNING: this run's ledger spends epsilon {ledger.total_epsilon():.4g} > "
+            f"{config.epsilon}: steps redone after a resume are charged again", quiet=False)
     distributed.barrier("trained")  # every process has closed its checkpoints
     if not distributed.is_primary():
       return {"run_dir": run.path, "process_index": jax.process_index()}

@@ -13,24 +13,23 @@ from vpntk_jax.methods.base import Flag
 UNET_SIZES = ("tiny", "cpu", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
 
 
-def _positive_int(value, name: str, *, allow_none: bool = False) -> None:
+def check_integer(value, name: str, *, minimum: int = 1, allow_none: bool = False) -> None:
+  # Plain ints only: a config holds what JSON can store.
   if value is None and allow_none:
     return
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _positive_float(value, name: str) -> None:
+def check_positive(value, name: str) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
       math.isfinite(value) and value > 0):
     raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-def _fraction(value, name: str, *, closed: bool = False) -> None:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-      0 <= value <= 1 if closed else 0 <= value < 1)
-  if not ok:
-    raise ConfigError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+def _fraction(value, name: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +47,8 @@ class DiffusionModelConfig:
     if self.size not in UNET_SIZES:
       raise ConfigError(f"model.size must be one of {UNET_SIZES}, got {self.size!r}")
     _fraction(self.label_dropout, "model.label_dropout")
-    _positive_int(self.sample_steps, "model.sample_steps")
-    _positive_int(self.sample_batch, "model.sample_batch")
+    check_integer(self.sample_steps, "model.sample_steps")
+    check_integer(self.sample_batch, "model.sample_batch")
     if not (isinstance(self.guidance_scale, (int, float)) and self.guidance_scale >= 0):
       raise ConfigError(f"model.guidance_scale must be >= 0, got {self.guidance_scale!r}")
     if self.guidance_scale > 0 and self.label_dropout == 0:
@@ -69,11 +68,10 @@ class PublicPretrainConfig:
   checkpoint_every: int = 250
 
   def validate(self) -> "PublicPretrainConfig":
-    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-      raise ConfigError(f"pretrain.steps must be an integer >= 0, got {self.steps!r}")
+    check_integer(self.steps, "pretrain.steps", minimum=0)
     for name in ("batch_size", "multiplicity", "checkpoint_every"):
-      _positive_int(getattr(self, name), f"pretrain.{name}")
-    _positive_float(self.learning_rate, "pretrain.learning_rate")
+      check_integer(getattr(self, name), f"pretrain.{name}")
+    check_positive(self.learning_rate, "pretrain.learning_rate")
     _fraction(self.ema_decay, "pretrain.ema_decay")
     return self
 
@@ -99,17 +97,13 @@ class DpSgdConfig:
   checkpoint_every: int = 50
 
   def validate(self) -> "DpSgdConfig":
-    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-      raise ConfigError(f"dp_sgd.steps must be an integer >= 0, got {self.steps!r}")
+    check_integer(self.steps, "dp_sgd.steps", minimum=0)
     for name in ("batch_size", "multiplicity", "checkpoint_every"):
-      _positive_int(getattr(self, name), f"dp_sgd.{name}")
-    _positive_int(self.max_batch, "dp_sgd.max_batch", allow_none=True)
-    _positive_int(self.microbatch, "dp_sgd.microbatch", allow_none=True)
-    if isinstance(self.clip_norm, bool) or not isinstance(self.clip_norm, (int, float)) or not (
-        math.isfinite(self.clip_norm) and self.clip_norm > 0):
-      raise ConfigError(f"dp_sgd.clip_norm must be a finite number > 0, got "
-                        f"{self.clip_norm!r}")
-    _positive_float(self.learning_rate, "dp_sgd.learning_rate")
+      check_integer(getattr(self, name), f"dp_sgd.{name}")
+    check_integer(self.max_batch, "dp_sgd.max_batch", allow_none=True)
+    check_integer(self.microbatch, "dp_sgd.microbatch", allow_none=True)
+    check_positive(self.clip_norm, "dp_sgd.clip_norm")
+    check_positive(self.learning_rate, "dp_sgd.learning_rate")
     _fraction(self.ema_decay, "dp_sgd.ema_decay")
     if self.max_batch is not None and self.max_batch < self.batch_size:
       raise ConfigError(f"dp_sgd.max_batch ({self.max_batch}) is below the expected batch "

@@ -5,7 +5,6 @@ with DP-SGD."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import _diffusion
@@ -23,12 +22,8 @@ class QueryConfig:
 
   def validate(self) -> "QueryConfig":
     for name in ("top_k", "per_class"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"query.{name} must be an integer >= 1, got {value!r}")
-    s = self.noise_multiplier
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
-      raise ConfigError(f"query.noise_multiplier must be a finite number > 0, got {s!r}")
+      _diffusion.check_integer(getattr(self, name), f"query.{name}")
+    _diffusion.check_positive(self.noise_multiplier, "query.noise_multiplier")
     return self
 
 

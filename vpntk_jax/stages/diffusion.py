@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from typing import Any
 
@@ -47,7 +46,7 @@ from vpntk_jax.training import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at
 from vpntk_jax.training.samplers import TrainState
-from vpntk_jax.log import say
+from vpntk_jax.log import append_csv_row, say, start_csv_log
 
 QUERY_ARRAY = "query_histogram"
 
@@ -170,6 +169,12 @@ class DiffusionRecipe(Recipe):
           f"dp_sgd.multiplicity")
 
   @functools.cached_property
+  def dp_optimizer(self) -> optax.GradientTransformation:
+    """DP-SGD's Adam: one object, whose state post_process starts and whose jitted
+    update the steps compile once."""
+    return optax.adam(self.options.dp_sgd.learning_rate)
+
+  @functools.cached_property
   def dp_loss_fn(self):
     """The loss of one private example (image, label) for DP-SGD; one function per
     recipe, so the memory check's compilation is the steps' own."""
@@ -234,9 +239,8 @@ class DiffusionRecipe(Recipe):
     params = unet.init_params(self.model, jax.random.key(config.seed))
     if images is not None and self.options.pretrain.steps > 0:
       params = self.pretrain(params, images, labels, config, run, quiet=quiet)
-    optimizer = optax.adam(self.options.dp_sgd.learning_rate)
     return TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
-                      opt_state=optimizer.init(params))
+                      opt_state=self.dp_optimizer.init(params))
 
   def public_training_set(self, release, run) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The public images pretraining uses, with their labels; (None, None) without a pool."""
@@ -277,6 +281,9 @@ class DiffusionRecipe(Recipe):
       key = jax.random.key(config.seed)
       rng = np.random.default_rng([config.seed, start])  # public batches: any seed will do
       params, ema, opt_state = state.params, state.model_state, state.opt_state
+      log_path = run.file(TRAIN_LOG) if distributed.is_primary() else None
+      if log_path is not None:
+        start_csv_log(log_path, "step,loss,seconds", start)
       bar = tqdm(total=p.steps, initial=start, desc="pretrain", disable=quiet,
                  dynamic_ncols=True)
       t0 = time.perf_counter()
@@ -292,9 +299,9 @@ class DiffusionRecipe(Recipe):
           state = TrainState(step=np.asarray(step + 1, np.int32), params=params,
                              model_state=ema, opt_state=opt_state)
           checkpoints.save(state, force=True)
-          if distributed.is_primary():
-            append_loss_log(run.file(TRAIN_LOG), step + 1,
-                            float(np.mean(jax.device_get(losses))), time.perf_counter() - t0)
+          if log_path is not None:
+            append_csv_row(log_path, step + 1, f"{float(np.mean(jax.device_get(losses))):.6g}",
+                           f"{time.perf_counter() - t0:.1f}")
           losses = []
       bar.close()
     finally:
@@ -311,7 +318,7 @@ class DiffusionRecipe(Recipe):
       return state
     return private_training.train_with_dp_sgd(
         state, private, self.plan(config, private), loss_fn=self.dp_loss_fn,
-        optimizer=optax.adam(dp.learning_rate), ema_decay=dp.ema_decay,
+        optimizer=self.dp_optimizer, ema_decay=dp.ema_decay,
         checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
         ledger=ledger, charge=charge, seed=config.seed + 1, microbatch=dp.microbatch, mesh=mesh,
         log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
@@ -332,14 +339,6 @@ def device_memory_bytes() -> int | None:
   except OSError:
     pass
   return None
-
-
-def append_loss_log(path: str, step: int, loss: float, seconds: float) -> None:
-  new = not os.path.exists(path)
-  with open(path, "a") as f:
-    if new:
-      f.write("step,loss,seconds\n")
-    f.write(f"{step},{loss:.6g},{seconds:.1f}\n")
 
 
 def write_selection(path: str, selection: np.ndarray, pool: ImageDataset, num_classes: int,
