@@ -156,6 +156,22 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--force", action="store_true", help="replace existing models in --out")
   t.add_argument("--quiet", action="store_true")
 
+  d = sub.add_parser("pretrain-diffusion",
+                     help="public stage of dpagg-ti / dpsgd-ti: a class-conditional diffusion "
+                          "model trained on public images")
+  d.add_argument("--out", required=True, help="directory for the public diffusion model")
+  d.add_argument("--data", required=True, help="public dataset (any data source; its train split)")
+  d.add_argument("--image-size", type=int, default=28)
+  d.add_argument("--unet-size", default="cpu", help="tiny, cpu, small or reference (default cpu)")
+  d.add_argument("--steps", type=int, help="training steps (default 1000)")
+  d.add_argument("--batch-size", type=int, help="batch (default 256)")
+  d.add_argument("--exclude-classes", type=int, nargs="+", default=(), metavar="CLASS",
+                 help="leave these classes out (the rest relabelled in order): a model that "
+                      "has never seen a concept")
+  d.add_argument("--seed", type=int, default=0)
+  d.add_argument("--force", action="store_true", help="replace the model in --out")
+  d.add_argument("--quiet", action="store_true")
+
   r = sub.add_parser("report", help="write report.md and report.html for a run")
   r.add_argument("run_dir")
 
@@ -238,6 +254,23 @@ def _pretrain(args, dotted: dict) -> dict:
           "seconds": models.spec["seconds"]}
 
 
+def _pretrain_diffusion(args) -> dict:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.methods._diffusion import PublicPretrainConfig, UNET_SIZES  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.public.diffusion import pretrain_diffusion  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if args.unet_size not in UNET_SIZES:
+    raise ConfigError(f"--unet-size must be one of {', '.join(UNET_SIZES)}, got {args.unet_size!r}")
+  changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size))
+             if v is not None}
+  model = pretrain_diffusion(args.data, args.out, size=args.unet_size, image_size=args.image_size,
+                             settings=dataclasses.replace(PublicPretrainConfig(), **changes),
+                             seed=args.seed, exclude_classes=tuple(args.exclude_classes),
+                             force=args.force, quiet=args.quiet)
+  return {"out": args.out, "classes": model.spec["class_names"],
+          "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
+
+
 def reference() -> str:
   """docs/cli.md: every command's help, as the parser prints it (tests keep them equal)."""
   import os  # pylint: disable=g-import-not-at-top
@@ -276,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "pretrain":
       print(json.dumps(_pretrain(args, dotted), indent=2))
+    elif args.command == "pretrain-diffusion":
+      print(json.dumps(_pretrain_diffusion(args), indent=2))
     elif args.command == "report":
       from vpntk_jax import report  # pylint: disable=g-import-not-at-top
       md, html = report.write_report(args.run_dir)

@@ -277,6 +277,10 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   data, _ = load_private_and_test(config)
   images, labels = data.images[:num_examples].copy(), data.labels[:num_examples].copy()
   recipe = build_recipe(config, data.image_shape, data.num_classes, load_public_models(config))
+  if not isinstance(recipe, mean_embedding.MeanEmbeddingRecipe):
+    raise ConfigError(f"vpntk audit audits one-release mean embeddings; {config.method} "
+                      f"releases through DP-SGD, whose accounting it does not test")
+  recipe.check_auditable(config)
   features = recipe.features
   # Under add/remove the neighbour has the canary added and both sums divide by
   # the same public count (declared, or here the audited set's size).

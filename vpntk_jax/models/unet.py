@@ -7,6 +7,9 @@ batch, and one example's output depends on that example alone (tested).
 
 Labels are ints in [0, num_classes]; num_classes is the null class that
 classifier-free guidance conditions on (a learned embedding row of its own).
+The label's embedding row is the network's conditioning token: a caller may
+pass the tokens themselves (`cond`, `token_apply_fn`), which is how textual
+inversion conditions the network on a token no label has.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, c_noise: jax.Array, labels: jax.Array,
-               train: bool = False) -> jax.Array:
+               train: bool = False, cond: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     levels = len(cfg.channel_mult)
     height, width, out_channels = cfg.image_shape
@@ -168,7 +171,9 @@ class UNet(nn.Module):
                        f"for {levels} levels")
     noise_channels, emb_channels = cfg.channels, 4 * cfg.channels
     emb = positional_embedding(c_noise, noise_channels)
-    emb = emb + nn.Embed(cfg.num_classes + 1, noise_channels, name="label_embed")(labels)
+    table = nn.Embed(cfg.num_classes + 1, noise_channels, name="label_embed")
+    # cond [B, token_dim]: conditioning tokens given directly, in place of the labels' rows.
+    emb = emb + (table(labels) if cond is None else cond.astype(emb.dtype))
     emb = nn.silu(nn.Dense(emb_channels, kernel_init=_xavier, name="emb0")(emb))
     emb = nn.silu(nn.Dense(emb_channels, kernel_init=_xavier, name="emb1")(emb))
 
@@ -208,6 +213,28 @@ def init_params(model: UNet, key: jax.Array):
   h, w, c = model.config.image_shape
   variables = model.init(key, jnp.zeros((1, h, w, c)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
   return variables["params"]
+
+
+def token_dim(config: UNetConfig) -> int:
+  """The length of a conditioning token (a row of the label table `label_embed`)."""
+  return config.channels
+
+
+def label_table(params) -> jax.Array:
+  """The (num_classes + 1, token_dim) conditioning tokens of a UNet's labels (last: null)."""
+  return params["label_embed"]["embedding"]
+
+
+def token_apply_fn(model: UNet) -> Callable:
+  """`make_apply_fn`'s call with the tokens as parameters: params {"unet": the UNet's,
+  "tokens": (K, token_dim)}, and labels index the tokens. The same EDM loss and
+  sampler then train or sample tokens no label of the UNet has (textual inversion)."""
+  def apply_fn(params, x, c_noise, labels, dropout_key=None):
+    cond = jnp.take(params["tokens"], labels, axis=0)
+    kwargs = dict(train=False) if dropout_key is None else dict(
+        train=True, rngs={"dropout": dropout_key})
+    return model.apply({"params": params["unet"]}, x, c_noise, labels, cond=cond, **kwargs)
+  return apply_fn
 
 
 def make_apply_fn(model: UNet) -> Callable:

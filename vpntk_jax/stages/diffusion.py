@@ -16,20 +16,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from vpntk_jax import distributed
 from vpntk_jax import io_utils
 from vpntk_jax.data import ImageDataset, load_dataset, make_dataset, resize_dataset
 from vpntk_jax.diffusion import edm
-from vpntk_jax.diffusion.train import make_train_step
+from vpntk_jax.diffusion.train import pretrain_edm
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models import unet
 from vpntk_jax.privacy import PrivacyLedger
@@ -43,10 +41,8 @@ from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
 from vpntk_jax.stages import mean_embedding, private_training, semantic_query
 from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.training import dp_sgd
-from vpntk_jax.training.checkpoints import Checkpointer
-from vpntk_jax.training.ema import ema_decay_at
 from vpntk_jax.training.samplers import TrainState
-from vpntk_jax.log import append_csv_row, say, start_csv_log
+from vpntk_jax.log import say
 
 QUERY_ARRAY = "query_histogram"
 
@@ -155,9 +151,8 @@ class DiffusionRecipe(Recipe):
     rows = dp_sgd.bucket_size(dp.max_batch if dp.max_batch is not None
                               else math.ceil(expected + 4 * math.sqrt(expected)),
                               private_training.padding_bucket(None, mesh)) // devices
-    params = unet.init_params(self.model, jax.random.key(0))
     example = (np.zeros(self.model.config.image_shape, np.uint8), np.zeros((), np.int32))
-    need = dp_sgd.step_memory_bytes(self.dp_loss_fn, params, example, rows, dp.clip_norm,
+    need = dp_sgd.step_memory_bytes(self.dp_loss_fn, self.dp_params_template(), example, rows, dp.clip_norm,
                                     microbatch=dp.microbatch)
     have = device_memory_bytes()
     if need is not None and have is not None and need > 0.9 * have:
@@ -167,6 +162,10 @@ class DiffusionRecipe(Recipe):
           f"{jax.devices()[0].device_kind} memory; {have / 2**30:.1f} GiB are available. "
           f"Set dp_sgd.microbatch (e.g. 16), or lower dp_sgd.batch_size or "
           f"dp_sgd.multiplicity")
+
+  def dp_params_template(self):
+    """Parameters shaped like those DP-SGD trains (for the memory check)."""
+    return unet.init_params(self.model, jax.random.key(0))
 
   @functools.cached_property
   def dp_optimizer(self) -> optax.GradientTransformation:
@@ -263,50 +262,12 @@ class DiffusionRecipe(Recipe):
                quiet: bool = False):
     """Non-private EDM training on public images (checkpointed, resumable); returns the
     EMA weights."""
-    p = self.options.pretrain
-    optimizer = optax.adam(p.learning_rate)
-    step_fn = make_train_step(self.apply_fn, optimizer, multiplicity=p.multiplicity,
-                              num_classes=self.num_classes,
-                              label_dropout=self.model.config.label_dropout)
-    state = TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
-                       opt_state=optimizer.init(params))
-    checkpoints = Checkpointer(run.file(PRETRAIN_CHECKPOINTS), every=p.checkpoint_every,
-                               max_to_keep=1)
-    try:
-      if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
-      start = int(state.step)
-      if start < p.steps:
-        say(f"public pretraining on {len(labels)} images: steps {start}..{p.steps - 1}", quiet)
-      key = jax.random.key(config.seed)
-      rng = np.random.default_rng([config.seed, start])  # public batches: any seed will do
-      params, ema, opt_state = state.params, state.model_state, state.opt_state
-      log_path = run.file(TRAIN_LOG) if distributed.is_primary() else None
-      if log_path is not None:
-        start_csv_log(log_path, "step,loss,seconds", start)
-      bar = tqdm(total=p.steps, initial=start, desc="pretrain", disable=quiet,
-                 dynamic_ncols=True)
-      t0 = time.perf_counter()
-      losses = []
-      for step in range(start, p.steps):
-        rows = rng.integers(0, len(labels), p.batch_size)
-        params, opt_state, ema, loss = step_fn(params, opt_state, ema, images[rows],
-                                               labels[rows], jax.random.fold_in(key, step),
-                                               ema_decay_at(step, p.ema_decay))
-        losses.append(loss)
-        bar.update(1)
-        if (step + 1) % p.checkpoint_every == 0 or step + 1 == p.steps:
-          state = TrainState(step=np.asarray(step + 1, np.int32), params=params,
-                             model_state=ema, opt_state=opt_state)
-          checkpoints.save(state, force=True)
-          if log_path is not None:
-            append_csv_row(log_path, step + 1, f"{float(np.mean(jax.device_get(losses))):.6g}",
-                           f"{time.perf_counter() - t0:.1f}")
-          losses = []
-      bar.close()
-    finally:
-      checkpoints.close()
-    return state.model_state
+    return pretrain_edm(self.apply_fn, params, images, labels, self.options.pretrain,
+                        num_classes=self.num_classes,
+                        label_dropout=self.model.config.label_dropout, seed=config.seed,
+                        checkpoint_dir=run.file(PRETRAIN_CHECKPOINTS),
+                        log_path=run.file(TRAIN_LOG) if distributed.is_primary() else None,
+                        quiet=quiet)
 
   def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
                        ledger: PrivacyLedger, charge, mesh=None,
@@ -357,10 +318,8 @@ def write_selection(path: str, selection: np.ndarray, pool: ImageDataset, num_cl
   })
 
 
-def build(config, image_shape, num_classes: int, *, pool_source: str | None,
-          query_settings=None, classifier=None, pool_labels: bool = False) -> DiffusionRecipe:
-  """The recipe for `config` (a privimage or dpdm run); checks everything it can
-  without the private data."""
+def check_dp_sgd_config(config) -> None:
+  """What a DP-SGD method's config must satisfy, checked before any data is read."""
   if distributed.is_multi_process():
     raise ConfigError(f"{config.method} runs in one process (its DP-SGD noise is drawn on "
                       f"one host); multi-host jobs are not supported for it")
@@ -373,6 +332,13 @@ def build(config, image_shape, num_classes: int, *, pool_source: str | None,
                               num_examples=2 if config.options.dp_sgd.max_batch else None,
                               max_batch=1 if config.options.dp_sgd.max_batch else None),
       adjacency=config.adjacency, accountant=config.accountant)
+
+
+def build(config, image_shape, num_classes: int, *, pool_source: str | None,
+          query_settings=None, classifier=None, pool_labels: bool = False) -> DiffusionRecipe:
+  """The recipe for `config` (a privimage or dpdm run); checks everything it can
+  without the private data."""
+  check_dp_sgd_config(config)
   options = config.options
   model_config = unet.unet_config(options.model.size, image_shape, num_classes,
                                   label_dropout=options.model.label_dropout)

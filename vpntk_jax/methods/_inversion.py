@@ -1,0 +1,48 @@
+"""Settings shared by the token methods (DPAgg-TI, DP-SGD-TI): the public diffusion
+model they condition, how its tokens are sampled, and the flags that set them.
+JAX-free; `stages.textual_inversion` builds the recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from vpntk_jax.errors import ConfigError
+from vpntk_jax.methods import _diffusion
+from vpntk_jax.methods.base import Flag
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Heun sampling from the tokens, with classifier-free guidance against the public
+  null token (weight guidance_scale; 0: none)."""
+  sample_steps: int = 18
+  guidance_scale: float = 2.0
+  sample_batch: int = 500
+
+  def validate(self) -> "SamplingConfig":
+    _diffusion.check_integer(self.sample_steps, "sampling.sample_steps")
+    _diffusion.check_integer(self.sample_batch, "sampling.sample_batch")
+    if isinstance(self.guidance_scale, bool) or not isinstance(
+        self.guidance_scale, (int, float)) or not (math.isfinite(self.guidance_scale)
+                                                   and self.guidance_scale >= 0):
+      raise ConfigError(f"sampling.guidance_scale must be a finite number >= 0, got "
+                        f"{self.guidance_scale!r}")
+    return self
+
+
+def require_diffusion_model(options, method: str) -> None:
+  if not options.diffusion_model:
+    raise ConfigError(f"{method} needs a public diffusion model: --diffusion-model DIR (made "
+                      f"by `vpntk pretrain-diffusion` on public images)")
+
+
+# Changing how the tokens are sampled reuses the release.
+SAMPLING_FIELDS = frozenset({"sampling."})
+
+FLAGS = (
+    Flag("--diffusion-model", "diffusion_model",
+         dict(help="public diffusion model directory (`vpntk pretrain-diffusion`)")),
+    Flag("--guidance-scale", "sampling.guidance_scale",
+         dict(type=float, help="classifier-free guidance weight of the tokens (default 2)")),
+)

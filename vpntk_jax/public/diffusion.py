@@ -1,0 +1,164 @@
+"""A public diffusion model: a class-conditional EDM UNet trained on public images only.
+
+`vpntk pretrain-diffusion` writes one; DPAgg-TI and DP-SGD-TI condition it on
+tokens learned from the private images. The directory:
+  diffusion.json  {"format": "vpntk-public-diffusion/1", "unet": the UNetConfig
+                  fields, "public_data", "class_names", "pretrain": settings,
+                  "seconds", "privacy"}; written last, so a directory with it
+                  is complete
+  models/         Orbax checkpoint of {"params": the UNet's (EMA) parameters}
+A model trained elsewhere loads the same way once saved in this layout with
+`save_diffusion_model`; its label table (`label_embed`, num_classes + 1 rows,
+the last the null class) is what textual inversion extends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vpntk_jax import io_utils
+from vpntk_jax.data import load_dataset, resize_dataset
+from vpntk_jax.errors import ConfigError, RunDirError
+from vpntk_jax.models import unet
+from vpntk_jax.run_dir import check_replaceable, is_nonempty_dir, stage
+from vpntk_jax.log import say
+
+DIFFUSION_JSON = "diffusion.json"
+MODELS = "models"
+FORMAT = "vpntk-public-diffusion/1"
+PRETRAIN_CHECKPOINTS = "pretrain_checkpoints"
+TRAIN_LOG = "train_log.csv"
+DIFFUSION_DIR_NAMES = frozenset({DIFFUSION_JSON, MODELS, PRETRAIN_CHECKPOINTS, TRAIN_LOG})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PublicDiffusion:
+  """A loaded public diffusion model."""
+  spec: dict
+  model: unet.UNet
+  params: Any
+  path: str | None = None
+
+  @property
+  def config(self) -> unet.UNetConfig:
+    return self.model.config
+
+  @property
+  def tokens(self) -> np.ndarray:
+    """The label table: one token per public class, then the null token."""
+    return np.asarray(unet.label_table(self.params), np.float32)
+
+
+def unet_from_spec(spec: dict) -> unet.UNet:
+  fields = dict(spec["unet"])
+  for name in ("image_shape", "channel_mult"):
+    fields[name] = tuple(fields[name])
+  try:
+    return unet.UNet(unet.UNetConfig(**fields))
+  except TypeError as e:
+    raise ConfigError(f"{DIFFUSION_JSON}: 'unet' is not a UNetConfig ({e})") from None
+
+
+def save_diffusion_model(out: str, model: unet.UNet, params, **spec) -> None:
+  """Writes models/ then diffusion.json into `out` (which must not hold models yet)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(os.path.join(out, MODELS)), {"params": params})
+  config = dataclasses.asdict(model.config)
+  io_utils.write_json_atomic(os.path.join(out, DIFFUSION_JSON), {
+      "format": FORMAT, "unet": config, **spec,
+      "privacy": spec.get("privacy", "public data only: no privacy cost, no guarantee for "
+                                     "the public data")})
+
+
+def load_diffusion_model(path: str) -> PublicDiffusion:
+  """The model in `path` (`vpntk pretrain-diffusion`, or saved in its layout)."""
+  spec_path = os.path.join(path, DIFFUSION_JSON)
+  if not os.path.isfile(spec_path):
+    raise ConfigError(f"{path} holds no public diffusion model ({DIFFUSION_JSON} missing); "
+                      f"make one with `vpntk pretrain-diffusion --out {path}`")
+  with open(spec_path) as f:
+    spec = json.load(f)
+  if spec.get("format") != FORMAT:
+    raise ConfigError(f"{spec_path}: format {spec.get('format')!r}, expected {FORMAT!r}")
+  model = unet_from_spec(spec)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          {"params": jax.eval_shape(lambda: unet.init_params(model, jax.random.key(0)))})
+  directory = os.path.abspath(os.path.join(path, MODELS))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      stored = getattr(checkpointer.metadata(directory), "item_metadata", None)
+      if stored is not None and _shapes(stored) != _shapes(abstract):
+        raise ValueError("parameter shapes differ")
+      tree = checkpointer.restore(directory, abstract)
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the UNet in its "
+                      f"{DIFFUSION_JSON} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  if "label_embed" not in tree["params"]:
+    raise ConfigError(f"{path}: the UNet has no conditioning table (label_embed)")
+  return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {jax.tree_util.keystr(k): tuple(leaf.shape)
+          for k, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: int = 28,
+                       settings=None, label_dropout: float = 0.1, seed: int = 0,
+                       exclude_classes: tuple[int, ...] = (), force: bool = False,
+                       quiet: bool = False) -> PublicDiffusion:
+  """Trains a class-conditional EDM UNet on the train split of public data `source`
+  (without the classes `exclude_classes`, which are dropped and the rest
+  relabelled 0..K-1 in order) and saves it in `out`, built beside it and swapped in
+  at the end, so a failure leaves an existing `out` as it was."""
+  from vpntk_jax.diffusion.train import pretrain_edm  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.methods._diffusion import PublicPretrainConfig  # pylint: disable=g-import-not-at-top
+  settings = (settings or PublicPretrainConfig()).validate()
+  data = resize_dataset(load_dataset(source, "train"), image_size)
+  names = list(data.class_names or [str(c) for c in range(data.num_classes)])
+  bad = [c for c in exclude_classes if not 0 <= c < data.num_classes]
+  if bad:
+    raise ConfigError(f"--exclude-classes {bad}: {source} has classes 0..{data.num_classes - 1}")
+  kept = [c for c in range(data.num_classes) if c not in set(exclude_classes)]
+  if not kept:
+    raise ConfigError("--exclude-classes leaves no class to train on")
+  relabel = np.full(data.num_classes, -1, np.int32)
+  relabel[kept] = np.arange(len(kept), dtype=np.int32)
+  rows = np.flatnonzero(relabel[data.labels] >= 0)
+  images, labels = data.images[rows], relabel[data.labels[rows]]
+  if is_nonempty_dir(out):
+    if not force:
+      raise RunDirError(f"{out} exists and is not empty; use --force to replace it or "
+                        f"another --out")
+    check_replaceable(out, DIFFUSION_DIR_NAMES, DIFFUSION_JSON, "a public diffusion model")
+  run = stage(out)
+  t0 = time.perf_counter()
+  config = unet.unet_config(size, data.image_shape, len(kept), label_dropout=label_dropout)
+  model = unet.UNet(config)
+  params = unet.init_params(model, jax.random.key(seed))
+  say(f"public diffusion model: a {size} UNet ({unet.count_params(params):,} parameters) on "
+      f"{len(rows)} images of {len(kept)} classes of {data.name}", quiet)
+  ema = pretrain_edm(unet.make_apply_fn(model), params, images, labels, settings,
+                     num_classes=len(kept), label_dropout=label_dropout, seed=seed,
+                     checkpoint_dir=run.file(PRETRAIN_CHECKPOINTS), log_path=run.file(TRAIN_LOG),
+                     quiet=quiet)
+  save_diffusion_model(run.work, model, ema, public_data=data.name, size=size,
+                       class_names=[names[c] for c in kept],
+                       excluded_classes=[names[c] for c in exclude_classes],
+                       pretrain=dataclasses.asdict(settings), seed=seed,
+                       seconds=round(time.perf_counter() - t0, 1))
+  shutil.rmtree(run.file(PRETRAIN_CHECKPOINTS))  # the EMA weights are saved: not needed
+  run.finish()
+  say(f"public diffusion model saved in {out}", quiet)
+  return load_diffusion_model(out)
