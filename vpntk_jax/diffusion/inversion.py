@@ -31,14 +31,18 @@ def unit_rows(tokens: jax.Array) -> jax.Array:
   """Each row scaled to L2 norm <= 1 (1 / (1 + the features' safety margin), so float
   error cannot push it above 1); rows that are zero or not finite become zero.
 
-  The row is first divided by its largest magnitude: its squared norm then
-  neither overflows nor underflows in float32.
+  The row is first scaled by a power of two to a largest magnitude in [0.5, 1):
+  its squared norm then neither overflows nor underflows in float32. Subnormal
+  entries count as zero (XLA flushes them).
   """
   tokens = jnp.asarray(tokens, jnp.float32)
   finite = jnp.all(jnp.isfinite(tokens), axis=-1, keepdims=True)
   tokens = jnp.where(finite, tokens, 0.0)
   peak = jnp.max(jnp.abs(tokens), axis=-1, keepdims=True)
-  scaled = tokens / jnp.where(peak > 0, peak, 1.0)
+  # A power of two, applied exactly: XLA may turn a division into a multiplication
+  # by the reciprocal, which flushes to zero for peaks near the float32 maximum.
+  _, exponent = jnp.frexp(jnp.where(peak > 0, peak, 1.0))
+  scaled = jnp.ldexp(tokens, -exponent)
   return scaled * normalising_scale(jnp.sum(jnp.square(scaled), axis=-1))[:, None]
 
 

@@ -97,15 +97,20 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       stored = getattr(checkpointer.metadata(directory), "item_metadata", None)
-      if stored is not None and _shapes(stored) != _shapes(abstract):
-        raise ValueError("parameter shapes differ")
+      if stored is not None:
+        shapes = _shapes(stored)
+        if not any("label_embed" in k for k in shapes):
+          raise ConfigError(f"{path}: the UNet has no conditioning table (label_embed): "
+                            f"textual inversion learns rows of it")
+        if shapes != _shapes(abstract):
+          raise ValueError("parameter shapes differ")
       tree = checkpointer.restore(directory, abstract)
+  except ConfigError:
+    raise
   except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
     raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the UNet in its "
                       f"{DIFFUSION_JSON} ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
-  if "label_embed" not in tree["params"]:
-    raise ConfigError(f"{path}: the UNet has no conditioning table (label_embed)")
   return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
 
 

@@ -79,6 +79,7 @@ def centroid_tokens(released: np.ndarray, public_tokens: np.ndarray) -> np.ndarr
   columns = np.asarray(released, np.float64).T
   norms = np.linalg.norm(columns, axis=1, keepdims=True)
   fallback = np.mean(np.asarray(public_tokens[:-1], np.float64), axis=0)
+  fallback /= max(np.linalg.norm(fallback), np.finfo(np.float64).tiny)
   directions = np.where(norms > 0, columns / np.where(norms > 0, norms, 1.0), fallback)
   return (directions * public_token_norm(public_tokens)).astype(np.float32)
 
@@ -123,19 +124,23 @@ class TokenFeatures:
   def norm_bound(self) -> float:
     return 1.0
 
+  def tokens(self, images: np.ndarray, rows: np.ndarray,
+             progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """The tokens of images[j], dataset row rows[j], as inverted (what a
+    --ti-embeddings file holds), starting from the public mean token."""
+    if self.given is not None:
+      return self.given[rows]
+    s = self.settings
+    return inversion.invert_images(
+        self.apply_fn, self.unet_params, self.public_tokens[-1],
+        np.mean(self.public_tokens[:-1], axis=0), images, rows, seed=self.seed,
+        steps=s.steps, learning_rate=s.learning_rate, multiplicity=s.multiplicity,
+        chunk_size=s.chunk_size, progress=progress)
+
   def unit_tokens(self, images: np.ndarray, rows: np.ndarray,
                   progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """The norm <= 1 tokens of images[j], dataset row rows[j]."""
-    if self.given is not None:
-      tokens = self.given[rows]
-    else:
-      s = self.settings
-      tokens = inversion.invert_images(
-          self.apply_fn, self.unet_params, self.public_tokens[-1],
-          np.mean(self.public_tokens[:-1], axis=0), images, rows, seed=self.seed,
-          steps=s.steps, learning_rate=s.learning_rate, multiplicity=s.multiplicity,
-          chunk_size=s.chunk_size, progress=progress)
-    return np.asarray(inversion.unit_rows(tokens))
+    """The tokens scaled to norm <= 1."""
+    return np.asarray(inversion.unit_rows(self.tokens(images, rows, progress)))
 
   def labelled_sum(self, images, labels, rows, num_classes: int, progress=None) -> np.ndarray:
     """(token_dim, classes) sum of the unit tokens, column = label."""
