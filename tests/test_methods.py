@@ -22,7 +22,8 @@ PACKAGE = os.path.join(REPO, "vpntk_jax")
 
 
 def test_registry_finds_every_method_module():
-  assert methods.names() == ("dp-mepf", "dp-merf", "dp-ntk", "dpdm", "privimage", "vp-ntk")
+  assert methods.names() == ("dp-mepf", "dp-merf", "dp-ntk", "dpagg-ti", "dpdm", "dpsgd-ti",
+                             "privimage", "vp-ntk")
   assert methods.get("dp-merf") is dp_merf.METHOD
   for bad in ("dp_ntk", "base", "", "nope"):
     with pytest.raises(ConfigError, match="unknown method .*available: dp-mepf, dp-merf"):

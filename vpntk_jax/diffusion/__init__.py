@@ -1,8 +1,10 @@
-"""Class-conditional diffusion (EDM) for PrivImage and DPDM.
+"""Class-conditional diffusion (EDM) for PrivImage, DPDM and the token methods.
 
-  edm    preconditioning, denoise, per_example_loss (noise multiplicity,
-         label dropout), batch_loss, the Heun sampler `sample`
-  train  make_train_step: the non-private (public pretraining) step
+  edm        preconditioning, denoise, per_example_loss (noise multiplicity,
+             label dropout), batch_loss, the Heun sampler `sample`
+  train      make_train_step: the non-private step; pretrain_edm: its
+             checkpointed loop (public pretraining)
+  inversion  per-image textual inversion (vmapped), unit_rows
 
 The network is `vpntk_jax.models.unet`; the EMA is `vpntk_jax.training.ema`.
 """
