@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ from flax import linen as nn
 from vpntk_jax.privacy import release
 from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.training import dp_sgd
+from benchmarks.timing import median_seconds
 
 SHAPE = (28, 28, 1)
 CLIP = 1e-3
@@ -87,14 +87,6 @@ def unet(multiplicity: int, size: str = "tiny"):
   return params, loss_fn
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def per_example_loop_step(loss_fn, optimizer):
@@ -167,7 +159,7 @@ def batch_memory(loss_fn, params, opt_state, optimizer, batch_sizes, *, microbat
       # Compiles the per-example part; the timed steps below reuse that compilation.
       row["compiled_bytes"] = dp_sgd.step_memory_bytes(
           loss_fn, params, (batch[0][0], batch[1][0]), size, CLIP, microbatch=microbatch)
-      row["seconds"] = _median_seconds(
+      row["seconds"] = median_seconds(
           lambda: step(params, opt_state, batch, mask, keys, noise), repeats)
       row["peak_bytes_in_use"] = _peak_bytes()
     except Exception as e:  # pylint: disable=broad-except
@@ -229,17 +221,17 @@ def main(argv=None) -> dict:
   statistic = flat_sum.astype(np.float64) * lattice.granularity
 
   seconds = {
-      "dp_sgd_step": _median_seconds(
+      "dp_sgd_step": median_seconds(
           lambda: dp_step(params, opt_state, batch, mask, keys, noise), repeats),
-      "dp_sgd_device_sum": _median_seconds(
+      "dp_sgd_device_sum": median_seconds(
           lambda: dp_sgd.lattice_grad_sum(loss_fn, params, batch, mask, keys, CLIP,
                                           microbatch=microbatch), repeats),
-      "dp_sgd_host_noise": _median_seconds(
+      "dp_sgd_host_noise": median_seconds(
           lambda: release.gaussian_release(statistic, sensitivity=CLIP, sigma=SIGMA, rng=noise),
           repeats),
-      "non_private_step": _median_seconds(
+      "non_private_step": median_seconds(
           lambda: plain_step(params, opt_state, batch, mask, keys), repeats),
-      "per_example_loop_step": _median_seconds(
+      "per_example_loop_step": median_seconds(
           lambda: loop_step(params, opt_state, batch, mask, keys, jax.random.key(2)),
           max(1, repeats // 2)),
   }

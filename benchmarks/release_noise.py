@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import jax
 import numpy as np
@@ -24,16 +23,9 @@ from vpntk_jax.privacy import accounting
 from vpntk_jax.privacy.audit import float32_gaussian_release
 from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.privacy.release import gaussian_release
+from benchmarks.timing import median_seconds
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main(argv=None) -> dict:
@@ -61,8 +53,8 @@ def main(argv=None) -> dict:
       "benchmark": "release_noise", "shape": [rows, 10], "repeats": repeats,
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(),
-      "lattice_s": _median_seconds(lattice, repeats),
-      "float32_s": _median_seconds(float32, repeats),
+      "lattice_s": median_seconds(lattice, repeats),
+      "float32_s": median_seconds(float32, repeats),
   }
   result["lattice_over_float32"] = result["lattice_s"] / result["float32_s"]
   print(json.dumps(result, indent=2))

@@ -15,23 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import jax
 import numpy as np
 
 from vpntk_jax.diffusion import inversion
 from vpntk_jax.models import unet
+from benchmarks.timing import median_seconds
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  fn()  # compile
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main() -> None:
@@ -62,7 +54,7 @@ def main() -> None:
                                 images[i:i + 1], rows[i:i + 1], chunk_size=1, **settings)
         for i in range(args.images)])
 
-  fast, slow = _median_seconds(vectorised, args.repeats), _median_seconds(loop, args.repeats)
+  fast, slow = median_seconds(vectorised, args.repeats), median_seconds(loop, args.repeats)
   result = {
       "benchmark": "ti_throughput", "unet_size": args.unet_size,
       "unet_params": unet.count_params(params), "images": args.images, "steps": args.steps,

@@ -28,6 +28,12 @@ Full-data setting (`--stage full`): per-class centroids on the 55,000
 private images, Poisson rate 0.02 (about 1,100 images inverted), epsilon 1
 and 10, evaluated with the library's classifier protocol on 6,000 samples.
 
+Public tokens (`--stage public-tokens`): the concept model's own 9 class tokens
+sampled, 200 images each: the rate at which the pool classifier recognises each.
+
+Long inversion (`--stage long-inversion`): the non-private centroid of seed 0
+with 200 inversion steps at learning rate 0.1 instead of 40 at 0.05.
+
     python -m experiments.dpagg_ti_fashion --stage all
 """
 
@@ -55,9 +61,10 @@ GUIDANCE_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
 NUM_SAMPLES = 500
 
 
-def inversion_settings():
+def inversion_settings(steps: int = 40, learning_rate: float = 0.05):
   from vpntk_jax.methods import dpagg_ti  # pylint: disable=import-outside-toplevel
-  return dpagg_ti.InversionConfig(steps=40, learning_rate=0.05, multiplicity=2, chunk_size=64)
+  return dpagg_ti.InversionConfig(steps=steps, learning_rate=learning_rate, multiplicity=2,
+                                  chunk_size=64)
 
 
 def dp_sgd_settings():
@@ -145,11 +152,11 @@ def sample_tokens(public, tokens: np.ndarray, guidance: float, seed: int,
                            latent_dim=sampler.latent_dim, batch_size=sampler.batch_size)
 
 
-def token_features(public, seed: int):
+def token_features(public, seed: int, settings=None):
   from vpntk_jax.stages import textual_inversion as ti  # pylint: disable=import-outside-toplevel
   from vpntk_jax.models import unet  # pylint: disable=import-outside-toplevel
   return ti.TokenFeatures(unet.token_apply_fn(public.model), public.params, public.tokens,
-                          inversion_settings(), seed=seed)
+                          settings or inversion_settings(), seed=seed)
 
 
 def exact_centroid(public, features, images: np.ndarray) -> np.ndarray:
@@ -251,6 +258,45 @@ def run_concept(seeds, epsilons) -> None:
                      "seconds": round(time.perf_counter() - t0, 1)})
 
 
+def run_long_inversion(seed: int = 0) -> None:
+  """The non-private centroid (NOT PRIVATE) with 5x the inversion steps and twice the
+  learning rate: whether longer inversion lifts the ceiling."""
+  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=import-outside-toplevel
+  key = f"non-private-centroid-200-steps-lr0.1/seed{seed}"
+  results = read_results().get("concept", {})
+  if key in results:
+    return
+  guidance = choose_guidance()
+  public, judge = load_diffusion_model(CONCEPT_MODEL), Judge()
+  with np.load(CONCEPT_DATA) as z:
+    private, real = z["images"], z["images_test"]
+  t0 = time.perf_counter()
+  features = token_features(public, seed, inversion_settings(steps=200, learning_rate=0.1))
+  images = sample_tokens(public, exact_centroid(public, features, private), guidance, seed)
+  results[key] = {"concept_rate": judge.class_rate(images, CONCEPT),
+                  "kid": judge.kid(images, real, seed), "private": False,
+                  "seconds": round(time.perf_counter() - t0, 1)}
+  save_result("concept", results)
+  print(key, results[key], flush=True)
+
+
+def public_token_rates() -> None:
+  """How often the pool classifier recognises the concept model's own classes, sampled
+  from their own label tokens (200 images each, the chosen guidance): what the
+  public model can render at all."""
+  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=import-outside-toplevel
+  if "public_token_rates" in read_results():
+    return
+  guidance = choose_guidance()
+  public, judge = load_diffusion_model(CONCEPT_MODEL), Judge()
+  rates = {}
+  for token, name in enumerate(public.spec["class_names"]):
+    images = sample_tokens(public, public.tokens[token:token + 1], guidance, 0, 200)
+    rates[name] = judge.class_rate(images, token)  # classes 0..8 keep their pool labels
+  save_result("public_token_rates", rates)
+  print("public token rates", rates, flush=True)
+
+
 def run_full(epsilons, seed: int = 0) -> None:
   from vpntk_jax import pipeline  # pylint: disable=import-outside-toplevel
   from vpntk_jax.blocks import DataConfig  # pylint: disable=import-outside-toplevel
@@ -280,7 +326,8 @@ def run_full(epsilons, seed: int = 0) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--stage", choices=("public", "guidance", "concept", "full", "all"),
+  parser.add_argument("--stage", choices=("public", "guidance", "public-tokens", "concept",
+                                          "long-inversion", "full", "all"),
                       default="all")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
@@ -290,8 +337,12 @@ def main() -> None:
   make_concept_data()
   if args.stage in ("guidance", "all"):
     choose_guidance()
+  if args.stage in ("public-tokens", "all"):
+    public_token_rates()
   if args.stage in ("concept", "all"):
     run_concept(args.seeds, args.epsilons)
+  if args.stage in ("long-inversion", "all"):
+    run_long_inversion()
   if args.stage in ("full", "all"):
     run_full(args.epsilons)
 

@@ -189,8 +189,8 @@ def load_public(path: str) -> PublicModels:
       abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                               _abstract_tree(spec))
       # Compared before restoring: a refused restore leaves Orbax's reader threads behind.
-      _check_shapes(_shapes(getattr(checkpointer.metadata(directory), "item_metadata", None)),
-                    _shapes(abstract))
+      _check_shapes(tree_shapes(getattr(checkpointer.metadata(directory), "item_metadata", None)),
+                    tree_shapes(abstract))
       tree = checkpointer.restore(directory, abstract)
   except ConfigError:
     raise
@@ -204,7 +204,8 @@ def load_public(path: str) -> PublicModels:
                       np.asarray(tree["feature_std"]), path=path)
 
 
-def _shapes(tree) -> dict[str, tuple]:
+def tree_shapes(tree) -> dict[str, tuple]:
+  """Key path -> shape of every leaf (a checkpoint's metadata or an abstract tree)."""
   return {jax.tree_util.keystr(k): tuple(leaf.shape)
           for k, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 

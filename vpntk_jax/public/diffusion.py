@@ -29,14 +29,14 @@ from vpntk_jax import io_utils
 from vpntk_jax.data import load_dataset, resize_dataset
 from vpntk_jax.errors import ConfigError, RunDirError
 from vpntk_jax.models import unet
+from vpntk_jax.public.artefact import tree_shapes
+from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, TRAIN_LOG
 from vpntk_jax.run_dir import check_replaceable, is_nonempty_dir, stage
 from vpntk_jax.log import say
 
 DIFFUSION_JSON = "diffusion.json"
 MODELS = "models"
 FORMAT = "vpntk-public-diffusion/1"
-PRETRAIN_CHECKPOINTS = "pretrain_checkpoints"
-TRAIN_LOG = "train_log.csv"
 DIFFUSION_DIR_NAMES = frozenset({DIFFUSION_JSON, MODELS, PRETRAIN_CHECKPOINTS, TRAIN_LOG})
 
 
@@ -98,11 +98,11 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
     with ocp.StandardCheckpointer() as checkpointer:
       stored = getattr(checkpointer.metadata(directory), "item_metadata", None)
       if stored is not None:
-        shapes = _shapes(stored)
+        shapes = tree_shapes(stored)
         if not any("label_embed" in k for k in shapes):
           raise ConfigError(f"{path}: the UNet has no conditioning table (label_embed): "
                             f"textual inversion learns rows of it")
-        if shapes != _shapes(abstract):
+        if shapes != tree_shapes(abstract):
           raise ValueError("parameter shapes differ")
       tree = checkpointer.restore(directory, abstract)
   except ConfigError:
@@ -112,11 +112,6 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
                       f"{DIFFUSION_JSON} ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
   return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
-
-
-def _shapes(tree) -> dict[str, tuple]:
-  return {jax.tree_util.keystr(k): tuple(leaf.shape)
-          for k, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: int = 28,
