@@ -295,6 +295,17 @@ def public_token_rates() -> None:
     rates[name] = judge.class_rate(images, token)  # classes 0..8 keep their pool labels
   save_result("public_token_rates", rates)
   print("public token rates", rates, flush=True)
+  # Where seed 0's inverted tokens sit among the public ones.
+  tokens = np.load(os.path.join(RUNS, "concept", "tokens_seed0.npy")).astype(np.float64)
+  table = public.tokens[:-1].astype(np.float64)
+  start = table.mean(axis=0)
+  units = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+  pairs = [np.linalg.norm(a - b) for i, a in enumerate(table) for b in table[i + 1:]]
+  geometry = {"median_move_from_start": float(np.median(np.linalg.norm(tokens - start, axis=1))),
+              "median_public_token_distance": float(np.median(pairs)),
+              "norm_of_mean_unit_token": float(np.linalg.norm(units.mean(axis=0)))}
+  save_result("token_geometry_seed0", geometry)
+  print("token geometry", geometry, flush=True)
 
 
 def run_full(epsilons, seed: int = 0) -> None:
