@@ -26,6 +26,7 @@ returns less noise than the exact bound.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -101,6 +102,13 @@ def _rdp_sigma(epsilon: float, delta: float) -> float:
 
 
 def _pld_epsilon(sigmas: Sequence[float], delta: float) -> float:
+  # A run asks for the same epsilon several times (calibration, release, the
+  # ledger's check, the report); each is a PLD computation.
+  return _pld_epsilon_of_sorted(tuple(sorted(sigmas)), delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pld_epsilon_of_sorted(sigmas: tuple[float, ...], delta: float) -> float:
   finite = [s for s in sigmas if math.isfinite(s)]
   if not finite:
     return 0.0

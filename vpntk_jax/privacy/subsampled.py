@@ -216,12 +216,25 @@ def _contains(event: dp_event.DpEvent, kind: type) -> bool:
 
 def _pld_epsilon(event: dp_event.DpEvent, delta: float, relation: NeighboringRelation,
                  interval: float) -> float:
-  accountant = pld_privacy_accountant.PLDAccountant(
-      relation, value_discretization_interval=interval)
-  if not accountant.supports(event):
-    raise ConfigError(f"dp-accounting's PLD accountant cannot account {event!r}")
-  accountant.compose(event)
-  return float(accountant.get_epsilon(delta))
+  # A run asks for the same epsilons several times (calibration, preflight,
+  # release, the ledger's check, a resume), and one PLD of truncated Poisson
+  # steps takes about a second. An event's repr names every field with floats
+  # written exactly, so equal keys are equal events.
+  key = (repr(event), delta, relation, interval)
+  if key not in _PLD_EPSILONS:
+    accountant = pld_privacy_accountant.PLDAccountant(
+        relation, value_discretization_interval=interval)
+    if not accountant.supports(event):
+      raise ConfigError(f"dp-accounting's PLD accountant cannot account {event!r}")
+    accountant.compose(event)
+    if len(_PLD_EPSILONS) >= _PLD_CACHE_SIZE:
+      _PLD_EPSILONS.pop(next(iter(_PLD_EPSILONS)))  # the oldest
+    _PLD_EPSILONS[key] = float(accountant.get_epsilon(delta))
+  return _PLD_EPSILONS[key]
+
+
+_PLD_EPSILONS: dict[tuple, float] = {}
+_PLD_CACHE_SIZE = 4096
 
 
 def pld_interval(epsilon_scale: float, discretization: float = PLD_DISCRETIZATION) -> float:
