@@ -134,9 +134,11 @@ def test_no_method_dispatch_outside_methods():
 
 def _as_flat_layout(config: dict) -> dict:
   """config.json as the code before data and method blocks wrote it."""
+  from vpntk_jax.blocks import LEGACY_DATA_FIELDS
   config = dict(config)
   data = config.pop("data")
-  config.update(data=data["source"], **{k: v for k, v in data.items() if k != "source"})
+  config.update(data=data["source"], **{k: v for k, v in data.items()
+                                        if k in LEGACY_DATA_FIELDS})  # fields it had
   old_names = {new: old for old, new in methods.get(config["method"]).legacy_fields.items()}
   config.update({old_names[k]: v for k, v in config.pop("options").items()})
   return config

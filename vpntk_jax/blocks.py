@@ -16,6 +16,11 @@ LOSSES = ("mmd", "cosine", "mmd+cosine")
 IMAGE_PROMPTS = ("none", "pad", "full")
 
 
+# data.test_source for a run without a test set (nothing is evaluated); the
+# command line's `--test-data none`. Not "none", which config overrides read as None.
+NO_TEST_SET = "no_test_set"
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """A labelled image set: its "train" split is the data, "test" the real test set."""
@@ -26,6 +31,22 @@ class DataConfig:
   label_attribute: str | None = None
   # Resize every image to image_size x image_size (None: as stored).
   image_size: int | None = None
+  # The real test set: None, the source's own "test" split; any source (its
+  # "test" split, or its only one); or NO_TEST_SET.
+  test_source: str | None = None
+  # Without a test set, the schema the test set would declare (the release's
+  # shape must not be read from the private data): the class names, in label
+  # order, and the channels (1 or 3); image_size is then required too.
+  classes: tuple | None = None
+  channels: int | None = None
+
+  def __post_init__(self):
+    if isinstance(self.classes, list):  # as read back from config.json
+      object.__setattr__(self, "classes", tuple(self.classes))
+
+  @property
+  def has_test_set(self) -> bool:
+    return self.test_source != NO_TEST_SET
 
   def validate(self) -> "DataConfig":
     if not isinstance(self.source, str) or not self.source:
@@ -33,6 +54,29 @@ class DataConfig:
     if self.image_size is not None and not (isinstance(self.image_size, int)
                                             and self.image_size >= 4):
       raise ConfigError(f"image_size must be an integer >= 4, got {self.image_size!r}")
+    if self.test_source is not None and not (isinstance(self.test_source, str)
+                                             and self.test_source):
+      raise ConfigError(f"data.test_source must be a non-empty string, got "
+                        f"{self.test_source!r}")
+    declared = {"classes": self.classes, "channels": self.channels}
+    if self.has_test_set:
+      given = [k for k, v in declared.items() if v is not None]
+      if given:
+        raise ConfigError(f"data.{' and data.'.join(given)} declare the schema of a run "
+                          f"without a test set (--test-data none); with a test "
+                          f"set its classes and channels are used")
+      return self
+    missing = [k for k, v in {**declared, "image_size": self.image_size}.items() if v is None]
+    if missing:
+      raise ConfigError(
+          f"a run without a test set needs its schema declared, as a test set would: "
+          f"missing {', '.join(missing)} (--classes NAME,NAME,... --channels 1|3 "
+          f"--image-size N); the private data cannot supply it")
+    if (len(self.classes) < 1 or not all(isinstance(c, str) and c for c in self.classes)
+        or len(set(self.classes)) != len(self.classes)):
+      raise ConfigError(f"data.classes must be distinct non-empty names, got {self.classes!r}")
+    if self.channels not in (1, 3):
+      raise ConfigError(f"data.channels must be 1 or 3, got {self.channels!r}")
     return self
 
 

@@ -17,7 +17,9 @@ from vpntk_jax.errors import VpntkError
 _CONFIG_OPTIONS = {
     "method": "method", "data": "data.source", "data_dir": "data.data_dir",
     "download": "data.download", "label_attribute": "data.label_attribute",
-    "image_size": "data.image_size", "epsilon": "epsilon", "delta": "delta",
+    "image_size": "data.image_size", "test_data": "data.test_source",
+    "classes": "data.classes", "channels": "data.channels", "evaluate": "evaluate",
+    "epsilon": "epsilon", "delta": "delta",
     "accountant": "accountant", "adjacency": "adjacency",
     "public_num_examples": "public_num_examples", "noise_seed": "noise_seed",
     "seed": "seed", "steps": "train.steps", "batch_size": "train.batch_size",
@@ -77,6 +79,11 @@ def _method_overrides(args, method: str) -> dict:
   return overrides
 
 
+def _test_source(value: str) -> str:
+  from vpntk_jax.blocks import NO_TEST_SET  # pylint: disable=g-import-not-at-top
+  return NO_TEST_SET if value.strip().lower() == "none" else value
+
+
 def _parser() -> argparse.ArgumentParser:
   from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
   from vpntk_jax.blocks import LOSSES  # pylint: disable=g-import-not-at-top
@@ -93,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--method", choices=METHODS, help=f"default {d.method}")
   s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, image folder, IDX dir (default {d.data.source})")
   s.add_argument("--data-dir", help="directory with the dataset files / tfds data_dir")
+  s.add_argument("--test-data", metavar="SOURCE", type=_test_source,
+                 help="the real test set, any dataset form (its test split, or its only one); "
+                      "'none': no test set, nothing evaluated, and --classes, --channels, "
+                      "--image-size declare the schema (default: --data's test split)")
+  s.add_argument("--classes", type=lambda v: tuple(x for x in v.split(",") if x),
+                 metavar="NAME,NAME,...",
+                 help="with --test-data none: the class names, in label order (class folders "
+                      "are matched by name)")
+  s.add_argument("--channels", type=int, choices=(1, 3),
+                 help="with --test-data none: 1 (grey) or 3 (RGB)")
+  s.add_argument("--skip-evaluation", dest="evaluate", action="store_false", default=None,
+                 help="synthesize only; metrics.json says nothing was evaluated")
   s.add_argument("--download", action="store_true", default=None, help="let tfds download (needs internet)")
   s.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label (default Male)")
   s.add_argument("--epsilon", type=float, help=f"privacy budget epsilon (default {d.epsilon})")
@@ -177,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
 
   e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz on the real test set")
   e.add_argument("run_dir")
+  e.add_argument("--test-data", metavar="SOURCE",
+                 help="evaluate on this test set (same classes and image shape as the run's)")
   e.add_argument("--quiet", action="store_true")
 
   a = sub.add_parser("audit", help="empirical lower bound on epsilon for the release (canary test)")
@@ -326,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
               f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      print(json.dumps(pipeline.evaluate_run(args.run_dir, quiet=args.quiet), indent=2))
+      print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
+                                             quiet=args.quiet), indent=2))
     elif args.command == "audit":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})

@@ -63,6 +63,8 @@ class RunConfig:
   # Synthesis and evaluation.
   num_synthetic: int = 60000
   classifiers: tuple = ("logistic_regression", "mlp", "cnn")
+  # False: synthesize only (metrics.json then says nothing was evaluated, and why).
+  evaluate: bool = True
   eval_train_size: int = 6000
   cnn_epochs: int = 10
   # The method's own block (None: the method's defaults).
@@ -172,15 +174,15 @@ def upgrade_json(d: dict) -> dict:
 
 
 # Fields a resumed run may change: they do not touch the release.
-RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "eval_train_size", "cnn_epochs",
-                               "num_synthetic", "devices"})
+RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "evaluate", "eval_train_size",
+                               "cnn_epochs", "num_synthetic", "devices"})
 
 
 # Fields that only shape what is done with a release (post-processing). Runs
 # that agree on every other field have the same release, so one may reuse the
 # other's (`--reuse-release`): ablations over these cost no extra privacy.
-POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "eval_train_size",
-                                    "cnn_epochs", "num_synthetic", "devices"})
+POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "evaluate",
+                                    "eval_train_size", "cnn_epochs", "num_synthetic", "devices"})
 POST_PROCESSING_PREFIXES = ("train.",)
 
 

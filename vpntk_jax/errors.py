@@ -9,6 +9,10 @@ class DataError(VpntkError, ValueError):
   """The input images or labels are missing, unreadable or malformed."""
 
 
+class MissingSplitError(DataError):
+  """The source holds no such split (a file or folder of one split only)."""
+
+
 class ConfigError(VpntkError, ValueError):
   """A parameter (epsilon, delta, steps, ...) is out of its valid range."""
 

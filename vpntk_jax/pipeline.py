@@ -25,9 +25,9 @@ from vpntk_jax import public
 from vpntk_jax import report
 from vpntk_jax import sharding
 from vpntk_jax.config import RunConfig
-from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
+from vpntk_jax.data import ImageDataset, load_dataset, load_test_source, resize_dataset
 from vpntk_jax.data.schema import Schema, fit_to_schema
-from vpntk_jax.errors import ConfigError, RunDirError
+from vpntk_jax.errors import ConfigError, DataError, RunDirError
 from vpntk_jax.features import ntk
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
@@ -73,10 +73,22 @@ def load_private_and_test(config: RunConfig, datasets=None) -> tuple[ImageDatase
     private, test = datasets
   else:
     private = load_split(config, "train")
-    test = load_split(config, "test")
+    test = load_test_set(config)
   test = resize_dataset(test, config.data.image_size)
   private = fit_to_schema(resize_dataset(private, config.data.image_size), Schema.of(test))
   return private, test
+
+
+def load_test_set(config: RunConfig) -> ImageDataset:
+  """The real test set `config.data` names; without one (test_source "none"), an
+  empty set carrying the declared schema."""
+  data = config.data
+  if not data.has_test_set:
+    return Schema.declared(data.classes, data.image_size, data.channels).empty_dataset()
+  if data.test_source is None:
+    return load_split(config, "test")
+  return load_test_source(data.test_source, data_dir=data.data_dir, download=data.download,
+                          label_attribute=data.label_attribute)
 
 
 def load_split(config: RunConfig, split: str, **kwargs) -> ImageDataset:
@@ -213,7 +225,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     report.write_report(run.work)
     run.finish()
     return {"run_dir": run.path, "epsilon": config.epsilon, "delta": config.delta,
-            "total_epsilon": ledger.total_epsilon(), "accuracy": metrics["accuracy"],
+            "total_epsilon": ledger.total_epsilon(), "accuracy": metrics.get("accuracy"),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -238,8 +250,10 @@ def resume_config(out: str, overrides: dict) -> RunConfig:
   return config_lib.with_overrides(load_config(out), overrides)
 
 
-def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
-  """`vpntk evaluate`: re-evaluates a finished run's synthetic.npz."""
+def evaluate_run(run_path: str, *, test_source: str | None = None,
+                 quiet: bool = False) -> dict:
+  """`vpntk evaluate`: re-evaluates a finished run's synthetic.npz (on `test_source`, any
+  data source, instead of the run's own test set; its schema must be the run's)."""
   config = load_config(run_path)
   path = os.path.join(run_path, SYNTHETIC)
   if not os.path.exists(path):
@@ -250,7 +264,21 @@ def evaluate_run(run_path: str, *, quiet: bool = False) -> dict:
     raise RunDirError(f"{run_path} was made from in-memory arrays ({config.data.source}); "
                       f"evaluate it with stages.evaluation.evaluate(images, labels, "
                       f"test_dataset, config, ...)")
-  _, test = load_private_and_test(config)
+  if test_source is None and not config.data.has_test_set:
+    raise RunDirError(f"{run_path} was run without a test set; name one: "
+                      f"vpntk evaluate {run_path} --test-data SOURCE")
+  run_test = resize_dataset(load_test_set(config), config.data.image_size)
+  # Evaluation only: the private data is not read, and config.json (the record
+  # of how the run was made) is not rewritten.
+  config = dataclasses.replace(config, evaluate=True, data=dataclasses.replace(
+      config.data, test_source=test_source or config.data.test_source))
+  test = run_test
+  if test_source is not None:
+    test = resize_dataset(load_test_set(config), config.data.image_size)
+    wanted, got = Schema.of(run_test), Schema.of(test)
+    if (got.num_classes, got.image_shape) != (wanted.num_classes, wanted.image_shape):
+      raise DataError(f"{test.name} has {got.num_classes} classes of {got.image_shape} "
+                      f"images; the run has {wanted.num_classes} of {wanted.image_shape}")
   return evaluation.evaluate(images, labels, test, config, RunDir(run_path, run_path),
                              public_models=load_public_models(config), quiet=quiet)
 

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from vpntk_jax.blocks import NO_TEST_SET
 from vpntk_jax.config import upgrade_json
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.io_utils import write_bytes_atomic
@@ -165,10 +166,15 @@ def _not_covered(config: dict, metrics: dict | None, public: Sequence[str],
                  ledger: PrivacyLedger | None) -> list[str]:
   data = config.get("data", {}).get("source", "the data set")
   test_set = (metrics or {}).get("test_set") or f"{data}:test"
+  used = (f"The real test set ({test_set}) was used only to evaluate the synthetic data. "
+          "It is not part of the private training data, and the metrics below are computed "
+          "on it without noise, so they carry no guarantee for it.")
+  if (metrics or {}).get("evaluated") is False:
+    used = ("No test set was used to evaluate this run"
+            + (" (none was given: its classes and image shape were declared in the config)."
+               if config.get("data", {}).get("test_source") == NO_TEST_SET else "."))
   notes = [
-      f"The real test set ({test_set}) was used only to evaluate the synthetic data. "
-      "It is not part of the private training data, and the metrics below are computed "
-      "on it without noise, so they carry no guarantee for it.",
+      used,
       "Public data and public pre-trained models are not covered: they are treated as "
       "public, so their own training data gets no privacy guarantee from this run.",
   ]
@@ -301,7 +307,7 @@ def _privacy(run_dir: str, config: dict, metrics: dict | None) -> dict:
 def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   section: dict[str, Any] = {"status": status, "error": error, "columns": [], "rows": [],
                              "extra": [], "protocol": None, "test_set": None,
-                             "environment": None}
+                             "environment": None, "not_evaluated": None}
   if not isinstance(metrics, dict):
     return section
   accuracy = metrics.get("accuracy")
@@ -315,6 +321,8 @@ def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   section["rows"] = [[c, accuracy[c]] + [per_clf[k].get(c) for k in per_clf]
                      for c in classifiers]
   section["extra"] = [[k, v] for k, v in metrics.items() if _is_number(v)]
+  if metrics.get("evaluated") is False:
+    section["not_evaluated"] = f"Not evaluated: {metrics.get('reason') or 'no reason recorded'}."
   for key in ("protocol", "test_set"):
     if isinstance(metrics.get(key), str):
       section[key] = metrics[key]
@@ -502,6 +510,8 @@ def render_markdown(report: dict, run_dir: str) -> str:
   out += ["## Metrics", ""]
   if metrics["status"] != "ok":
     out += [_md_text(_section_note(metrics["status"], metrics["error"], METRICS)), ""]
+  if metrics["not_evaluated"]:
+    out += [f"**{_md_text(metrics['not_evaluated'])}**", ""]
   if metrics["rows"]:
     out += _md_table(*_metrics_table(metrics)) + [""]
   if metrics["extra"]:
@@ -589,6 +599,8 @@ def render_html(report: dict, run_dir: str) -> str:
   if metrics["status"] != "ok":
     note = _section_note(metrics["status"], metrics["error"], METRICS)
     out.append(f'<p class="missing">{_h(note)}</p>')
+  if metrics["not_evaluated"]:
+    out.append(f"<p><strong>{_h(metrics['not_evaluated'])}</strong></p>")
   if metrics["rows"]:
     out.append(_html_table(*_metrics_table(metrics)))
   if metrics["extra"]:

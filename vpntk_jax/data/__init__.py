@@ -7,7 +7,7 @@ from vpntk_jax.data.dataset import ImageDataset, check_images_and_labels, make_d
 from vpntk_jax.data.transforms import resize_dataset, resize_images
 from vpntk_jax.data.idx import read_idx, read_idx_pair
 from vpntk_jax.data.loader import (ACCEPTED_FORMS, FASHION_MNIST_CLASSES, MNIST_CLASSES,
-                                   default_dirs, load_dataset)
+                                   default_dirs, load_dataset, load_test_source)
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -17,6 +17,7 @@ __all__ = [
     "check_images_and_labels",
     "default_dirs",
     "load_dataset",
+    "load_test_source",
     "make_dataset",
     "read_idx",
     "read_idx_pair",

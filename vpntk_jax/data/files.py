@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vpntk_jax.data.dataset import ImageDataset, make_dataset
-from vpntk_jax.errors import DataError
+from vpntk_jax.errors import DataError, MissingSplitError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 # Pillow modes whose pixels carry no colour.
@@ -47,8 +47,10 @@ def load_npz(path: str | os.PathLike[str], split: str = "train", *,
         raise DataError(f"{path}: expected arrays 'images' (or 'x') and 'labels' (or 'y'), "
                         f"found {keys}")
       if split != "train" and not img_key.endswith(f"_{split}"):
-        raise DataError(f"{path} has no {split!r} split (arrays: {keys}); store it as "
-                        f"'images_{split}'/'labels_{split}' or use a separate file")
+        raise MissingSplitError(
+            f"{path} has no {split!r} split (arrays: {keys}); store it as "
+            f"'images_{split}'/'labels_{split}', or give the {split} set separately "
+            f"(--test-data SOURCE, data.test_source)")
       images, labels = npz[img_key], npz[lab_key]
       class_names = npz["class_names"].tolist() if "class_names" in keys else None
   except FileNotFoundError as e:
@@ -79,8 +81,10 @@ def _class_root(root: Path, split: str) -> Path:
                       f"but no {split!r}")
     return root / split
   if split != "train":
-    raise DataError(f"image folder {root} has no {split!r} split; use a layout "
-                    f"{root}/<split>/<class>/<image> to provide one")
+    raise MissingSplitError(
+        f"image folder {root} has no {split!r} split; use a layout "
+        f"{root}/<split>/<class>/<image>, or give the {split} set separately "
+        f"(--test-data SOURCE, data.test_source)")
   return root
 
 

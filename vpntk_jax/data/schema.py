@@ -18,6 +18,8 @@ import numpy as np
 from vpntk_jax.data.dataset import ImageDataset
 from vpntk_jax.errors import DataError
 
+NO_TEST_SET_NAME = "no test set"
+
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
@@ -32,6 +34,18 @@ class Schema:
     """The schema of a public dataset (the test set)."""
     return cls(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
                class_names=dataset.class_names, source=dataset.name)
+
+  @classmethod
+  def declared(cls, classes: tuple[str, ...], image_size: int, channels: int) -> "Schema":
+    """The schema a run without a test set declares (data.classes, ...)."""
+    return cls(num_classes=len(classes), image_shape=(image_size, image_size, channels),
+               class_names=tuple(classes), source="the declared schema (data.classes)")
+
+  def empty_dataset(self) -> ImageDataset:
+    """A test set of no images that carries this schema: the run evaluates nothing."""
+    return ImageDataset(images=np.zeros((0, *self.image_shape), np.uint8),
+                        labels=np.zeros((0,), np.int32), num_classes=self.num_classes,
+                        name=NO_TEST_SET_NAME, class_names=self.class_names)
 
 
 def _relabel_by_name(private: ImageDataset, schema: Schema) -> np.ndarray:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from vpntk_jax import io_utils
+from vpntk_jax.blocks import NO_TEST_SET
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.errors import VpntkError
 from vpntk_jax.evaluation import evaluate_synthetic, fid
@@ -19,6 +20,12 @@ from vpntk_jax.run_files import METRICS
 
 def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=None,
              quiet: bool = False) -> dict:
+  reason = not_evaluated_reason(test, config)
+  if reason is not None:
+    metrics = {"evaluated": False, "reason": reason, "test_set": None,
+               "environment": environment()}
+    io_utils.write_json_atomic(run.file(METRICS), metrics)
+    return metrics
   metrics = evaluate_synthetic(images, labels, test.images, test.labels,
                                num_classes=test.num_classes, classifiers=config.classifiers,
                                train_size=config.eval_train_size, seed=config.seed,
@@ -36,6 +43,18 @@ def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=N
             flush=True)
   io_utils.write_json_atomic(run.file(METRICS), metrics)
   return metrics
+
+
+def not_evaluated_reason(test: ImageDataset, config) -> str | None:
+  """Why a run evaluates nothing, or None when it evaluates."""
+  if not config.data.has_test_set:
+    return (f"no test set was given (--test-data none, data.test_source {NO_TEST_SET!r}): "
+            f"the synthetic set was not evaluated")
+  if not config.evaluate:
+    return "evaluation was switched off (evaluate false, --skip-evaluation)"
+  if len(test) == 0:
+    return f"the test set {test.name} has no images"
+  return None
 
 
 def environment() -> dict:
