@@ -1,7 +1,9 @@
 """NTK features: exact == neural-tangents, fast == exact, norms bounded for any input."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -138,3 +140,41 @@ def test_compat_makes_neural_tangents_import_without_tensorflow():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
   assert out.returncode == 0, out.stderr
   assert "empirical_ntk_fn" in out.stdout
+
+
+# --- vpntk check-features --------------------------------------------------------
+
+_TINY_CONFIG = str(Path(__file__).parent / "tiny_config.py")
+
+
+def _check(capsys, *args):
+  from vpntk_jax import cli
+  code = cli.main(["check-features", _TINY_CONFIG, "--examples", "12", *args])
+  out = capsys.readouterr().out
+  return code, (json.loads(out) if out.strip() else None)
+
+
+def test_check_features_reports_agreement_with_neural_tangents(capsys):
+  code, result = _check(capsys)
+  assert code == 0 and result["ok"]
+  assert result["network"]["layers"] == [64, "relu", "layernorm", 10]
+  assert result["images"].startswith("12 of ")
+  assert set(result["relative_errors"]) == {
+      "gram_vs_neural_tangents_ntk", "fast_norms_vs_neural_tangents_diagonal",
+      "fast_mean_embedding_vs_explicit_features"}
+  assert max(result["relative_errors"].values()) <= 1e-4
+
+
+def test_check_features_fails_on_a_wrong_fast_path(capsys, monkeypatch):
+  real = ntk.sq_feature_norms
+  monkeypatch.setattr(ntk, "sq_feature_norms", lambda a, d: real(a, d) * 1.01)
+  code, result = _check(capsys)
+  assert code == 1 and not result["ok"]
+  assert result["relative_errors"]["fast_norms_vs_neural_tangents_diagonal"] > 5e-3
+
+
+def test_check_features_without_neural_tangents_names_the_extra(capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "neural_tangents", None)  # import raises ImportError
+  from vpntk_jax import cli
+  assert cli.main(["check-features", _TINY_CONFIG, "--examples", "12"]) == 2
+  assert "vpntk_jax[ntk]" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The `vpntk` command line: pretrain, synthesize, evaluate, report, audit, privacy.
+"""The `vpntk` command line: pretrain, synthesize, evaluate, report, audit, privacy,
+check-features.
 
 Any config field can also be set as `--config.FIELD=VALUE` (nested:
 `--config.train.steps=100`, `--config.options.prompt.kappa=0.5`); these apply last.
@@ -200,6 +201,15 @@ def _parser() -> argparse.ArgumentParser:
                  help="evaluate on this test set (same classes and image shape as the run's)")
   e.add_argument("--quiet", action="store_true")
 
+  c = sub.add_parser("check-features",
+                     help="the fast NTK features of a run or config against neural-tangents' "
+                          "empirical NTK, on real test images (needs the ntk extra)")
+  c.add_argument("target", nargs="?", metavar="RUN_OR_CONFIG",
+                 help="a run directory or an experiment config file (default: the defaults)")
+  c.add_argument("--examples", type=int, default=64, help="test images compared (default 64)")
+  c.add_argument("--tolerance", type=float, default=None,
+                 help="largest relative error accepted (default 1e-4; exit code 1 above it)")
+
   a = sub.add_parser("audit", help="empirical lower bound on epsilon for the release (canary test)")
   a.add_argument("--config", help="experiment config file; options below override it")
   a.add_argument("--method", choices=METHODS)
@@ -260,6 +270,21 @@ def _synthesize(args, dotted: dict) -> dict:
                                 new_release=args.new_release, quiet=args.quiet,
                                 private_diagnostics=args.private_diagnostics,
                                 reuse_release=args.reuse_release)
+
+
+def _check_features(args) -> dict:
+  import os  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.features import ntk_check  # pylint: disable=g-import-not-at-top
+  if args.target is not None and os.path.isdir(args.target):
+    config = pipeline.load_config(args.target)
+  else:
+    config = config_files.config_from_args(args.target, {}, config_lib.RunConfig,
+                                           apply=config_lib.with_overrides)
+  tolerance = ntk_check.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+  return pipeline.check_features(config, num_examples=args.examples, tolerance=tolerance)
 
 
 def _pretrain(args, dotted: dict) -> dict:
@@ -349,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
                                              quiet=args.quiet), indent=2))
+    elif args.command == "check-features":
+      result = _check_features(args)
+      print(json.dumps(result, indent=2))
+      if not result["ok"]:
+        print("vpntk: the fast features disagree with neural-tangents beyond the tolerance",
+              file=sys.stderr)
+        return 1
     elif args.command == "audit":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -28,7 +29,9 @@ from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset, load_test_source, resize_dataset
 from vpntk_jax.data.schema import Schema, fit_to_schema
 from vpntk_jax.errors import ConfigError, DataError, RunDirError
-from vpntk_jax.features import ntk
+from vpntk_jax.evaluation.protocol import balanced_subsample
+from vpntk_jax.features import ntk, ntk_check
+from vpntk_jax.features.ntk_map import NTKFeatureMap
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
 from vpntk_jax.privacy import diagnostics
@@ -344,3 +347,26 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
     result["private_diagnostics"] = diagnostics.marked(
         {"statistic_gap": gap, "gap_within_sensitivity": bool(gap <= plan.sensitivity)})
   return result
+
+
+def check_features(config: RunConfig, *, num_examples: int = 64,
+                   tolerance: float = ntk_check.DEFAULT_TOLERANCE) -> dict:
+  """`vpntk check-features`: the run's NTK network and parameters (ntk_layers,
+  ntk_init, seed) on `num_examples` real test images (public, so the numbers may
+  be shown), the fast feature path against neural-tangents."""
+  config.validate()
+  if not (isinstance(num_examples, int) and num_examples >= 2):
+    raise ConfigError(f"--examples must be an integer >= 2, got {num_examples!r}")
+  if not config.data.has_test_set:
+    raise ConfigError("check-features runs on the real test set (public); this config has "
+                      "none: give one with --test-data SOURCE")
+  test = resize_dataset(load_test_set(config), config.data.image_size)
+  rows = balanced_subsample(test.labels, -(-num_examples // test.num_classes), seed=config.seed)
+  rows = rows[:num_examples]
+  network = mean_embedding.ntk_network(config)
+  feature_map = NTKFeatureMap(network, input_dim=math.prod(test.image_shape), seed=config.seed)
+  errors = ntk_check.compare_with_neural_tangents(
+      network, feature_map.params, test.images[rows], test.labels[rows], test.num_classes)
+  return {"network": feature_map.describe(), "images": f"{len(rows)} of {test.name}",
+          "relative_errors": errors, "tolerance": tolerance,
+          "ok": all(e <= tolerance for e in errors.values())}
