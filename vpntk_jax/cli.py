@@ -1,5 +1,5 @@
 """The `vpntk` command line: pretrain, synthesize, evaluate, report, audit, privacy,
-check-features.
+check-features, export.
 
 Any config field can also be set as `--config.FIELD=VALUE` (nested:
 `--config.train.steps=100`, `--config.options.prompt.kappa=0.5`); these apply last.
@@ -201,6 +201,13 @@ def _parser() -> argparse.ArgumentParser:
                  help="evaluate on this test set (same classes and image shape as the run's)")
   e.add_argument("--quiet", action="store_true")
 
+  x = sub.add_parser("export", help="write a run's synthetic set in another tool's layout "
+                                    "(DPImageBench: DIR/gen/gen.npz)")
+  x.add_argument("run_dir")
+  x.add_argument("--format", dest="fmt", default="dpimagebench", choices=("dpimagebench",))
+  x.add_argument("--out", help="directory to write (default RUN_DIR/dpimagebench)")
+  x.add_argument("--force", action="store_true", help="replace an earlier export there")
+
   c = sub.add_parser("check-features",
                      help="the fast NTK features of a run or config against neural-tangents' "
                           "empirical NTK, on real test images (needs the ntk extra)")
@@ -374,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
       print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
                                              quiet=args.quiet), indent=2))
+    elif args.command == "export":
+      from vpntk_jax import export  # pylint: disable=g-import-not-at-top
+      print(json.dumps(export.export_run(args.run_dir, args.out, fmt=args.fmt,
+                                         force=args.force), indent=2))
     elif args.command == "check-features":
       result = _check_features(args)
       print(json.dumps(result, indent=2))
