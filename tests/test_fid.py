@@ -363,3 +363,97 @@ def test_convert_pytorch_fid_state_dict_errors():
   del state_dict["Mixed_7b.branch1x1.bn.running_var"]
   with pytest.raises(DataError, match="missing: batch_stats/Mixed_7b/branch1x1/bn/var"):
     fid_inception.convert_pytorch_fid_state_dict(state_dict)
+
+
+# ------------------------------------------- Inception FID in a run's evaluation
+
+
+@pytest.fixture(scope="module")
+def weights_file(inception, tmp_path_factory):
+  path = tmp_path_factory.mktemp("inception") / "random_inception.npz"
+  np.savez(path, **fid_inception.flatten_variables(jax.device_get(inception[0])))
+  return str(path)
+
+
+def _fid_run(tmp_path, n_test=4, n_synthetic=6):
+  """A finished run's directory: config.json, synthetic.npz, and its data file."""
+  import json
+  from vpntk_jax.blocks import DataConfig
+  from vpntk_jax.config import RunConfig
+  data = tmp_path / "d.npz"
+  np.savez(data, x=_images((8, 16, 16, 1), 20), y=np.arange(8) % 2,
+           x_test=_images((n_test, 16, 16, 1), 21), y_test=np.arange(n_test) % 2)
+  run = tmp_path / "run"
+  run.mkdir()
+  config = RunConfig(data=DataConfig(source=str(data)), classifiers=("logistic_regression",),
+                     eval_train_size=4)
+  (run / "config.json").write_text(json.dumps(config.to_json()))
+  np.savez(run / "synthetic.npz", images=_images((n_synthetic, 16, 16, 1), 22),
+           labels=np.arange(n_synthetic) % 2)
+  return run, data
+
+
+def test_evaluate_with_inception_weights_matches_a_direct_computation(
+    inception, weights_file, tmp_path, monkeypatch, capsys):
+  import json
+  from vpntk_jax import cli
+  monkeypatch.setattr(fid, "FEATURES_BATCH_SIZE", 2)  # the fixture's compiled batch
+  run, data = _fid_run(tmp_path)
+  assert cli.main(["evaluate", str(run), "--fid-weights", weights_file, "--fid-samples", "4",
+                   "--quiet"]) == 0
+  scores = json.loads((run / "metrics.json").read_text())["inception"]
+  # Directly: features of the 4 balanced synthetic rows and of the test set,
+  # Gaussian statistics by numpy, the Frechet distance in its symmetric form.
+  _, feature_fn = inception
+  from vpntk_jax.evaluation.protocol import balanced_subsample
+  with np.load(run / "synthetic.npz") as z:
+    synthetic = z["images"][balanced_subsample(z["labels"], 2, seed=0)]  # 2 per class
+  with np.load(data) as z:
+    test = z["x_test"][..., None] if z["x_test"].ndim == 3 else z["x_test"]
+  fa = np.asarray(fid.features_in_batches(feature_fn, synthetic, 2), np.float64)
+  fb = np.asarray(fid.features_in_batches(feature_fn, test, 2), np.float64)
+  # With S1 = A A^T and S2 = B B^T (A, B: centred features / sqrt(n - 1)), the
+  # eigenvalues of S1^1/2 S2 S1^1/2 are those of the small (A^T B)(B^T A).
+  a = (fa - fa.mean(0)).T / np.sqrt(len(fa) - 1)
+  b = (fb - fb.mean(0)).T / np.sqrt(len(fb) - 1)
+  cross = np.sqrt(np.clip(np.linalg.eigvalsh((a.T @ b) @ (b.T @ a)), 0, None)).sum()
+  direct = (np.sum((fa.mean(0) - fb.mean(0)) ** 2) + np.sum(a * a) + np.sum(b * b) - 2 * cross)
+  assert scores["fid"] == pytest.approx(direct, rel=1e-6)
+  assert scores["num_a"] == 4 and scores["num_b"] == 4 and "kid_mean" in scores
+  assert scores["weights"] == weights_file and len(scores["weights_sha256"]) == 64
+
+  # The stored-statistics round trip: the test set's (mu, sigma) in pytorch-fid's
+  # format give the same FID.
+  stats = tmp_path / "fid_stats.npz"
+  fid.save_statistics(stats, fb.mean(0), np.cov(fb, rowvar=False))
+  with np.load(stats) as z:
+    assert sorted(z.files) == ["mu", "sigma"] and z["sigma"].shape == (2048, 2048)
+  assert cli.main(["evaluate", str(run), "--fid-weights", weights_file, "--fid-stats",
+                   str(stats), "--fid-samples", "4", "--quiet"]) == 0
+  from_stats = json.loads((run / "metrics.json").read_text())["inception"]
+  assert from_stats["fid"] == pytest.approx(direct, rel=1e-6)
+  assert from_stats["reference"] == str(stats) and "kid_mean" not in from_stats
+  capsys.readouterr()
+  from vpntk_jax import report  # rewritten by vpntk evaluate
+  assert f"Inception FID {report.fmt_num(from_stats['fid'])} of 4 synthetic images" in (
+      run / "report.md").read_text()
+
+
+def test_bad_fid_files_are_refused_before_anything_is_written(weights_file, tmp_path, capsys):
+  from vpntk_jax import cli
+  run, data = _fid_run(tmp_path)
+  before = sorted(p.name for p in run.iterdir())
+  assert cli.main(["evaluate", str(run), "--fid-weights", str(tmp_path / "missing.npz")]) == 2
+  assert "Inception weights" in capsys.readouterr().err
+  bad_stats = tmp_path / "stats.npz"
+  np.savez(bad_stats, mean=np.zeros(3))
+  assert cli.main(["evaluate", str(run), "--fid-weights", weights_file, "--fid-stats",
+                   str(bad_stats)]) == 2
+  assert "'mu' and 'sigma'" in capsys.readouterr().err
+  assert cli.main(["evaluate", str(run), "--fid-stats", str(bad_stats)]) == 2
+  assert "--fid-weights" in capsys.readouterr().err
+  assert sorted(p.name for p in run.iterdir()) == before
+  out = tmp_path / "new"
+  assert cli.main(["synthesize", "--data", str(data), "--out", str(out), "--fid-weights",
+                   str(tmp_path / "missing.npz"), "--quiet"]) == 2
+  assert not out.exists()

@@ -20,6 +20,7 @@ _CONFIG_OPTIONS = {
     "download": "data.download", "label_attribute": "data.label_attribute",
     "image_size": "data.image_size", "test_data": "data.test_source",
     "classes": "data.classes", "channels": "data.channels", "evaluate": "evaluate",
+    "fid_weights": "fid_weights", "fid_stats": "fid_stats", "fid_samples": "fid_samples",
     "epsilon": "epsilon", "delta": "delta",
     "accountant": "accountant", "adjacency": "adjacency",
     "public_num_examples": "public_num_examples", "noise_seed": "noise_seed",
@@ -85,6 +86,17 @@ def _test_source(value: str) -> str:
   return NO_TEST_SET if value.strip().lower() == "none" else value
 
 
+def _add_fid_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--fid-weights", metavar="FILE",
+                      help="Inception FID/KID with pytorch-fid's network, weights from this "
+                           ".npz (see docs/run_directory.md; default: not computed)")
+  parser.add_argument("--fid-stats", metavar="FILE",
+                      help="FID against these reference statistics (pytorch-fid / "
+                           "DPImageBench .npz of mu, sigma) instead of the test set")
+  parser.add_argument("--fid-samples", type=int, metavar="N",
+                      help="synthetic images for the Inception distances (default 10000)")
+
+
 def _parser() -> argparse.ArgumentParser:
   from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
   from vpntk_jax.blocks import LOSSES  # pylint: disable=g-import-not-at-top
@@ -113,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="with --test-data none: 1 (grey) or 3 (RGB)")
   s.add_argument("--skip-evaluation", dest="evaluate", action="store_false", default=None,
                  help="synthesize only; metrics.json says nothing was evaluated")
+  _add_fid_flags(s)
   s.add_argument("--download", action="store_true", default=None, help="let tfds download (needs internet)")
   s.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label (default Male)")
   s.add_argument("--epsilon", type=float, help=f"privacy budget epsilon (default {d.epsilon})")
@@ -199,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("run_dir")
   e.add_argument("--test-data", metavar="SOURCE",
                  help="evaluate on this test set (same classes and image shape as the run's)")
+  _add_fid_flags(e)
   e.add_argument("--quiet", action="store_true")
 
   x = sub.add_parser("export", help="write a run's synthetic set in another tool's layout "
@@ -379,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
               f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+      fid_options = {k: getattr(args, k) for k in ("fid_weights", "fid_stats", "fid_samples")}
       print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
-                                             quiet=args.quiet), indent=2))
+                                             overrides=fid_options, quiet=args.quiet),
+                       indent=2))
     elif args.command == "export":
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
       print(json.dumps(export.export_run(args.run_dir, args.out, fmt=args.fmt,

@@ -65,6 +65,14 @@ class RunConfig:
   classifiers: tuple = ("logistic_regression", "mlp", "cnn")
   # False: synthesize only (metrics.json then says nothing was evaluated, and why).
   evaluate: bool = True
+  # Inception FID/KID: pytorch-fid's network with weights from this local .npz
+  # (vpntk_jax.models.inception says how to convert them). None: not computed.
+  fid_weights: str | None = None
+  # Reference statistics (pytorch-fid / DPImageBench .npz of mu and sigma) in
+  # place of the real test set's features; gives FID only.
+  fid_stats: str | None = None
+  # Synthetic images (class-balanced) the Inception distances use.
+  fid_samples: int = 10000
   eval_train_size: int = 6000
   cnn_epochs: int = 10
   # The method's own block (None: the method's defaults).
@@ -99,6 +107,11 @@ class RunConfig:
               and self.public_num_examples >= 1):
         raise ConfigError(f"public_num_examples must be an integer >= 1, got "
                           f"{self.public_num_examples!r}")
+    if self.fid_stats is not None and self.fid_weights is None:
+      raise ConfigError("fid_stats (--fid-stats) needs the Inception weights too "
+                        "(--fid-weights FILE)")
+    if not (isinstance(self.fid_samples, int) and self.fid_samples >= 2):
+      raise ConfigError(f"fid_samples must be an integer >= 2, got {self.fid_samples!r}")
     if self.num_synthetic <= 0 or self.eval_train_size <= 0:
       raise ConfigError("num_synthetic and eval_train_size must be positive")
     if not (isinstance(self.seed, int) and self.seed >= 0):
@@ -175,14 +188,16 @@ def upgrade_json(d: dict) -> dict:
 
 # Fields a resumed run may change: they do not touch the release.
 RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "evaluate", "eval_train_size",
-                               "cnn_epochs", "num_synthetic", "devices"})
+                               "cnn_epochs", "num_synthetic", "devices", "fid_weights",
+                               "fid_stats", "fid_samples"})
 
 
 # Fields that only shape what is done with a release (post-processing). Runs
 # that agree on every other field have the same release, so one may reuse the
 # other's (`--reuse-release`): ablations over these cost no extra privacy.
 POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "evaluate",
-                                    "eval_train_size", "cnn_epochs", "num_synthetic", "devices"})
+                                    "eval_train_size", "cnn_epochs", "num_synthetic", "devices",
+                                    "fid_weights", "fid_stats", "fid_samples"})
 POST_PROCESSING_PREFIXES = ("train.",)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -45,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpntk_jax import io_utils
 from vpntk_jax import public
 from vpntk_jax.data import load_dataset, resize_dataset
 from vpntk_jax.errors import VpntkError
@@ -67,14 +67,6 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if hasattr(obj, "state_dict"):
     obj = obj.state_dict()
   return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
-
-
-def _file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
@@ -181,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     stats_config = {"data": {"source": args.stats_data, "data_dir": args.data_dir,
                              "image_size": args.image_size}, "seed": args.seed}
     source = {"file": os.path.basename(args.state_dict),
-              "sha256": _file_sha256(args.state_dict)}
+              "sha256": io_utils.sha256_file(args.state_dict)}
     convert(params, args.out, image_size=args.image_size,
             channels=args.channels or stats.image_shape[-1],
             num_classes=args.num_classes or stats.num_classes, stats=stats,

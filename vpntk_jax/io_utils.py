@@ -7,6 +7,7 @@ Each writer writes to a temporary file in the destination's directory (so the fi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -94,3 +95,12 @@ def save_npz_atomic(path: PathLike, **arrays: Any) -> None:
   # Streaming into the temp file avoids holding a second copy of large arrays in memory;
   # a failure half-way removes the temp file and leaves the old `path` untouched.
   _write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def sha256_file(path: PathLike) -> str:
+  """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()

@@ -145,6 +145,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     config = dataclasses.replace(
         config, data=dataclasses.replace(config.data, source=f"in-memory:{datasets[0].name}"))
   private, test = load_private_and_test(config, datasets)
+  evaluation.check_fid_files(config)
   public_models = load_public_models(config)
   recipe = build_recipe(config, test.image_shape, test.num_classes, public_models)
   mesh = device_mesh(config)
@@ -253,11 +254,14 @@ def resume_config(out: str, overrides: dict) -> RunConfig:
   return config_lib.with_overrides(load_config(out), overrides)
 
 
-def evaluate_run(run_path: str, *, test_source: str | None = None,
+def evaluate_run(run_path: str, *, test_source: str | None = None, overrides=None,
                  quiet: bool = False) -> dict:
   """`vpntk evaluate`: re-evaluates a finished run's synthetic.npz (on `test_source`, any
-  data source, instead of the run's own test set; its schema must be the run's)."""
-  config = load_config(run_path)
+  data source, instead of the run's own test set; its schema must be the run's), with
+  evaluation settings `overrides` ({"fid_weights": ..., ...})."""
+  config = config_lib.with_overrides(load_config(run_path), overrides or {})
+  config.validate()
+  evaluation.check_fid_files(config)
   path = os.path.join(run_path, SYNTHETIC)
   if not os.path.exists(path):
     raise RunDirError(f"{run_path} has no {SYNTHETIC}; run `vpntk synthesize` first")
@@ -282,8 +286,10 @@ def evaluate_run(run_path: str, *, test_source: str | None = None,
     if (got.num_classes, got.image_shape) != (wanted.num_classes, wanted.image_shape):
       raise DataError(f"{test.name} has {got.num_classes} classes of {got.image_shape} "
                       f"images; the run has {wanted.num_classes} of {wanted.image_shape}")
-  return evaluation.evaluate(images, labels, test, config, RunDir(run_path, run_path),
-                             public_models=load_public_models(config), quiet=quiet)
+  metrics = evaluation.evaluate(images, labels, test, config, RunDir(run_path, run_path),
+                                public_models=load_public_models(config), quiet=quiet)
+  report.write_report(run_path)  # the report shows the new metrics
+  return metrics
 
 
 def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,

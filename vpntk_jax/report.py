@@ -307,7 +307,7 @@ def _privacy(run_dir: str, config: dict, metrics: dict | None) -> dict:
 def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   section: dict[str, Any] = {"status": status, "error": error, "columns": [], "rows": [],
                              "extra": [], "protocol": None, "test_set": None,
-                             "environment": None, "not_evaluated": None}
+                             "environment": None, "not_evaluated": None, "inception": None}
   if not isinstance(metrics, dict):
     return section
   accuracy = metrics.get("accuracy")
@@ -323,6 +323,14 @@ def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   section["extra"] = [[k, v] for k, v in metrics.items() if _is_number(v)]
   if metrics.get("evaluated") is False:
     section["not_evaluated"] = f"Not evaluated: {metrics.get('reason') or 'no reason recorded'}."
+  scores = metrics.get("inception")
+  if isinstance(scores, dict) and _is_number(scores.get("fid")):
+    kid = (f", KID {fmt_num(scores['kid_mean'])} +- {fmt_num(scores.get('kid_std', 0))}"
+           if _is_number(scores.get("kid_mean")) else "")
+    section["inception"] = (f"Inception FID {fmt_num(scores['fid'])}{kid} of "
+                            f"{scores.get('num_a')} synthetic images against "
+                            f"{scores.get('reference')} (weights sha256 "
+                            f"{str(scores.get('weights_sha256'))[:12]})")
   for key in ("protocol", "test_set"):
     if isinstance(metrics.get(key), str):
       section[key] = metrics[key]
@@ -516,6 +524,8 @@ def render_markdown(report: dict, run_dir: str) -> str:
     out += _md_table(*_metrics_table(metrics)) + [""]
   if metrics["extra"]:
     out += _md_table(["Metric", "Value"], [[k, fmt_num(v)] for k, v in metrics["extra"]]) + [""]
+  if metrics["inception"]:
+    out += [_md_text(metrics["inception"]), ""]
   if metrics["test_set"]:
     out += [f"Test set: {_md_text(metrics['test_set'])}", ""]
   if metrics["protocol"]:
@@ -605,6 +615,8 @@ def render_html(report: dict, run_dir: str) -> str:
     out.append(_html_table(*_metrics_table(metrics)))
   if metrics["extra"]:
     out.append(_html_table(["Metric", "Value"], [[k, fmt_num(v)] for k, v in metrics["extra"]]))
+  if metrics["inception"]:
+    out.append(f"<p>{_h(metrics['inception'])}</p>")
   if metrics["test_set"]:
     out.append(f"<p>Test set: {_h(metrics['test_set'])}</p>")
   if metrics["protocol"]:

@@ -22,7 +22,7 @@ def _import_tfds() -> Any:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise DataError(f"tfds: sources need tensorflow and tensorflow-datasets "
-                    f"(pip install tensorflow tensorflow-datasets): {e}") from e
+                    f"(pip install 'vpntk_jax[tfds]'): {e}") from e
   try:
     # TF would otherwise grab the whole GPU that JAX needs; it only decodes data here.
     tf.config.set_visible_devices([], "GPU")

@@ -221,3 +221,39 @@ def fid_kid(
     "num_a": int(feats_a.shape[0]),
     "num_b": int(feats_b.shape[0]),
   }
+
+
+# --- stored statistics (pytorch-fid's and DPImageBench's .npz: arrays mu, sigma) ---
+
+def save_statistics(path, mu: np.ndarray, sigma: np.ndarray) -> None:
+  """Writes (mu, sigma) as pytorch-fid does: an .npz with arrays `mu` and `sigma`."""
+  from vpntk_jax import io_utils  # pylint: disable=g-import-not-at-top
+  mu, sigma = _check_gaussian(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), "stats")
+  io_utils.save_npz_atomic(path, mu=mu, sigma=sigma)
+
+
+def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) from a pytorch-fid / DPImageBench statistics .npz."""
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      if not {"mu", "sigma"} <= set(npz.files):
+        raise DataError(f"{path}: a FID statistics file holds arrays 'mu' and 'sigma', "
+                        f"found {sorted(npz.files)}")
+      mu, sigma = npz["mu"], npz["sigma"]
+  except (OSError, ValueError) as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(f"cannot read FID statistics {path}: {e}") from e
+  return _check_gaussian(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), str(path))
+
+
+def fid_against_statistics(feature_fn: FeatureFn, images: np.ndarray, mu: np.ndarray,
+                           sigma: np.ndarray, *, batch_size: int = FEATURES_BATCH_SIZE) -> dict:
+  """FID of uint8 NHWC `images` against stored reference statistics (KID needs the
+  reference features themselves, so there is none)."""
+  feats = features_in_batches(feature_fn, images, batch_size)
+  if feats.shape[1] != mu.shape[0]:
+    raise DataError(f"the statistics are {mu.shape[0]}-d but the features are "
+                    f"{feats.shape[1]}-d")
+  own_mu, own_sigma = gaussian_statistics(feats)
+  return {"fid": frechet_distance(own_mu, own_sigma, mu, sigma), "num_a": int(feats.shape[0])}

@@ -3,6 +3,7 @@ test set, and (with public models) a feature distance; written to metrics.json."
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -15,6 +16,7 @@ from vpntk_jax.errors import VpntkError
 from vpntk_jax.evaluation import evaluate_synthetic, fid
 from vpntk_jax.evaluation.protocol import balanced_subsample
 from vpntk_jax.features import ntk
+from vpntk_jax.models import inception
 from vpntk_jax.run_files import METRICS
 
 
@@ -32,6 +34,8 @@ def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=N
                                cnn_epochs=config.cnn_epochs, progress=not quiet)
   metrics["test_set"] = test.name
   metrics["environment"] = environment()
+  if config.fid_weights is not None:
+    metrics["inception"] = inception_distances(images, labels, test, config)
   if public_models is not None:
     # An auxiliary metric: its failure is recorded, never allowed to lose the run.
     try:
@@ -43,6 +47,35 @@ def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=N
             flush=True)
   io_utils.write_json_atomic(run.file(METRICS), metrics)
   return metrics
+
+
+def check_fid_files(config) -> None:
+  """Reads the Inception weights and reference statistics a config names (before
+  a run writes anything: a bad file is bad input)."""
+  if config.fid_weights is not None:
+    inception.load_inception_params(config.fid_weights)
+  if config.fid_stats is not None:
+    fid.load_statistics(config.fid_stats)
+
+
+def inception_distances(images, labels, test: ImageDataset, config) -> dict:
+  """Inception FID and KID of up to `config.fid_samples` synthetic images (balanced)
+  against the real test set, or FID against `config.fid_stats`."""
+  feature_fn = inception.inception_feature_fn(inception.load_inception_params(
+      config.fid_weights))
+  rows = balanced_subsample(labels, max(1, config.fid_samples // test.num_classes),
+                            seed=config.seed)
+  weights = {"weights": os.path.abspath(config.fid_weights),
+             "weights_sha256": io_utils.sha256_file(config.fid_weights),
+             "network": "pytorch-fid FID InceptionV3, pool3 (2048-d)"}
+  if config.fid_stats is not None:
+    mu, sigma = fid.load_statistics(config.fid_stats)
+    return {**fid.fid_against_statistics(feature_fn, images[rows], mu, sigma,
+                                         batch_size=fid.FEATURES_BATCH_SIZE),
+            "reference": os.path.abspath(config.fid_stats), **weights}
+  return {**fid.fid_kid(feature_fn, images[rows], test.images, seed=config.seed,
+                        batch_size=fid.FEATURES_BATCH_SIZE),
+          "reference": test.name, **weights}
 
 
 def not_evaluated_reason(test: ImageDataset, config) -> str | None:
