@@ -159,7 +159,7 @@ def test_an_add_remove_run_stores_no_private_count(tmp_path):
                    "--config.ntk_layers=[32,\"relu\",\"layernorm\",4]", "--quiet"]) == 0
   ledger = read_ledger(out / "privacy.json")
   assert [r.name for r in ledger.releases] == ["private_count", "labelled_mean_embedding"]
-  for name in ("privacy.json", "report.md", "config.json", "metrics.json"):
+  for name in ("privacy.json", "report.md", "config.json", "metrics.json", "log.txt"):
     assert not _mentions(M, (out / name).read_text()), name
   assert "released with noise" in (out / "report.md").read_text()
 

@@ -17,7 +17,7 @@ import numpy as np
 from vpntk_jax import io_utils
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.run_dir import load_config
-from vpntk_jax.run_files import SYNTHETIC
+from vpntk_jax.run_files import DPIMAGEBENCH, SYNTHETIC
 
 FORMATS = ("dpimagebench",)
 DPIMAGEBENCH_FILE = os.path.join("gen", "gen.npz")
@@ -55,7 +55,7 @@ def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebenc
   source = os.path.join(run_path, SYNTHETIC)
   if not os.path.exists(source):
     raise RunDirError(f"{run_path} has no {SYNTHETIC}; run `vpntk synthesize` first")
-  out = out or os.path.join(run_path, "dpimagebench")
+  out = out or os.path.join(run_path, DPIMAGEBENCH)
   target = os.path.join(out, DPIMAGEBENCH_FILE)
   if os.path.exists(target) and not force:
     raise RunDirError(f"{target} exists; pass --force to replace it")

@@ -38,9 +38,9 @@ from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.noise import noise_rng
 from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
                                open_run_dir, staging_path)
-from vpntk_jax.run_files import CONFIG, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
+from vpntk_jax.run_files import CONFIG, LOG_TXT, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
-from vpntk_jax.log import say
+from vpntk_jax.log import run_log, say
 
 
 def device_mesh(config: RunConfig):
@@ -181,6 +181,10 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
         [run.staged, run.resumed] if run is not None else [0, 0], np.int32))
     if run is None:
       run = RunDir(out, staging_path(out) if staged else out, resumed=bool(resumed))
+    else:
+      cleanup.enter_context(run_log(run.file(LOG_TXT)))
+      say(f"vpntk {config.method} run in {out}" + (" (resumed)" if run.resumed else ""),
+          quiet=True)
     if run.resumed or reuse_release is not None:
       say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
     else:

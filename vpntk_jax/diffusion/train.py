@@ -14,10 +14,9 @@ from typing import Callable
 import jax
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from vpntk_jax.diffusion import edm
-from vpntk_jax.log import append_csv_row, say, start_csv_log
+from vpntk_jax.log import Progress, append_csv_row, say, start_csv_log
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
 from vpntk_jax.training.samplers import TrainState
@@ -77,7 +76,7 @@ def pretrain_edm(apply_fn: Callable, params, images: np.ndarray, labels: np.ndar
     params, ema, opt_state = state.params, state.model_state, state.opt_state
     if log_path is not None:
       start_csv_log(log_path, "step,loss,seconds", start)
-    bar = tqdm(total=settings.steps, initial=start, desc="pretrain", disable=quiet,
+    bar = Progress(total=settings.steps, initial=start, desc="pretrain", disable=quiet,
                dynamic_ncols=True)
     t0 = time.perf_counter()
     losses = []

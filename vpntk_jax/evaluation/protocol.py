@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from vpntk_jax.log import Progress
 
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation import classifiers as sk
@@ -140,7 +140,7 @@ def evaluate_synthetic(
     "test_size": int(test_labels.size),
     "protocol": protocol_description(int(subset.size), int(test_labels.size), cnn_epochs),
   }
-  bar = tqdm(classifiers, desc="evaluate", disable=not progress, leave=False)
+  bar = Progress(classifiers, desc="evaluate", disable=not progress, leave=False)
   for name in bar:
     bar.set_postfix_str(name)
     start = time.perf_counter()

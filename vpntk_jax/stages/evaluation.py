@@ -4,13 +4,13 @@ test set, and (with public models) a feature distance; written to metrics.json."
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 
 from vpntk_jax import io_utils
 from vpntk_jax.blocks import NO_TEST_SET
+from vpntk_jax.log import say
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.errors import VpntkError
 from vpntk_jax.evaluation import evaluate_synthetic, fid
@@ -43,8 +43,7 @@ def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=N
           images, labels, test, config, public_models)
     except VpntkError as e:
       metrics["public_feature_distance"] = {"error": str(e)}
-      print(f"WARNING: public feature distance not computed: {e}", file=sys.stderr,
-            flush=True)
+      say(f"WARNING: public feature distance not computed: {e}")
   io_utils.write_json_atomic(run.file(METRICS), metrics)
   return metrics
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from vpntk_jax import distributed
 from vpntk_jax import training
@@ -25,7 +24,7 @@ from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.privacy.release import array_digest, gaussian_release
 from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, TRAIN_LOG
-from vpntk_jax.log import say
+from vpntk_jax.log import Progress, say
 
 RELEASE_NAME = "labelled_mean_embedding"
 VALIDATION_RELEASE_NAME = "validation_embedding"
@@ -83,8 +82,8 @@ def private_embedding_sum(features: FeatureMap, private: ImageDataset, *, mesh=N
 
   In a multi-host job every process takes part (each sums its share).
   """
-  bar = tqdm(total=len(private.labels), desc="private embedding", disable=quiet,
-             dynamic_ncols=True)
+  bar = Progress(total=len(private.labels), desc="private embedding", disable=quiet,
+                 private=True, dynamic_ncols=True)
   done = [0]
 
   def progress(n):

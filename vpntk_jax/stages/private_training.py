@@ -23,7 +23,6 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.privacy import PrivacyLedger
@@ -33,7 +32,7 @@ from vpntk_jax.training import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
 from vpntk_jax.training.samplers import TrainState
-from vpntk_jax.log import append_csv_row, say, start_csv_log
+from vpntk_jax.log import Progress, append_csv_row, say, start_csv_log
 
 LOG_HEADER = "step,seconds"
 # The DP-SGD chunks' streams of the run's noise seed, apart from those the run's
@@ -80,7 +79,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
     if log_path is not None:
       start_csv_log(log_path, LOG_HEADER, start)
     t0 = time.perf_counter()
-    bar = tqdm(total=plan.steps, initial=start, desc="DP-SGD", disable=quiet,
+    bar = Progress(total=plan.steps, initial=start, desc="DP-SGD", disable=quiet,
                dynamic_ncols=True)
     params, ema_params, opt_state = state.params, state.model_state, state.opt_state
     for chunk_start in range(start, plan.steps, checkpoint_every):

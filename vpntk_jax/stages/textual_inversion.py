@@ -204,7 +204,8 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
   def private_statistic(self, private: ImageDataset, config, *, mesh=None,
                         quiet: bool = False):
     if not self.subsampled:
-      say(f"textual inversion of {len(private.labels)} private images", quiet)
+      say(f"textual inversion of {len(private.labels)} private images", quiet,
+          private=True)  # under add/remove the count is private: never in log.txt
       return super().private_statistic(private, config, mesh=mesh, quiet=quiet)
     # The selection is part of the mechanism: secret, never stored or logged.
     rng = generator(noise_rng(config.noise_seed, (SELECTION_STREAM,)))

@@ -16,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from vpntk_jax import sharding
 from vpntk_jax.blocks import TrainConfig
 from vpntk_jax.features import ntk
-from vpntk_jax.log import append_csv_row, start_csv_log
+from vpntk_jax.log import Progress, append_csv_row, say, start_csv_log
 from vpntk_jax.training.checkpoints import BestCheckpoint, Checkpointer, record_selection
 from vpntk_jax.training.losses import squared_distance
 from vpntk_jax.training.samplers import TrainState, as_sampler, class_grouped_batch, init_state
@@ -121,7 +120,7 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
   start_step = int(state.step)
   if log_path is not None:
     start_csv_log(log_path, "step,loss,seconds", start_step)
-  bar = tqdm(total=config.steps, initial=start_step, desc="train generator",
+  bar = Progress(total=config.steps, initial=start_step, desc="train generator",
              disable=not progress, dynamic_ncols=True)
   t0 = time.perf_counter()
   # The step is counted on the host: reading state.step would sync every step.
@@ -175,7 +174,7 @@ def train_to_match(features, model, target_matrix, *, num_classes: int, config: 
     if checkpointer.latest_step() is not None:
       state = checkpointer.restore(state)
       if progress:
-        tqdm.write(f"resumed training at step {int(state.step)}")
+        say(f"resumed training at step {int(state.step)}")
   state = replicate(state, mesh)
   step_fn = make_train_step(sampler, features.synthetic_mean, target, optimizer,
                             num_classes=num_classes, per_class=per_class,
@@ -206,7 +205,7 @@ def train_to_match(features, model, target_matrix, *, num_classes: int, config: 
     if best.best_step() is not None:
       state = best.restore_best(like)
       if progress:
-        tqdm.write(f"selected the checkpoint of step {int(state.step)} (closest to the "
+        say(f"selected the checkpoint of step {int(state.step)} (closest to the "
                    f"validation release)")
     best.close()
   return state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from vpntk_jax.log import Progress
 
 from vpntk_jax import arrays
 from vpntk_jax.training.samplers import TrainState, as_sampler
@@ -41,7 +41,7 @@ def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: in
     one = jax.eval_shape(sample, state.params, state.model_state, key, labels[:1])
     batch_size = generation_batch_size(one.shape[1:])
   out = []
-  bar = tqdm(total=len(labels), desc="synthesize", disable=not progress, dynamic_ncols=True)
+  bar = Progress(total=len(labels), desc="synthesize", disable=not progress, dynamic_ncols=True)
   for i, rows in enumerate(arrays.consecutive_rows(len(labels), batch_size)):
     padded, _ = arrays.padded_chunk(labels, rows, batch_size)
     out.append(np.asarray(sample(state.params, state.model_state, jax.random.fold_in(key, i),
