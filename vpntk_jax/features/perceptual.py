@@ -60,12 +60,11 @@ class PerceptualFeatureMap:
 
   def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
                   progress: Callable[[int], None] | None = None, mesh=None) -> dict:
-    del mesh
     chunk_size = self.chunk_size or int(np.clip(
         MAX_CHUNK_FLOATS // self.template(1)["mepf"].shape[0], 16, 1024))
     total = labelled.labelled_feature_sum(self._fn, self.extractor_params, images, labels,
                                           num_classes, chunk_size=chunk_size,
-                                          progress=progress)
+                                          progress=progress, mesh=mesh)
     return {"mepf": jnp.asarray(total, jnp.float32)}
 
   def synthetic_mean(self, x_grouped: jax.Array) -> dict:

@@ -75,10 +75,9 @@ class RFFFeatureMap:
 
   def private_sum(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
                   progress: Callable[[int], None] | None = None, mesh=None) -> dict:
-    del mesh  # one matmul per chunk; single device is plenty
     total = labelled.labelled_feature_sum(_rff_of_images, self.frequencies, images, labels,
                                           num_classes, chunk_size=self.chunk_size,
-                                          progress=progress)
+                                          progress=progress, mesh=mesh)
     return {"rff": jnp.asarray(total, jnp.float32)}
 
   def synthetic_mean(self, x_grouped: jax.Array) -> dict:

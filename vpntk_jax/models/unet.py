@@ -15,6 +15,7 @@ inversion conditions the network on a token no label has.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -225,6 +226,9 @@ def label_table(params) -> jax.Array:
   return params["label_embed"]["embedding"]
 
 
+# Cached by the (hashable, value-equal) model: the same function object lets
+# jit-compiled steps that take it as a static argument be reused across runs.
+@functools.lru_cache(maxsize=32)
 def token_apply_fn(model: UNet) -> Callable:
   """`make_apply_fn`'s call with the tokens as parameters: params {"unet": the UNet's,
   "tokens": (K, token_dim)}, and labels index the tokens. The same EDM loss and
@@ -237,6 +241,7 @@ def token_apply_fn(model: UNet) -> Callable:
   return apply_fn
 
 
+@functools.lru_cache(maxsize=32)
 def make_apply_fn(model: UNet) -> Callable:
   """(params, x, c_noise, labels, dropout_key=None) -> F: the call `diffusion.edm` makes.
 
