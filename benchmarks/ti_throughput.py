@@ -13,7 +13,6 @@ images are random (timing does not depend on them). Seconds are medians of
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 import jax
@@ -21,9 +20,8 @@ import numpy as np
 
 from vpntk_jax.diffusion import inversion
 from vpntk_jax.models import unet
+from benchmarks.output import emit
 from benchmarks.timing import median_seconds
-
-
 
 
 def main() -> None:
@@ -67,11 +65,7 @@ def main() -> None:
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(),
   }
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.json:
-    with open(args.json, "w") as f:
-      f.write(text + "\n")
+  emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,12 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       return run, prior
 
     t0 = time.perf_counter()
+    stage_seconds = {}
+
+    def lap(stage: str) -> None:
+      # Returned, never stored: the release's time grows with the private set's size.
+      stage_seconds[stage] = round(time.perf_counter() - t0 - sum(stage_seconds.values()), 3)
+
     # Only the primary process touches the directory; the others learn where it
     # builds the run (in place or in staging) and whether it resumes.
     opened = distributed.on_primary(open_and_record, "open the run directory")
@@ -202,7 +208,9 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     # What was stored is what every process trains on, fresh or resumed.
     ledger = read_ledger(run.file(PRIVACY))
     release = load_release(run.file(RELEASE), release_arrays, ledger)
+    lap("release")
     state = recipe.post_process(release, test.num_classes, config, run, mesh=mesh, quiet=quiet)
+    lap("post_process")
 
     charged = []
 
@@ -215,6 +223,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     state = recipe.train_on_private(state, private, config, run, ledger=ledger, charge=charge,
                                     mesh=mesh, quiet=quiet)
     del private  # nothing after this point sees private data
+    lap("train_on_private")
     if charged:
       ledger = charged[-1]
       if not ledger.within_budget():
@@ -228,13 +237,15 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     synthesis.save_loss_curve(run)
     images, labels = synthesis.synthesize(recipe.sampler, state, test.num_classes, config, run,
                                           quiet=quiet)
+    lap("synthesize")
     metrics = evaluation.evaluate(images, labels, test, config, run, public_models=public_models,
                                   quiet=quiet)
+    lap("evaluate")
     report.write_report(run.work)
     run.finish()
     return {"run_dir": run.path, "epsilon": config.epsilon, "delta": config.delta,
             "total_epsilon": ledger.total_epsilon(), "accuracy": metrics.get("accuracy"),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "stage_seconds": stage_seconds}
 
 
 def store_release(run: RunDir, release: dict[str, np.ndarray], ledger: PrivacyLedger,
