@@ -145,9 +145,8 @@ class Progress:
 
   def close(self) -> None:
     self._bar.close()
-    elapsed = _duration(time.monotonic() - self._start)
-    self._line(f"{self.desc}: done in {elapsed}" if self.private else
-               f"{self._status(final=True)} (done)")
+    # A private bar's duration would be one more number computed from private data.
+    self._line(f"{self.desc}: done" if self.private else f"{self._status(final=True)} (done)")
 
   def __iter__(self):
     for item in self.iterable:
