@@ -38,6 +38,7 @@ def test_committed_notebook_is_clean(name):
   nbformat.validate(nb)
   assert nb.nbformat == 4
   assert nb.metadata.kernelspec.name == "python3"
+  assert nb.metadata.accelerator == "TPU"  # Colab opens it on a TPU runtime
   for cell in _code_cells(nb):
     assert cell.outputs == [] and cell.execution_count is None, "clear the outputs"
   first = _code_cells(nb)[0].source
