@@ -39,3 +39,21 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def round_up_to_devices(size: int, mesh: Mesh | None) -> int:
   n = 1 if mesh is None else mesh.size
   return -(-size // n) * n
+
+
+def summed_over_rows(fn, mesh: Mesh | None, num_row_args: int):
+  """jit of `fn(replicated, *row_arrays)`, a sum over the rows; with a mesh the rows
+  are split over its devices and the per-device sums added with psum."""
+  if mesh is None:
+    return jax.jit(fn)
+  rows = P(DATA_AXIS)
+  return jax.jit(jax.shard_map(lambda *args: jax.lax.psum(fn(*args), DATA_AXIS), mesh=mesh,
+                               in_specs=(P(),) + (rows,) * num_row_args, out_specs=P()))
+
+
+def row_placer(mesh: Mesh | None):
+  """Puts a host chunk where `summed_over_rows` takes it: split over the mesh's devices."""
+  if mesh is None:
+    return jax.numpy.asarray
+  sharding = batch_sharding(mesh)
+  return lambda a: jax.device_put(a, sharding)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vpntk_jax import arrays
+from vpntk_jax import sharding
 
 
 def _chunk_sum(feature_fn, num_classes, params, images, labels, mask):
@@ -26,15 +27,8 @@ def _chunk_sum(feature_fn, num_classes, params, images, labels, mask):
 
 @functools.lru_cache(maxsize=16)
 def _chunk_sum_fn(feature_fn, num_classes: int, mesh):
-  """Jitted chunk sum; with a mesh, rows are split over devices and summed by psum."""
-  body = functools.partial(_chunk_sum, feature_fn, num_classes)
-  if mesh is None:
-    return jax.jit(body)
-  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.sharding import DATA_AXIS  # pylint: disable=g-import-not-at-top
-  rows = P(DATA_AXIS)
-  return jax.jit(jax.shard_map(lambda *args: jax.lax.psum(body(*args), DATA_AXIS), mesh=mesh,
-                               in_specs=(P(), rows, rows, rows), out_specs=P()))
+  return sharding.summed_over_rows(functools.partial(_chunk_sum, feature_fn, num_classes),
+                                   mesh, 3)
 
 
 def labelled_feature_sum(feature_fn: Callable, params, images: np.ndarray, labels: np.ndarray,
@@ -50,12 +44,8 @@ def labelled_feature_sum(feature_fn: Callable, params, images: np.ndarray, label
       is split over its devices.
   """
   labels = np.asarray(labels, np.int32)
-  place = jnp.asarray
-  if mesh is not None:
-    from vpntk_jax.sharding import batch_sharding, round_up_to_devices  # pylint: disable=g-import-not-at-top
-    chunk_size = round_up_to_devices(chunk_size, mesh)
-    place = lambda a: jax.device_put(a, batch_sharding(mesh))
-  chunk_fn = _chunk_sum_fn(feature_fn, num_classes, mesh)
+  chunk_size = sharding.round_up_to_devices(chunk_size, mesh)
+  chunk_fn, place = _chunk_sum_fn(feature_fn, num_classes, mesh), sharding.row_placer(mesh)
   total = None
   for rows in arrays.consecutive_rows(len(labels), chunk_size):
     x, mask = arrays.padded_chunk(images, rows, chunk_size)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vpntk_jax import arrays
+from vpntk_jax import sharding
 
 Params = list  # [{"w": (d_in, d_out), "b": (d_out,)}, ...], one per Dense layer
 Embedding = list  # like Params, every leaf with a trailing class axis
@@ -283,17 +284,7 @@ def _chunk_sum(network: NTKNetwork, params: Params, x: jax.Array, mask: jax.Arra
 
 @functools.lru_cache(maxsize=8)
 def _chunk_sum_fn(network: NTKNetwork, mesh):
-  """Jitted chunk sum; with a mesh, rows are split over devices and summed by psum."""
-  if mesh is None:
-    return jax.jit(functools.partial(_chunk_sum, network))
-  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.sharding import DATA_AXIS  # pylint: disable=g-import-not-at-top
-
-  def local(params, x, mask):
-    return jax.lax.psum(_chunk_sum(network, params, x, mask), DATA_AXIS)
-
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
-                               out_specs=P()))
+  return sharding.summed_over_rows(functools.partial(_chunk_sum, network), mesh, 2)
 
 
 def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarray,
@@ -312,13 +303,8 @@ def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarra
       is split over its devices.
   """
   labels = np.asarray(labels)
-  if mesh is not None:
-    chunk_size = -(-chunk_size // mesh.size) * mesh.size
-  chunk_fn = _chunk_sum_fn(network, mesh)
-  place = lambda a: a
-  if mesh is not None:
-    from vpntk_jax.sharding import batch_sharding  # pylint: disable=g-import-not-at-top
-    place = lambda a: jax.device_put(a, batch_sharding(mesh))
+  chunk_size = sharding.round_up_to_devices(chunk_size, mesh)
+  chunk_fn, place = _chunk_sum_fn(network, mesh), sharding.row_placer(mesh)
   totals = [{"w": np.zeros(p["w"].shape + (num_classes,), np.float64),
              "b": np.zeros(p["b"].shape + (num_classes,), np.float64)} for p in params]
   done = 0
