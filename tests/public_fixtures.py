@@ -18,6 +18,18 @@ from vpntk_jax.models.generator import ConvCondGenerator
 TINY_NTK = (32, "relu", "layernorm", 10)
 
 
+def random_npz(path, num_train: int, num_test: int, num_classes: int, *,
+               shape=(8, 8, 1), seed: int = 0) -> str:
+  """A .npz of random uint8 images with train and test splits, labels cycling over
+  the classes; returns its path."""
+  rng = np.random.default_rng(seed)
+  np.savez(path, x=rng.integers(0, 256, (num_train, *shape), np.uint8),
+           y=np.arange(num_train) % num_classes,
+           x_test=rng.integers(0, 256, (num_test, *shape), np.uint8),
+           y_test=np.arange(num_test) % num_classes)
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def public_generator():
   g = ConvCondGenerator(10)

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from public_fixtures import random_npz
 from vpntk_jax import cli
 from vpntk_jax import config as config_lib
 from vpntk_jax import pipeline
@@ -25,11 +26,8 @@ def test_clopper_pearson_and_bound_formula():
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = tmp_path_factory.mktemp("audit") / "d.npz"
-  np.savez(path, x=rng.integers(0, 256, (200, 8, 8, 1), np.uint8), y=np.arange(200) % 4,
-           x_test=rng.integers(0, 256, (8, 8, 8, 1), np.uint8), y_test=np.arange(8) % 4)
-  return config_lib.RunConfig(data=DataConfig(source=str(path)), ntk_layers=(32, "relu", "layernorm", 4),
+  path = random_npz(tmp_path_factory.mktemp("audit") / "d.npz", 200, 8, 4)
+  return config_lib.RunConfig(data=DataConfig(source=path), ntk_layers=(32, "relu", "layernorm", 4),
                               epsilon=1.0, delta=1e-5)
 
 

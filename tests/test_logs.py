@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from public_fixtures import random_npz
 from vpntk_jax import cli, log
 from vpntk_jax import tensorboard_events as events
 
@@ -16,11 +17,7 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = tmp_path_factory.mktemp("d") / "d.npz"
-  np.savez(path, x=rng.integers(0, 256, (60, 8, 8, 1), np.uint8), y=np.arange(60) % 3,
-           x_test=rng.integers(0, 256, (30, 8, 8, 1), np.uint8), y_test=np.arange(30) % 3)
-  return str(path)
+  return random_npz(tmp_path_factory.mktemp("d") / "d.npz", 60, 30, 3)
 
 
 def _run(data, out, *extra):

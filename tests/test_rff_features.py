@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from public_fixtures import random_npz
 from vpntk_jax.privacy.noise import LATTICE_FACTOR
 from vpntk_jax import cli
 from vpntk_jax.features import ntk
@@ -62,10 +63,7 @@ def test_median_heuristic_is_positive_and_scale_aware():
 
 
 def test_dp_merf_end_to_end_tiny(tmp_path):
-  rng = np.random.default_rng(0)
-  data = tmp_path / "d.npz"
-  np.savez(data, x=rng.integers(0, 256, (200, 8, 8, 1), np.uint8), y=np.arange(200) % 4,
-           x_test=rng.integers(0, 256, (80, 8, 8, 1), np.uint8), y_test=np.arange(80) % 4)
+  data = random_npz(tmp_path / "d.npz", 200, 80, 4)
   out = tmp_path / "run"
   assert cli.main(["synthesize", "--method", "dp-merf", "--data", str(data), "--out", str(out),
                    "--steps", "3", "--batch-size", "16", "--num-synthetic", "40",

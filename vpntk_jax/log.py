@@ -24,6 +24,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from vpntk_jax import distributed
 from vpntk_jax import io_utils
 from vpntk_jax.tensorboard_events import ScalarWriter
 
@@ -39,11 +40,6 @@ def _stderr_is_terminal() -> bool:
     return False
 
 
-def _is_primary() -> bool:
-  jax = sys.modules.get("jax")  # never imports JAX just to log
-  return jax is None or jax.process_index() == 0
-
-
 class _Stderr(logging.StreamHandler):
   """stderr as it is when a record is written (tests and notebooks swap it)."""
 
@@ -56,7 +52,7 @@ class _Stderr(logging.StreamHandler):
     del value
 
   def filter(self, record):
-    if getattr(record, "quiet", False) or not _is_primary():
+    if getattr(record, "quiet", False) or not distributed.is_primary():
       return False
     # On a terminal the bar shows progress; its plain lines are for files.
     return not (getattr(record, "progress", False) and _stderr_is_terminal())
@@ -79,7 +75,7 @@ def say(msg: str, quiet: bool = False, *, private: bool = False) -> None:
 
 class _RunFile(logging.FileHandler):
   def filter(self, record):
-    return _is_primary() and not getattr(record, "private", False)
+    return distributed.is_primary() and not getattr(record, "private", False)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vpntk_jax import arrays
+from vpntk_jax import io_utils
 from vpntk_jax.errors import ConfigError, DataError
 
 FEATURES_BATCH_SIZE = 256
@@ -227,8 +228,7 @@ def fid_kid(
 
 def save_statistics(path, mu: np.ndarray, sigma: np.ndarray) -> None:
   """Writes (mu, sigma) as pytorch-fid does: an .npz with arrays `mu` and `sigma`."""
-  from vpntk_jax import io_utils  # pylint: disable=g-import-not-at-top
-  mu, sigma = _check_gaussian(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), "stats")
+  mu, sigma = _check_gaussian(mu, sigma, "stats")
   io_utils.save_npz_atomic(path, mu=mu, sigma=sigma)
 
 
@@ -244,7 +244,7 @@ def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(e, DataError):
       raise
     raise DataError(f"cannot read FID statistics {path}: {e}") from e
-  return _check_gaussian(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), str(path))
+  return _check_gaussian(mu, sigma, str(path))
 
 
 def fid_against_statistics(feature_fn: FeatureFn, images: np.ndarray, mu: np.ndarray,

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 
 from vpntk_jax import io_utils
 from vpntk_jax.blocks import NO_TEST_SET
-from vpntk_jax.log import say
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.errors import VpntkError
 from vpntk_jax.evaluation import evaluate_synthetic, fid
 from vpntk_jax.evaluation.protocol import balanced_subsample
 from vpntk_jax.features import ntk
+from vpntk_jax.log import say
 from vpntk_jax.models import inception
 from vpntk_jax.run_files import METRICS
 
@@ -67,6 +67,7 @@ def inception_distances(images, labels, test: ImageDataset, config) -> dict:
   weights = {"weights": os.path.abspath(config.fid_weights),
              "weights_sha256": io_utils.sha256_file(config.fid_weights),
              "network": "pytorch-fid FID InceptionV3, pool3 (2048-d)"}
+  # The batch size is read here, at call time, so one module setting serves every call.
   if config.fid_stats is not None:
     mu, sigma = fid.load_statistics(config.fid_stats)
     return {**fid.fid_against_statistics(feature_fn, images[rows], mu, sigma,
