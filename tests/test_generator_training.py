@@ -1,6 +1,5 @@
 """Generator layers and the training loop."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import pytest
 
 from vpntk_jax import training
 from vpntk_jax.config import RunConfig
-from vpntk_jax.features import ntk
+from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.models.generator import ConvCondGenerator, UpsampleConv
 from vpntk_jax.pipeline import build_recipe
 
@@ -59,8 +58,8 @@ def test_training_reduces_the_embedding_distance():
   gen = ConvCondGenerator(num_classes=2, image_shape=(12, 12, 1), hidden=32, channels=8)
   optimizer = training.make_optimizer(config)
   state = training.init_state(jax.random.key(1), gen, optimizer, config.latent_dim)
-  step = training.make_train_step(gen, functools.partial(ntk.synthetic_embedding, network, params),
-                                  target, optimizer, num_classes=2, per_class=10,
+  objective = training.matching_objective(NTKFeatureMap(network, input_dim=12 * 12, seed=0))
+  step = training.make_train_step(gen, objective, target, optimizer, num_classes=2, per_class=10,
                                   latent_dim=config.latent_dim, base_key=jax.random.key(2))
   losses = []
   for _ in range(config.steps):

@@ -20,3 +20,13 @@ def test_embedding_losses():
   assert float(embedding_loss("cosine")(t, scaled)) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="loss must be"):
     embedding_loss("l1")
+
+
+@pytest.mark.parametrize("kind", ["mmd", "cosine", "mmd+cosine"])
+def test_of_products_is_the_loss(kind):
+  t = {"a": jnp.array([1.0, -0.5]), "b": jnp.array([[0.25]])}
+  s = {"a": jnp.array([0.3, 2.0]), "b": jnp.array([[-1.0]])}
+  dot = lambda u, v: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
+  loss = embedding_loss(kind, cosine_weight=0.7)
+  assert float(loss.of_products(dot(t, t), dot(t, s), dot(s, s))) == pytest.approx(
+      float(loss(t, s)), rel=1e-6)

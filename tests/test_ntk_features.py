@@ -178,3 +178,35 @@ def test_check_features_without_neural_tangents_names_the_extra(capsys, monkeypa
   from vpntk_jax import cli
   assert cli.main(["check-features", _TINY_CONFIG, "--examples", "12"]) == 2
   assert "vpntk_jax[ntk]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize("kind", ["mmd", "mmd+cosine"])
+@pytest.mark.parametrize("target_offset", [1.0, 1e-2])
+def test_objective_through_products_matches_the_materialised_embedding(network, kind,
+                                                                       target_offset):
+  # The step's loss from <t, s> and <s, s> (never forming s) against the loss of
+  # the formed embedding: value and gradient in the generator's images. The
+  # target is a release-like embedding: another batch's, plus an offset that is
+  # large (early training) or small relative to it (close to a fit).
+  from vpntk_jax.features import NTKFeatureMap
+  from vpntk_jax.training import embedding_loss, matching_objective
+  import types
+  classes, per_class, d = 3, 6, 20
+  features = NTKFeatureMap(network, input_dim=d, seed=3)
+  x = jax.random.uniform(jax.random.key(2), (classes, per_class, d))
+  other = ntk.synthetic_embedding(network, features.params,
+                                  jax.random.uniform(jax.random.key(5), x.shape))
+  noise = jax.tree.map(lambda l: jax.random.normal(jax.random.key(6), l.shape), other)
+  scale = target_offset * float(jnp.sqrt(sum(jnp.vdot(l, l) for l in jax.tree.leaves(other))))
+  scale /= float(jnp.sqrt(sum(jnp.vdot(l, l) for l in jax.tree.leaves(noise))))
+  target = jax.tree.map(lambda t, n: t + scale * n, other, noise)
+  loss = embedding_loss(kind, cosine_weight=0.5)
+  results = []
+  for fmap in (features, types.SimpleNamespace(synthetic_mean=features.synthetic_mean)):
+    objective = matching_objective(fmap, loss)
+    results.append(jax.jit(jax.value_and_grad(objective.loss, argnums=1))(
+        objective.prepare(target), x))
+  (value, grad), (value_ref, grad_ref) = results
+  assert float(value) == pytest.approx(float(value_ref), rel=1e-4)
+  np.testing.assert_allclose(grad, grad_ref, rtol=0, atol=1e-4 * float(jnp.abs(grad_ref).max()))

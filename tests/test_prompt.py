@@ -12,7 +12,7 @@ from public_fixtures import TINY_NTK
 from vpntk_jax import training
 from vpntk_jax.blocks import PromptConfig
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.features import ntk
+from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.models.prompt import (PromptedGenerator, bounded_image_prompt, fixed_label_map,
                                      prompt_mask)
 
@@ -84,9 +84,10 @@ def _train_steps(sampler, steps=3):
   target = embed(jax.random.uniform(jax.random.key(2), (10, 4, 784)))
   optimizer = sampler.optimizer(optax.adam(1e-2))
   state = training.init_state(jax.random.key(1), sampler, optimizer, 5)
-  step = training.make_train_step(sampler, embed, target, optimizer, num_classes=10,
-                                  per_class=4, latent_dim=5, base_key=jax.random.key(3),
-                                  loss_fn=training.embedding_loss("mmd+cosine"))
+  objective = training.matching_objective(NTKFeatureMap(network, input_dim=784, seed=0),
+                                          training.embedding_loss("mmd+cosine"))
+  step = training.make_train_step(sampler, objective, target, optimizer, num_classes=10,
+                                  per_class=4, latent_dim=5, base_key=jax.random.key(3))
   losses = []
   for _ in range(steps):
     state, loss = step(state)

@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent("""
     import functools, jax, jax.numpy as jnp, numpy as np
     assert len(jax.devices()) == 8, jax.devices()
     from vpntk_jax import sharding, training
-    from vpntk_jax.features import ntk
+    from vpntk_jax.features import NTKFeatureMap, ntk
     from vpntk_jax.models.generator import ConvCondGenerator
 
     net = ntk.NTKNetwork((64, "relu", "layernorm", 10))
@@ -38,11 +38,12 @@ SCRIPT = textwrap.dedent("""
     config = training.TrainConfig(steps=3, batch_size=80)
     opt = training.make_optimizer(config)
     target = jax.tree.map(lambda a: a / 300, ntk.private_embedding_sum(net, params, images, labels, 10))
-    embed = functools.partial(ntk.synthetic_embedding, net, params)
+    # The step's objective through inner products, the batch split over the mesh.
+    objective = training.matching_objective(NTKFeatureMap(net, input_dim=16 * 16, seed=0))
     results = []
     for m in (None, mesh):
       state = training.replicate(training.init_state(jax.random.key(1), gen, opt, 5), m)
-      step = training.make_train_step(gen, embed, target, opt, num_classes=10, per_class=8,
+      step = training.make_train_step(gen, objective, target, opt, num_classes=10, per_class=8,
                                       latent_dim=5, base_key=jax.random.key(2), mesh=m)
       for _ in range(3):
         state, loss = step(state)

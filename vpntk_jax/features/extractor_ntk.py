@@ -62,10 +62,19 @@ class ExtractorNTKFeatureMap:
     return self.ntk_map.private_sum(self.extract(images, progress), labels, num_classes,
                                     mesh=mesh)
 
-  def synthetic_mean(self, x_grouped: jax.Array) -> ntk.Embedding:
+  def _grouped_features(self, x_grouped: jax.Array) -> jax.Array:
     num_classes, n, _ = x_grouped.shape
     f = self.features(x_grouped.reshape((num_classes * n,) + tuple(self.image_shape)))
-    return self.ntk_map.synthetic_mean(f.reshape(num_classes, n, -1))
+    return f.reshape(num_classes, n, -1)
+
+  def synthetic_mean(self, x_grouped: jax.Array) -> ntk.Embedding:
+    return self.ntk_map.synthetic_mean(self._grouped_features(x_grouped))
+
+  def products_target(self, target: ntk.Embedding) -> ntk.Embedding:
+    return self.ntk_map.products_target(target)
+
+  def synthetic_products(self, target: ntk.Embedding, x_grouped: jax.Array):
+    return self.ntk_map.synthetic_products(target, self._grouped_features(x_grouped))
 
   def template(self, num_classes: int) -> ntk.Embedding:
     return self.ntk_map.template(num_classes)

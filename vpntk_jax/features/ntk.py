@@ -275,6 +275,36 @@ def synthetic_embedding(network: NTKNetwork, params: Params, x_grouped: jax.Arra
                               scales.reshape(num_classes, n) / (num_classes * n))
 
 
+def classes_first(embedding: Embedding) -> Embedding:
+  """Moves every leaf's trailing class axis to the front: the layout of
+  `synthetic_products`' target (a batched matmul per class needs it leading)."""
+  return jax.tree.map(lambda leaf: jnp.moveaxis(jnp.asarray(leaf), -1, 0), embedding)
+
+
+def synthetic_products(network: NTKNetwork, params: Params, target_classes_first: Embedding,
+                       x_grouped: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(<T, S>, ||S||^2) for S = synthetic_embedding(x_grouped), without forming S.
+
+  With S_c = sum_i w_ci a_ci d_ci^T per layer (plus the bias part sum_i w_ci d_ci):
+  <T_c, S_c> = sum_i w_ci (a_ci^T T_c d_ci + t_c . d_ci), one (n, d_in) x (d_in,
+  d_out) matmul per class; ||S_c||^2 = sum_ij w_ci w_cj (a_ci.a_cj + 1)(d_ci.d_cj),
+  two n x n Grams. The embedding (d_in x d_out per class) and its backward never
+  exist: the step does one large matmul per class and layer instead of three.
+  """
+  num_classes, n, dim = x_grouped.shape
+  acts, deltas, scales = normalised_feature_scales(network, params,
+                                                   x_grouped.reshape(num_classes * n, dim))
+  weights = scales.reshape(num_classes, n) / (num_classes * n)
+  cross, square = 0.0, 0.0
+  for a, d, t in zip(acts, deltas, target_classes_first):
+    a, d = a.reshape(num_classes, n, -1), d.reshape(num_classes, n, -1)
+    projected = jnp.einsum("cni,cio->cno", a, t["w"]) + t["b"][:, None, :]
+    cross = cross + jnp.sum(weights * jnp.sum(projected * d, -1))
+    gram = (jnp.einsum("cni,cmi->cnm", a, a) + 1.0) * jnp.einsum("cno,cmo->cnm", d, d)
+    square = square + jnp.einsum("cn,cnm,cm->", weights, gram, weights)
+  return cross, square
+
+
 def _chunk_sum(network: NTKNetwork, params: Params, x: jax.Array, mask: jax.Array):
   # Full float32 matmuls on the private side: the norms bound the sensitivity.
   with jax.default_matmul_precision("float32"):

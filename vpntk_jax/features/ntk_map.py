@@ -36,6 +36,14 @@ class NTKFeatureMap:
   def synthetic_mean(self, x_grouped: jax.Array) -> ntk.Embedding:
     return ntk.synthetic_embedding(self.network, self.params, x_grouped)
 
+  def products_target(self, target: ntk.Embedding) -> ntk.Embedding:
+    """The target in the layout `synthetic_products` reads (done once, not per step)."""
+    return ntk.classes_first(target)
+
+  def synthetic_products(self, target: ntk.Embedding, x_grouped: jax.Array):
+    """(<T, S>, ||S||^2) for S = synthetic_mean(x_grouped), T in products_target's layout."""
+    return ntk.synthetic_products(self.network, self.params, target, x_grouped)
+
   def template(self, num_classes: int) -> ntk.Embedding:
     """Zero embedding with this map's structure (to unflatten a stored release)."""
     return jax.tree.map(lambda p: np.zeros(p.shape + (num_classes,), np.float32), self.params)

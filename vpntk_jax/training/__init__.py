@@ -3,7 +3,8 @@
 Everything here is post-processing of the released (noisy) embedding: it can
 run for any number of steps at no privacy cost. The private data never enters.
 
-  losses       the objectives: squared_distance, embedding_loss (blocks.LOSSES)
+  losses       the objectives: squared_distance, embedding_loss (blocks.LOSSES),
+               matching_objective (through inner products where a feature map can)
   samplers     Sampler, GeneratorSampler, as_sampler, TrainState, init_state
   loop         make_optimizer, make_train_step, replicate, fit, train_to_match
   checkpoints  Checkpointer, BestCheckpoint, the validation selection record
@@ -15,7 +16,8 @@ Every public name is re-exported here (`training.X`); `TrainConfig` and
 
 from vpntk_jax.blocks import LOSSES, TrainConfig
 from vpntk_jax.training.checkpoints import BestCheckpoint, Checkpointer
-from vpntk_jax.training.losses import embedding_loss, squared_distance
+from vpntk_jax.training.losses import (EmbeddingLoss, MatchingObjective, embedding_loss,
+                                       matching_objective, squared_distance)
 from vpntk_jax.training.loop import (
     fit,
     make_optimizer,
@@ -41,7 +43,8 @@ from vpntk_jax.training.synthesis import (
 __all__ = [
     "LOSSES", "TrainConfig",
     "BestCheckpoint", "Checkpointer",
-    "embedding_loss", "squared_distance",
+    "EmbeddingLoss", "MatchingObjective", "embedding_loss", "matching_objective",
+    "squared_distance",
     "fit", "make_optimizer", "make_train_step", "make_validation_distance", "replicate",
     "train_to_match",
     "GeneratorSampler", "Sampler", "TrainState", "as_sampler", "class_grouped_batch",

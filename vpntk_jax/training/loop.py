@@ -22,7 +22,8 @@ from vpntk_jax.blocks import TrainConfig
 from vpntk_jax.features import ntk
 from vpntk_jax.log import Progress, append_csv_row, say, start_csv_log
 from vpntk_jax.training.checkpoints import BestCheckpoint, Checkpointer, record_selection
-from vpntk_jax.training.losses import squared_distance
+from vpntk_jax.training.losses import (EmbeddingLoss, MatchingObjective, matching_objective,
+                                       squared_distance)
 from vpntk_jax.training.samplers import TrainState, as_sampler, class_grouped_batch, init_state
 
 
@@ -35,9 +36,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   return optax.adam(lr)
 
 
-def make_train_step(model, embed_fn: Callable, target, optimizer, *,
+def make_train_step(model, objective: MatchingObjective, target, optimizer, *,
                     num_classes: int, per_class: int, latent_dim: int,
-                    base_key: jax.Array, loss_fn: Callable = squared_distance, mesh=None):
+                    base_key: jax.Array, mesh=None):
   """Returns `step(state) -> (state, loss)`, jitted.
 
   The batch key is fold_in(base_key, step), so a resumed run draws exactly the
@@ -45,9 +46,9 @@ def make_train_step(model, embed_fn: Callable, target, optimizer, *,
 
   Args:
     model: a Sampler, or a Flax generator (trained from scratch).
-    embed_fn: class-grouped images (C, n, H*W*C) in [0, 1] -> embedding pytree.
-    target: the released embedding (same pytree structure).
-    loss_fn: (target, synthetic) -> scalar.
+    objective: `matching_objective(features, loss_fn)`; its loss reads
+      class-grouped images (C, n, H*W*C) in [0, 1].
+    target: the released embedding (objective.prepare is applied to it once).
     mesh: optional 1-D device mesh: the synthetic batch is split over it
       (data parallel); `state` must then be replicated on the mesh
       (`replicate(state, mesh)`).
@@ -60,8 +61,7 @@ def make_train_step(model, embed_fn: Callable, target, optimizer, *,
       z = jax.lax.with_sharding_constraint(z, sharding.batch_sharding(mesh))
       labels = jax.lax.with_sharding_constraint(labels, sharding.batch_sharding(mesh))
     images, model_state = sampler.apply(params, model_state, z, labels, train=True)
-    synthetic = embed_fn(images.reshape(num_classes, per_class, -1))
-    return loss_fn(target, synthetic), model_state
+    return objective.loss(target, images.reshape(num_classes, per_class, -1)), model_state
 
   @jax.jit
   def jitted_step(state: TrainState, target):
@@ -73,7 +73,7 @@ def make_train_step(model, embed_fn: Callable, target, optimizer, *,
                       model_state=model_state, opt_state=opt_state), loss
 
   # The target is an argument, not a closed-over constant baked into the program.
-  target = replicate(target, mesh)
+  target = replicate(objective.prepare(target), mesh)
   return lambda state: jitted_step(state, target)
 
 
@@ -144,7 +144,7 @@ def fit(step_fn, state: TrainState, config: TrainConfig, *,
 
 
 def train_to_match(features, model, target_matrix, *, num_classes: int, config: TrainConfig,
-                   seed: int, loss_fn: Callable = squared_distance,
+                   seed: int, loss_fn: Callable = EmbeddingLoss(),
                    checkpoint_dir: str | None = None, log_path: str | None = None, mesh=None,
                    progress: bool = True, validation_matrix=None,
                    selection_dir: str | None = None,
@@ -176,10 +176,9 @@ def train_to_match(features, model, target_matrix, *, num_classes: int, config: 
       if progress:
         say(f"resumed training at step {int(state.step)}")
   state = replicate(state, mesh)
-  step_fn = make_train_step(sampler, features.synthetic_mean, target, optimizer,
+  step_fn = make_train_step(sampler, matching_objective(features, loss_fn), target, optimizer,
                             num_classes=num_classes, per_class=per_class,
-                            latent_dim=config.latent_dim, base_key=key_batches,
-                            loss_fn=loss_fn, mesh=mesh)
+                            latent_dim=config.latent_dim, base_key=key_batches, mesh=mesh)
   best, on_checkpoint = None, None
   if validation_matrix is not None:
     if selection_dir is None:
