@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 
@@ -20,3 +22,14 @@ def consecutive_rows(num_rows: int, chunk_size: int):
   """Index arrays of consecutive chunks of at most `chunk_size` rows."""
   for start in range(0, num_rows, chunk_size):
     yield np.arange(start, min(start + chunk_size, num_rows))
+
+
+def is_memory_mapped(array: np.ndarray) -> bool:
+  """Whether `array` is (a view of) a memory-mapped file (`data.npy`): a whole copy of
+  it would read the file into memory, which chunked reads avoid."""
+  base = array
+  while base is not None:
+    if isinstance(base, (np.memmap, mmap.mmap)):
+      return True
+    base = getattr(base, "base", None)
+  return False

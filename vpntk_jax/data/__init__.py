@@ -1,4 +1,5 @@
-"""Datasets: labelled uint8 NHWC images loaded from IDX, TFDS, .npz or image folders.
+"""Datasets: labelled uint8 NHWC images loaded from IDX, TFDS, .npz or image folders,
+or memory-mapped from .npy files (`npy`, streamed).
 
 TensorFlow is imported only when a "tfds:" source is loaded.
 """

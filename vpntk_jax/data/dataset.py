@@ -19,7 +19,8 @@ class ImageDataset:
   """Images with integer class labels, ready for feature extraction.
 
   Attributes:
-    images: uint8 array, NHWC (grayscale has C=1), C-contiguous.
+    images: uint8 array, NHWC (grayscale has C=1), C-contiguous; in memory, or a
+      read-only view of a memory-mapped file (`data.npy`), read in chunks.
     labels: int32 array of shape (N,), values in [0, num_classes).
     num_classes: number of classes (some may have zero examples).
     name: human-readable origin, e.g. "fashion_mnist:train".

