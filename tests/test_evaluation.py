@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from vpntk_jax.errors import ConfigError, DataError
-from vpntk_jax.evaluation import CLASSIFIERS, balanced_subsample, evaluate_synthetic
+from vpntk_jax.evaluation import DEFAULT_CLASSIFIERS, balanced_subsample, evaluate_synthetic
 from vpntk_jax.evaluation.cnn import fit_predict_cnn, max_pool_2x2
 from vpntk_jax.visualize import BACKGROUND, PAD, sample_grid, save_loss_curve, save_png
 
@@ -64,7 +64,7 @@ def test_max_pool_matches_reference():
 
 def test_evaluate_synthetic_on_real_digits(real_result, digits):
   acc = real_result["accuracy"]
-  assert set(acc) == set(CLASSIFIERS)
+  assert set(acc) == set(DEFAULT_CLASSIFIERS)
   assert acc["logistic_regression"] > 0.85
   assert acc["mlp"] > 0.85
   assert acc["cnn"] > 0.7
@@ -72,7 +72,7 @@ def test_evaluate_synthetic_on_real_digits(real_result, digits):
   expected_size = int(np.minimum(np.bincount(digits[1]), 100).sum())
   assert real_result["train_size"] == expected_size
   assert real_result["test_size"] == len(digits[3])
-  assert all(real_result["seconds"][name] > 0 for name in CLASSIFIERS)
+  assert all(real_result["seconds"][name] > 0 for name in DEFAULT_CLASSIFIERS)
   assert 0.0 <= real_result["synthetic_val_accuracy"]["cnn"] <= 1.0
   assert "test set" in real_result["protocol"]
 
@@ -166,7 +166,11 @@ def test_save_loss_curve_without_usable_points(tmp_path):
 
 
 def test_protocol_description_follows_the_classifier_settings(monkeypatch):
-  from vpntk_jax.evaluation import classifiers, protocol
-  assert "max_iter=5000" in protocol.protocol_description(6000, 10000, 10)
+  from vpntk_jax.evaluation import classifiers, jax_classifiers, protocol
+  every = protocol.CLASSIFIERS
+  assert "max_iter=5000" in protocol.protocol_description(6000, 10000, 10, every)
+  assert "max_iter=5000" not in protocol.protocol_description(6000, 10000, 10)
   monkeypatch.setitem(classifiers.MLP_KWARGS, "max_iter", 123)
-  assert "max_iter=123" in protocol.protocol_description(6000, 10000, 10)
+  assert "max_iter=123" in protocol.protocol_description(6000, 10000, 10, every)
+  monkeypatch.setattr(jax_classifiers, "MLP_EPOCHS", 77)
+  assert "fixed 77 epochs" in protocol.protocol_description(6000, 10000, 10)

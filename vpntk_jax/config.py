@@ -16,7 +16,8 @@ from typing import Any
 
 from vpntk_jax import config_files
 from vpntk_jax import methods
-from vpntk_jax.blocks import LOSSES, DataConfig, TrainConfig, data_from_legacy
+from vpntk_jax.blocks import (CLASSIFIERS, DEFAULT_CLASSIFIERS, LOSSES, DataConfig, TrainConfig,
+                              data_from_legacy)
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import parameters
 
@@ -62,7 +63,7 @@ class RunConfig:
   train: TrainConfig = TrainConfig()
   # Synthesis and evaluation.
   num_synthetic: int = 60000
-  classifiers: tuple = ("logistic_regression", "mlp", "cnn")
+  classifiers: tuple = DEFAULT_CLASSIFIERS
   # False: synthesize only (metrics.json then says nothing was evaluated, and why).
   evaluate: bool = True
   # Inception FID/KID: pytorch-fid's network with weights from this local .npz
@@ -116,6 +117,9 @@ class RunConfig:
       raise ConfigError("num_synthetic and eval_train_size must be positive")
     if not (isinstance(self.seed, int) and self.seed >= 0):
       raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+    unknown = [name for name in self.classifiers if name not in CLASSIFIERS]
+    if unknown:
+      raise ConfigError(f"unknown classifiers {unknown}; expected a subset of {CLASSIFIERS}")
     if self.loss is not None and self.loss not in LOSSES:
       raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
     if not self.cosine_weight >= 0:

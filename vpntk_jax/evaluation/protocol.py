@@ -8,15 +8,17 @@ measurement of the released data and spend no privacy budget.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
-from vpntk_jax.log import Progress
 
+from vpntk_jax import blocks
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation import classifiers as sk
+from vpntk_jax.evaluation import jax_classifiers as jc
 from vpntk_jax.evaluation.cnn import BATCH_SIZE, LEARNING_RATE, fit_predict_cnn
+from vpntk_jax.log import Progress
 
-CLASSIFIERS = ("logistic_regression", "mlp", "cnn")
 CNN_VAL_FRACTION = 0.1
 
 
@@ -65,37 +67,61 @@ def _check_inputs(
     )
 
 
-def protocol_description(train_size: int, test_size: int, cnn_epochs: int) -> str:
+def _sklearn(name: str, kwargs: dict) -> str:
+  return f"sklearn {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+# name -> the settings it really runs with (read when described, so they follow the code).
+_DESCRIPTIONS: dict[str, Callable[[int], str]] = {
+  "logistic_regression": lambda _: (
+    f"JAX multinomial softmax regression, L2 as sklearn's C={jc.LR_C} (sum of cross-entropies "
+    f"+ ||W||^2/2C, bias unpenalised), full-batch optax L-BFGS (zoom line search) from zeros "
+    f"for a fixed {jc.LR_ITERATIONS} iterations"),
+  "mlp": lambda _: (
+    f"JAX MLP {jc.MLP_HIDDEN} relu units, sklearn's Glorot-uniform init, adam lr "
+    f"{jc.MLP_LEARNING_RATE}, batch {jc.MLP_BATCH_SIZE} (ragged tail dropped), L2 "
+    f"alpha={jc.MLP_ALPHA} scaled as sklearn's, fixed {jc.MLP_EPOCHS} epochs"),
+  "cnn": lambda cnn_epochs: (
+    f"conv3x3(32)-pool-conv3x3(64)-pool-dense(128), adam lr {LEARNING_RATE}, batch "
+    f"{BATCH_SIZE}, fixed {cnn_epochs} epochs on {1 - CNN_VAL_FRACTION:.0%} of the subsample "
+    f"(the rest only reported as synthetic_val_accuracy)"),
+  "sklearn-logistic_regression": lambda _: _sklearn("LogisticRegression",
+                                                    sk.LOGISTIC_REGRESSION_KWARGS),
+  "sklearn-mlp": lambda _: _sklearn("MLPClassifier", sk.MLP_KWARGS),
+}
+
+
+def protocol_description(train_size: int, test_size: int, cnn_epochs: int,
+                         classifiers: tuple[str, ...] = blocks.DEFAULT_CLASSIFIERS) -> str:
   """One-paragraph summary of the fixed protocol, stored next to the numbers."""
-  def call(name, kwargs):  # the settings the classifiers really get
-    return f"sklearn {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+  settings = "; ".join(f"{name}: {_DESCRIPTIONS[name](cnn_epochs)}" for name in classifiers)
   return (
-    f"class-balanced subsample of {train_size} training images, pixels in [0,1]; "
-    f"logistic_regression: {call('LogisticRegression', sk.LOGISTIC_REGRESSION_KWARGS)} on "
-    f"flattened pixels; mlp: {call('MLPClassifier', sk.MLP_KWARGS)}; "
-    f"cnn: conv3x3(32)-pool-conv3x3(64)-pool-dense(128), adam lr {LEARNING_RATE}, "
-    f"batch {BATCH_SIZE}, fixed {cnn_epochs} epochs on {1 - CNN_VAL_FRACTION:.0%} of the subsample "
-    f"(the rest only reported as synthetic_val_accuracy); "
-    f"accuracy on all {test_size} real test images; nothing selected on the test set"
+    f"class-balanced subsample of {train_size} training images, pixels in [0,1] (flattened "
+    f"for all but the cnn); {settings}; accuracy on all {test_size} real test images; "
+    f"nothing selected on the test set"
   )
 
 
-def _run_classifier(
-  name: str,
-  x_train: np.ndarray,
-  y_train: np.ndarray,
-  x_test: np.ndarray,
-  *,
-  num_classes: int,
-  seed: int,
-  cnn_epochs: int,
-) -> tuple[np.ndarray, dict]:
-  if name == "cnn":
-    return fit_predict_cnn(
-      x_train, y_train, x_test, num_classes=num_classes, seed=seed, epochs=cnn_epochs,
-      val_fraction=CNN_VAL_FRACTION,
-    )
-  return sk.fit_predict(name, x_train, y_train, x_test, seed), {}
+def _flat(fit_predict: Callable, name: str) -> Callable[..., tuple[np.ndarray, dict]]:
+  """A classifier on flattened pixels, in the table's calling convention."""
+  return lambda x_train, y_train, x_test, *, seed, **_: (
+    fit_predict(name, x_train, y_train, x_test, seed), {})
+
+
+# name -> (x_train, y_train, x_test, *, num_classes, seed, cnn_epochs) -> (predictions, info).
+_RUNNERS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {
+  "logistic_regression": _flat(jc.fit_predict, "logistic_regression"),
+  "mlp": _flat(jc.fit_predict, "mlp"),
+  "cnn": lambda x_train, y_train, x_test, *, num_classes, seed, cnn_epochs: fit_predict_cnn(
+    x_train, y_train, x_test, num_classes=num_classes, seed=seed, epochs=cnn_epochs,
+    val_fraction=CNN_VAL_FRACTION),
+  "sklearn-logistic_regression": _flat(sk.fit_predict, "logistic_regression"),
+  "sklearn-mlp": _flat(sk.fit_predict, "mlp"),
+}
+CLASSIFIERS = tuple(_RUNNERS)
+# The JAX-free config checks names against blocks.CLASSIFIERS: the two must agree.
+if not CLASSIFIERS == tuple(_DESCRIPTIONS) == blocks.CLASSIFIERS:
+  raise AssertionError("protocol classifiers differ from vpntk_jax.blocks.CLASSIFIERS")
 
 
 def evaluate_synthetic(
@@ -105,7 +131,7 @@ def evaluate_synthetic(
   test_labels: np.ndarray,
   *,
   num_classes: int,
-  classifiers: tuple[str, ...] = CLASSIFIERS,
+  classifiers: tuple[str, ...] = blocks.DEFAULT_CLASSIFIERS,
   train_size: int = 6000,
   seed: int = 0,
   cnn_epochs: int = 10,
@@ -138,14 +164,15 @@ def evaluate_synthetic(
     "synthetic_val_accuracy": {},
     "train_size": int(subset.size),
     "test_size": int(test_labels.size),
-    "protocol": protocol_description(int(subset.size), int(test_labels.size), cnn_epochs),
+    "protocol": protocol_description(int(subset.size), int(test_labels.size), cnn_epochs,
+                                     tuple(classifiers)),
   }
   bar = Progress(classifiers, desc="evaluate", disable=not progress, leave=False)
   for name in bar:
     bar.set_postfix_str(name)
     start = time.perf_counter()
-    predictions, info = _run_classifier(
-      name, x_train, y_train, test_images, num_classes=num_classes, seed=seed, cnn_epochs=cnn_epochs
+    predictions, info = _RUNNERS[name](
+      x_train, y_train, test_images, num_classes=num_classes, seed=seed, cnn_epochs=cnn_epochs
     )
     # Predictions are host numpy arrays, so the timing includes all (asynchronous) JAX work.
     accuracy = float(np.mean(predictions == test_labels))
