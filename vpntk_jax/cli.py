@@ -39,7 +39,10 @@ _PRETRAIN_OPTIONS = {
     "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
     "image_size": "data.image_size", "seed": "seed", "extractor_epochs": "extractor_epochs",
     "steps": "train.steps", "batch_size": "train.batch_size", "generator": "generator",
+    "devices": "devices",
 }
+# `--devices`, of synthesize and pretrain: both build the mesh with sharding.device_mesh.
+_DEVICES_HELP = "data-parallel devices (default: all)"
 
 
 def _method_flags() -> dict[str, tuple[object, list[str]]]:
@@ -99,7 +102,7 @@ def _add_fid_flags(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
   from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.blocks import LOSSES  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.blocks import CLASSIFIERS, LOSSES  # pylint: disable=g-import-not-at-top
   from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
   from vpntk_jax.privacy.parameters import ACCOUNTANTS, ADJACENCIES  # pylint: disable=g-import-not-at-top
   METHODS = methods.names()
@@ -111,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True, help="run directory (refused if non-empty, see --resume/--force)")
   s.add_argument("--config", help="experiment config file (Python, get_config()); options below override it")
   s.add_argument("--method", choices=METHODS, help=f"default {d.method}")
-  s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, image folder, IDX dir (default {d.data.source})")
+  s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, npy:DIR (memory-mapped images.npy + labels.npy, streamed), image folder, IDX dir (default {d.data.source})")
   s.add_argument("--data-dir", help="directory with the dataset files / tfds data_dir")
   s.add_argument("--test-data", metavar="SOURCE", type=_test_source,
                  help="the real test set, any dataset form (its test split, or its only one); "
@@ -148,8 +151,10 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--eval-train-size", type=int, help=f"balanced synthetic subsample for the classifiers (default {d.eval_train_size})")
   s.add_argument("--cnn-epochs", type=int, help=f"CNN epochs (default {d.cnn_epochs})")
   s.add_argument("--classifiers", type=lambda v: tuple(x for x in v.split(",") if x),
-                 help="comma-separated subset of logistic_regression,mlp,cnn")
-  s.add_argument("--devices", type=int, help="data-parallel devices (default: all)")
+                 help=f"comma-separated subset of {','.join(CLASSIFIERS)}; sklearn-*: "
+                      f"scikit-learn's, for the exact reference numbers (default "
+                      f"{','.join(d.classifiers)})")
+  s.add_argument("--devices", type=int, help=_DEVICES_HELP)
   s.add_argument("--distributed", action="store_true",
                  help="multi-host job: run the same command on every host (JAX finds the job "
                       "on TPU pods, SLURM, Open MPI; elsewhere add the three options below). "
@@ -183,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--extractor-epochs", type=int)
   t.add_argument("--steps", type=int, help="generator steps")
   t.add_argument("--batch-size", type=int, help="generator batch")
+  t.add_argument("--devices", type=int, help=_DEVICES_HELP + "; every training step splits "
+                                                             "its batch over them")
   t.add_argument("--extractor-only", dest="generator", action="store_false", default=None,
                  help="the extractor (a classifier) only, no generator: enough for "
                       "PrivImage's semantic query and dp-mepf, not for vp-ntk")

@@ -26,7 +26,7 @@ from vpntk_jax import public
 from vpntk_jax import report
 from vpntk_jax import sharding
 from vpntk_jax.config import RunConfig
-from vpntk_jax.data import ImageDataset, load_dataset, load_test_source, resize_dataset
+from vpntk_jax.data import ImageDataset, load_dataset, load_test_source, npy, resize_dataset
 from vpntk_jax.data.schema import Schema, fit_to_schema
 from vpntk_jax.errors import ConfigError, DataError, RunDirError
 from vpntk_jax.evaluation.protocol import balanced_subsample
@@ -48,8 +48,7 @@ def device_mesh(config: RunConfig):
 
   In a multi-host job it spans the devices of every process.
   """
-  n = jax.device_count() if config.devices is None else config.devices
-  return sharding.data_mesh(n) if n > 1 else None
+  return sharding.device_mesh(config.devices)
 
 
 def load_public_models(config: RunConfig):
@@ -70,7 +69,8 @@ def load_private_and_test(config: RunConfig, datasets=None) -> tuple[ImageDatase
   """The private training set and the real test set, from `config.data` or given in memory.
 
   The test set is public and declares the schema (classes, names, channels,
-  size); the private set is fitted to it (`fit_to_schema`).
+  size); the private set is fitted to it (`fit_to_schema`), except that a
+  memory-mapped one (`data.npy`) must already have the schema's image shape.
   """
   if datasets is not None:
     private, test = datasets
@@ -78,6 +78,7 @@ def load_private_and_test(config: RunConfig, datasets=None) -> tuple[ImageDatase
     private = load_split(config, "train")
     test = load_test_set(config)
   test = resize_dataset(test, config.data.image_size)
+  npy.check_used_as_stored(private, test.image_shape, test.name)  # streamed: no copies
   private = fit_to_schema(resize_dataset(private, config.data.image_size), Schema.of(test))
   return private, test
 

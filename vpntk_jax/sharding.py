@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vpntk_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -30,6 +32,24 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
   # Auto axes: XLA partitions whatever is not in a shard_map (the generator).
   return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:n])
+
+
+def device_mesh(num_devices: int | None) -> Mesh | None:
+  """The mesh of `--devices N` (a config's `devices`; None: all, of every host): a
+  data mesh when more than one device is used, else None (plain jit).
+
+  `vpntk synthesize` and `vpntk pretrain` both build theirs here; a count that
+  is not a positive integer, or more devices than there are, is a ConfigError.
+  """
+  n = jax.device_count() if num_devices is None else num_devices
+  if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+    raise ConfigError(f"devices (--devices) must be an integer >= 1, got {num_devices!r}")
+  if n == 1:
+    return None
+  try:
+    return data_mesh(n)
+  except ValueError as e:
+    raise ConfigError(f"--devices {n}: {e}") from None
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -13,6 +13,12 @@ public.json is written last, so a directory with it is complete. These models
 carry no guarantee about their own (public) training data; privacy concerns
 only the private data a later `vpntk synthesize --method vp-ntk` run releases.
 
+With `config.devices` (`--devices N`, default all) above one, every training
+step is data-parallel over a 1-D mesh (`sharding.device_mesh`, as `vpntk
+synthesize`): the extractor's batches and the generator's synthetic batches
+split over it, the parameters replicated, and the generator's target embedding
+sums its chunks over it. Only float rounding changes.
+
 A directory may also hold an extractor only: torchvision's ImageNet VGG19
 converted by `python -m vpntk_jax.convert_vgg` (public.json "extractor":
 {"kind": "vgg19", ...}, no "generator"). DP-MEPF uses it; vp-ntk, which
@@ -21,15 +27,20 @@ prompts the public generator, refuses it (`require_generator`).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from vpntk_jax import training
+from vpntk_jax import sharding, training
 from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
-from vpntk_jax.errors import DataError
+from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.evaluation import cnn
 from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
 from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
@@ -46,6 +57,104 @@ def load_public_data(config: PretrainConfig, split: str) -> ImageDataset:
                                      label_attribute=data.label_attribute), data.image_size)
 
 
+def generator_batch_for_devices(batch_size: int, num_classes: int, num_devices: int) -> int:
+  """The generator batch that splits evenly over `num_devices`: `batch_size` rounded
+  up to whole classes (as `training.train_to_match` does) and then to a multiple
+  of the devices (and of the classes: lcm(classes, devices)).
+
+  Not padded instead: BatchNorm's batch statistics would see the padding. (The
+  extractor's batches are padded with rows of weight 0.)
+  """
+  rows = max(1, -(-batch_size // num_classes)) * num_classes
+  step = math.lcm(num_classes, num_devices)
+  return -(-rows // step) * step
+
+
+def split_generator_batch(config: PretrainConfig, num_classes: int, mesh) -> PretrainConfig:
+  """`config` with a generator batch that splits evenly over the mesh's devices,
+  rounded up where it would not: said (even with --quiet), and stored in public.json."""
+  if mesh is None or not config.generator:
+    return config
+  batch = config.train.batch_size
+  rows = max(1, -(-batch // num_classes)) * num_classes
+  even = generator_batch_for_devices(batch, num_classes, mesh.size)
+  if even == rows:
+    return config
+  say(f"generator batch (--batch-size) {batch} -> {even} ({even // num_classes} per class): "
+      f"a multiple of {math.lcm(num_classes, mesh.size)} splits evenly over --devices "
+      f"{mesh.size} and whole classes", quiet=False)
+  return dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=even))
+
+
+def off_mesh(tree, mesh):
+  """Trained weights from the mesh onto this process's first device, where
+  `load_public` puts them (no-op without a mesh)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
+def train_extractor(extractor: ConvExtractor, data: ImageDataset, *, key: jax.Array,
+                    epochs: int, mesh=None) -> tuple[dict, list[float]]:
+  """The extractor trained as a classifier: `evaluation.cnn.train_cnn` (Adam, its
+  batch size and learning rate, its shuffles), data-parallel with a mesh.
+
+  With a mesh the same steps run with each batch split over the devices (padded
+  to a multiple of them with rows of weight 0; the extractor has no BatchNorm, so
+  the padding changes nothing) and the parameters and images replicated.
+  """
+  if mesh is None:
+    return train_cnn(data.images, data.labels, num_classes=data.num_classes, key=key,
+                     epochs=epochs, model=extractor)
+  images, labels = data.images, np.asarray(data.labels)
+  if epochs < 1:
+    raise ConfigError(f"extractor_epochs must be >= 1, got {epochs}")
+  if len(images) == 0:
+    raise DataError("no public training examples for the extractor")
+  # train_cnn's schedule: batches of BATCH_SIZE (all images when fewer), a fresh
+  # shuffle per epoch, its ragged tail dropped.
+  batch_size = min(cnn.BATCH_SIZE, len(images))
+  steps = len(images) // batch_size
+  padded = sharding.round_up_to_devices(batch_size, mesh)
+  tx = optax.adam(cnn.LEARNING_RATE)
+  rows = sharding.batch_sharding(mesh)
+
+  def loss_fn(params, x, y, weight):
+    logits = extractor.apply({"params": params}, x.astype(jnp.float32) / 255.0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(losses * weight) / jnp.sum(weight)
+
+  @jax.jit
+  def train_step(params, opt_state, images, labels, idx, weight):
+    x = jax.lax.with_sharding_constraint(images[idx], rows)
+    y = jax.lax.with_sharding_constraint(labels[idx], rows)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, weight)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  shuffle = jax.jit(lambda k: jax.random.permutation(k, len(images))[:steps * batch_size])
+  init_key, shuffle_key = jax.random.split(key)
+  params = jax.jit(extractor.init)(init_key, jnp.zeros((1, *images.shape[1:]),
+                                                       jnp.float32))["params"]
+  params = training.replicate(params, mesh)
+  opt_state = training.replicate(tx.init(params), mesh)
+  device_images = training.replicate(images, mesh)
+  device_labels = training.replicate(labels.astype(np.int32), mesh)
+  place = sharding.row_placer(mesh)
+  weight = place((np.arange(padded) < batch_size).astype(np.float32))
+  epoch_losses = []
+  for epoch_key in jax.random.split(shuffle_key, epochs):
+    order = np.asarray(shuffle(epoch_key)).reshape(steps, batch_size)
+    order = np.pad(order, ((0, 0), (0, padded - batch_size)))  # padding: row 0, weight 0
+    losses = []
+    for idx in order:
+      params, opt_state, loss = train_step(params, opt_state, device_images, device_labels,
+                                           place(idx), weight)
+      losses.append(loss)
+    epoch_losses.append(float(np.mean(jax.device_get(losses))))
+  return off_mesh(params, mesh), epoch_losses
+
+
 def feature_statistics(extractor, params, images: np.ndarray, shape, *,
                        chunk_size: int = 1024) -> tuple[np.ndarray, ...]:
   """Mean and std of the extractor's pooled features on (public) uint8 images."""
@@ -57,29 +166,32 @@ def feature_statistics(extractor, params, images: np.ndarray, shape, *,
 
 
 def train_public_generator(config: PretrainConfig, data: ImageDataset, log_path: str,
-                           quiet: bool) -> tuple[ConvCondGenerator, dict]:
+                           quiet: bool, mesh=None) -> tuple[ConvCondGenerator, dict]:
   """The public generator and its variables: DP-NTK on the public pixels with the
-  exact (noise-free) embedding."""
+  exact (noise-free) embedding; data-parallel over `mesh` when given."""
   shape, num_classes = data.image_shape, data.num_classes
   pixel_features = NTKFeatureMap(ntk.NTKNetwork(tuple(config.ntk_layers)),
                                  input_dim=int(np.prod(shape)), seed=config.seed)
   target = np.asarray(ntk.embedding_to_matrix(pixel_features.private_sum(
-      data.images, data.labels, num_classes))) / len(data)
+      data.images, data.labels, num_classes, mesh=mesh))) / len(data)
   generator = ConvCondGenerator(num_classes=num_classes, image_shape=shape,
                                 hidden=config.train.generator_hidden,
                                 channels=config.train.generator_channels)
   say(f"training the public generator ({config.train.steps} steps)", quiet)
   state = training.train_to_match(pixel_features, generator, target, num_classes=num_classes,
                                   config=config.train, seed=config.seed, log_path=log_path,
-                                  progress=not quiet)
-  return generator, {"params": state.params, "batch_stats": state.model_state}
+                                  mesh=mesh, progress=not quiet)
+  variables = {"params": state.params, "batch_stats": state.model_state}
+  return generator, off_mesh(variables, mesh)
 
 
 def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
              quiet: bool = False) -> PublicModels:
   """Trains the public extractor (and, unless `config.generator` is False, the
-  generator) and saves them in `out`."""
+  generator) and saves them in `out`, data-parallel over `config.devices`."""
+  mesh = sharding.device_mesh(config.devices)
   data = load_public_data(config, "train")
+  config = split_generator_batch(config, data.num_classes, mesh)
   try:
     test = load_public_data(config, "test")
   except DataError:
@@ -90,9 +202,8 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   key = jax.random.key(config.seed)
   extractor = ConvExtractor(num_classes, tuple(config.extractor_widths), config.extractor_hidden)
   say(f"training the public extractor on {data.name} ({len(data)} images)", quiet)
-  extractor_params, losses = train_cnn(data.images, data.labels, num_classes=num_classes,
-                                       key=jax.random.fold_in(key, 1),
-                                       epochs=config.extractor_epochs, model=extractor)
+  extractor_params, losses = train_extractor(extractor, data, key=jax.random.fold_in(key, 1),
+                                             epochs=config.extractor_epochs, mesh=mesh)
   accuracy = None
   if test is not None:
     pred = predict_cnn(extractor_params, test.images, num_classes=num_classes, model=extractor)
@@ -102,7 +213,7 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   generator = generator_variables = None
   if config.generator:
     generator, generator_variables = train_public_generator(config, data,
-                                                            run.file(GENERATOR_LOG), quiet)
+                                                            run.file(GENERATOR_LOG), quiet, mesh)
   spec = {"format": FORMAT, "public_data": data.name, "image_shape": list(shape),
           "num_classes": num_classes, "class_names": list(data.class_names or ())}
   if generator is not None:  # absent: an extractor-only directory
