@@ -69,5 +69,5 @@ def vp_args(data, public_dir, out, *extra):
   return ["synthesize", "--method", "vp-ntk", "--public-model", str(public_dir), "--data", data,
           "--out", str(out), "--steps", "4", "--batch-size", "20", "--checkpoint-every", "2",
           "--num-synthetic", "200", "--eval-train-size", "100", "--classifiers",
-          "logistic_regression", "--noise-seed", "7", "--config.ntk_layers=32,relu,layernorm,10",
+          "sklearn-logistic_regression", "--noise-seed", "7", "--config.ntk_layers=32,relu,layernorm,10",
           "--quiet", *extra]

@@ -58,7 +58,7 @@ def test_audit_uses_the_sigma_the_run_releases_with_a_validation_release(small_c
   # sigma than a lone release at the same epsilon. The audit must audit that one.
   config = dataclasses.replace(small_config, validation_noise_scale=10.0, noise_seed=1,
                                train=TrainConfig(steps=1, batch_size=8), num_synthetic=8,
-                               eval_train_size=8, classifiers=("logistic_regression",))
+                               eval_train_size=8, classifiers=("sklearn-logistic_regression",))
   out = tmp_path / "run"
   pipeline.run_synthesis(config, str(out), quiet=True,
                          datasets=pipeline.load_private_and_test(config, (

@@ -43,7 +43,7 @@ def _args(method, data, out, *extra):
           "--noise-multiplicity", "2", "--sample-steps", "2", "--pretrain-steps", "2",
           "--config.options.dp_sgd.checkpoint_every=2", "--config.options.pretrain.batch_size=16",
           "--num-synthetic", "50", "--eval-train-size", "50", "--classifiers",
-          "logistic_regression", "--noise-seed", "3", "--epsilon", str(EPSILON), "--quiet",
+          "sklearn-logistic_regression", "--noise-seed", "3", "--epsilon", str(EPSILON), "--quiet",
           *extra]
 
 

@@ -33,7 +33,7 @@ def _synthesize_args(data, out):
   return ["synthesize", "--data", str(data), "--out", str(out), "--steps", "4",
           "--batch-size", "12", "--checkpoint-every", "2", "--noise-seed", "0",
           "--num-synthetic", "30", "--eval-train-size", "30",
-          "--classifiers", "logistic_regression", "--quiet",
+          "--classifiers", "sklearn-logistic_regression", "--quiet",
           '--config.ntk_layers=[32,"relu","layernorm",3]', "--config.train.log_every=1"]
 
 

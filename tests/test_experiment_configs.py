@@ -67,13 +67,13 @@ def test_celeba_vpntk_config_runs_on_mock_tfds_data(tmp_path):
         options=dataclasses.replace(get_config(32).options, public_model=str(tmp_path / "public")),
         noise_seed=0,
         ntk_layers=(32, "relu", "layernorm", 10), num_synthetic=40, eval_train_size=20,
-        classifiers=("logistic_regression",), delta=1e-3,
+        classifiers=("sklearn-logistic_regression",), delta=1e-3,
         train=dataclasses.replace(base.train, steps=2, batch_size=10, checkpoint_every=2))
     summary = run_synthesis(config, str(tmp_path / "run"), quiet=True)
   assert summary["total_epsilon"] <= config.epsilon * (1 + 1e-6)
   with open(tmp_path / "run" / "public.json") as f:
     assert json.load(f)["public_data"].startswith("tfds:cifar10")
-  assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
+  assert 0.0 <= summary["accuracy"]["sklearn-logistic_regression"] <= 1.0
 
 
 def test_fashion_split_is_disjoint_stratified_and_fixed_by_its_seed():
@@ -116,9 +116,9 @@ def test_public_only_baseline_samples_the_public_generator_without_private_data(
       vpntk_table.variant_config("public-only", 12, 1.0, 0, 2, 12, str(tmp_path / "pub")),
       data=DataConfig(source=str(test_only), image_size=None), num_synthetic=30,
       eval_train_size=30,
-      classifiers=("logistic_regression",))
+      classifiers=("sklearn-logistic_regression",))
   summary = vpntk_table.public_only_summary(config, str(tmp_path / "out"))
-  assert 0.0 <= summary["accuracy"]["logistic_regression"] <= 1.0
+  assert 0.0 <= summary["accuracy"]["sklearn-logistic_regression"] <= 1.0
   with open(tmp_path / "out" / "metrics.json") as f:
     metrics = json.load(f)
   assert metrics["accuracy"] == summary["accuracy"]

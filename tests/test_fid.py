@@ -385,7 +385,7 @@ def _fid_run(tmp_path, n_test=4, n_synthetic=6):
            x_test=_images((n_test, 16, 16, 1), 21), y_test=np.arange(n_test) % 2)
   run = tmp_path / "run"
   run.mkdir()
-  config = RunConfig(data=DataConfig(source=str(data)), classifiers=("logistic_regression",),
+  config = RunConfig(data=DataConfig(source=str(data)), classifiers=("sklearn-logistic_regression",),
                      eval_train_size=4)
   (run / "config.json").write_text(json.dumps(config.to_json()))
   np.savez(run / "synthetic.npz", images=_images((n_synthetic, 16, 16, 1), 22),

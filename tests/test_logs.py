@@ -23,7 +23,7 @@ def data(tmp_path_factory):
 def _run(data, out, *extra):
   return cli.main(["synthesize", "--data", data, "--out", str(out), "--steps", "4",
                    "--batch-size", "6", "--num-synthetic", "30", "--eval-train-size", "30",
-                   "--classifiers", "logistic_regression", "--config.train.log_every=1",
+                   "--classifiers", "sklearn-logistic_regression", "--config.train.log_every=1",
                    '--config.ntk_layers=[16,"relu","layernorm",3]', *extra])
 
 

@@ -155,7 +155,7 @@ def test_a_run_stored_in_the_flat_layout_resumes(tmp_path):
   out = tmp_path / "merf"
   args = ["synthesize", "--method", "dp-merf", "--rff-features", "100", "--data", digits,
           "--out", str(out), "--steps", "2", "--batch-size", "20", "--num-synthetic", "50",
-          "--eval-train-size", "50", "--classifiers", "logistic_regression", "--noise-seed", "3",
+          "--eval-train-size", "50", "--classifiers", "sklearn-logistic_regression", "--noise-seed", "3",
           "--quiet"]
   assert cli.main(args) == 0
   stored = json.loads((out / "config.json").read_text())

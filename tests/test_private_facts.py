@@ -155,7 +155,7 @@ def test_an_add_remove_run_stores_no_private_count(tmp_path):
   out = tmp_path / "run"
   assert cli.main(["synthesize", "--data", str(path), "--out", str(out), "--steps", "2",
                    "--batch-size", "20", "--num-synthetic", "40", "--eval-train-size", "20",
-                   "--classifiers", "logistic_regression", "--adjacency", "add_remove",
+                   "--classifiers", "sklearn-logistic_regression", "--adjacency", "add_remove",
                    "--config.ntk_layers=[32,\"relu\",\"layernorm\",4]", "--quiet"]) == 0
   ledger = read_ledger(out / "privacy.json")
   assert [r.name for r in ledger.releases] == ["private_count", "labelled_mean_embedding"]

@@ -23,7 +23,7 @@ DIGESTS = os.path.join(os.path.dirname(__file__), "data", "reference_digests.jso
 
 _COMMON = ["--steps", "3", "--batch-size", "20", "--checkpoint-every", "2",
            "--num-synthetic", "100", "--eval-train-size", "50",
-           "--classifiers", "logistic_regression", "--noise-seed", "7",
+           "--classifiers", "sklearn-logistic_regression", "--noise-seed", "7",
            "--config.ntk_layers=32,relu,layernorm,10", "--quiet"]
 # name -> extra arguments; "{public}" is the tiny public models' directory.
 RUNS = {

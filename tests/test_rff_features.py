@@ -67,7 +67,7 @@ def test_dp_merf_end_to_end_tiny(tmp_path):
   out = tmp_path / "run"
   assert cli.main(["synthesize", "--method", "dp-merf", "--data", str(data), "--out", str(out),
                    "--steps", "3", "--batch-size", "16", "--num-synthetic", "40",
-                   "--eval-train-size", "40", "--classifiers", "logistic_regression",
+                   "--eval-train-size", "40", "--classifiers", "sklearn-logistic_regression",
                    "--quiet"]) == 0
   privacy = json.loads((out / "privacy.json").read_text())
   # 2/m, plus the lattice rounding's share (at most 1/LATTICE_FACTOR of it).

@@ -15,7 +15,7 @@ from vpntk_jax.errors import ConfigError
 
 CLASSES = ("circle", "square")
 TINY = ["--method", "dp-ntk", "--steps", "2", "--batch-size", "8", "--num-synthetic", "20",
-        "--eval-train-size", "20", "--classifiers", "logistic_regression", "--quiet",
+        "--eval-train-size", "20", "--classifiers", "sklearn-logistic_regression", "--quiet",
         '--config.ntk_layers=[16,"relu","layernorm",2]']
 
 
@@ -65,7 +65,7 @@ def test_a_folder_with_a_separate_test_file_runs_and_is_evaluated_on_it(sources,
   assert _synthesize(out, sources["folder"], "--test-data", sources["test_npz"]) == 0
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["test_set"] == f"{sources['test_npz']}:train"
-  assert set(metrics["accuracy"]) == {"logistic_regression"}
+  assert set(metrics["accuracy"]) == {"sklearn-logistic_regression"}
 
 
 def test_without_a_test_set_the_declared_schema_shapes_the_run_and_nothing_is_evaluated(
@@ -95,7 +95,7 @@ def test_without_a_test_set_the_declared_schema_shapes_the_run_and_nothing_is_ev
   np.savez(rgb, x=np.zeros((4, 8, 8, 3), np.uint8), y=[0, 1, 1, 0])
   assert cli.main(["evaluate", str(out), "--test-data", str(rgb), "--quiet"]) == 0
   metrics = json.loads((out / "metrics.json").read_text())
-  assert set(metrics["accuracy"]) == {"logistic_regression"} and metrics["test_set"].startswith(
+  assert set(metrics["accuracy"]) == {"sklearn-logistic_regression"} and metrics["test_set"].startswith(
       str(rgb))
 
 

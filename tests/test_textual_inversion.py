@@ -57,7 +57,7 @@ def _args(method, data, out, public_model, *extra):
   return ["synthesize", "--method", method, "--data", data["private"], "--out", str(out),
           "--diffusion-model", public_model, *inversion_flags,
           "--config.options.sampling.sample_steps=2", "--num-synthetic", "20", "--eval-train-size", "20", "--classifiers",
-          "logistic_regression", "--noise-seed", "3", "--epsilon", "1", "--quiet", *extra]
+          "sklearn-logistic_regression", "--noise-seed", "3", "--epsilon", "1", "--quiet", *extra]
 
 
 def _read(path):

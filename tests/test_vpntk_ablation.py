@@ -19,7 +19,7 @@ def test_ablation_script_reuses_the_base_release_and_writes_its_results_file(
   earlier = {"alpha 10": {"base": "runs/other", "accuracy": {"logistic_regression": 0.5}}}
   results.write_text(json.dumps(earlier))
   argv = ["vpntk_ablation", "--base", str(base), "--steps", "2", "--batch-size", "20",
-          "--num-synthetic", "100", "--classifiers", "logistic_regression",
+          "--num-synthetic", "100", "--classifiers", "sklearn-logistic_regression",
           "--variants", "loss mmd only", "--out", str(out), "--results", str(results)]
   monkeypatch.setattr(sys, "argv", argv)
   vpntk_ablation.main()
