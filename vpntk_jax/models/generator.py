@@ -44,41 +44,6 @@ def _upsample_conv_taps(size: int, kernel: int) -> np.ndarray:
   return taps.astype(np.float32)
 
 
-def _upsample_conv_matrix(kernel: jax.Array, th: jax.Array, tw: jax.Array) -> jax.Array:
-  h, w = th.shape[0], tw.shape[0]
-  cin, cout = kernel.shape[2:]
-  matrix = jnp.einsum("aqk,brl,klio->abiqro", th, tw, kernel)
-  return matrix.reshape(h * w * cin, 4 * h * w * cout)
-
-
-@jax.custom_vjp
-def _dense_upsample_conv(x: jax.Array, kernel: jax.Array, th: jax.Array, tw: jax.Array):
-  """x (N, H, W, Cin) -> (N, 4*H*W*Cout): one matmul with the composed matrix."""
-  return x.reshape(x.shape[0], -1) @ _upsample_conv_matrix(kernel, th, tw)
-
-
-def _dense_upsample_conv_fwd(x, kernel, th, tw):
-  matrix = _upsample_conv_matrix(kernel, th, tw)
-  return x.reshape(x.shape[0], -1) @ matrix, (x, matrix, th, tw)
-
-
-def _dense_upsample_conv_bwd(residuals, g):
-  # Autodiff would form the matrix's gradient x^T g (as large as the forward
-  # matmul) and only then contract it down to the 5x5 kernel; contracting g
-  # through the separable taps first costs a quarter of that.
-  x, matrix, th, tw = residuals
-  n, h, w, _ = x.shape
-  g_image = g.reshape(n, 2 * h, 2 * w, -1)
-  g_rows = jnp.einsum("nqro,aqk->nakro", g_image, th)
-  g_taps = jnp.einsum("nakro,brl->nakblo", g_rows, tw)
-  d_kernel = jnp.einsum("nabi,nakblo->klio", x, g_taps)
-  d_x = (g @ matrix.T).reshape(x.shape)
-  return d_x, d_kernel, jnp.zeros_like(th), jnp.zeros_like(tw)
-
-
-_dense_upsample_conv.defvjp(_dense_upsample_conv_fwd, _dense_upsample_conv_bwd)
-
-
 class UpsampleConv(nn.Module):
   """Bilinear x2 upsampling followed by a 'SAME' conv (parameters as nn.Conv).
 
@@ -86,7 +51,6 @@ class UpsampleConv(nn.Module):
   (H*W*Cin, 4*H*W*Cout) matrix, built from the kernel by a small einsum. On
   CPUs one matmul beats XLA's convolution backward by ~3x at 28x28 (measured
   in benchmarks/ntk_embedding.py); results agree to float tolerance (tested).
-  The kernel's gradient skips the matrix's (see _dense_upsample_conv_bwd).
   """
   features: int
   kernel_size: int = 5
@@ -103,9 +67,11 @@ class UpsampleConv(nn.Module):
       y = jax.lax.conv_general_dilated(_upsample2x(x), kernel.astype(x.dtype), (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
-    th = jnp.asarray(_upsample_conv_taps(h, k), x.dtype)
-    tw = jnp.asarray(_upsample_conv_taps(w, k), x.dtype)
-    y = _dense_upsample_conv(x, kernel.astype(x.dtype), th, tw)
+    th = jnp.asarray(_upsample_conv_taps(h, k))
+    tw = jnp.asarray(_upsample_conv_taps(w, k))
+    matrix = jnp.einsum("aqk,brl,klio->abiqro", th, tw, kernel)
+    matrix = matrix.reshape(h * w * cin, 4 * h * w * self.features)
+    y = x.reshape(n, -1) @ matrix.astype(x.dtype)
     return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
 
