@@ -305,6 +305,10 @@ def synthetic_products(network: NTKNetwork, params: Params, target_classes_first
   return cross, square
 
 
+# Device memory the private sum's queued chunk sums may hold (see private_embedding_sum).
+PENDING_SUM_BYTES = 256 << 20
+
+
 def _chunk_sum(network: NTKNetwork, params: Params, x: jax.Array, mask: jax.Array):
   # Full float32 matmuls on the private side: the norms bound the sensitivity.
   with jax.default_matmul_precision("float32"):
@@ -319,13 +323,19 @@ def _chunk_sum_fn(network: NTKNetwork, mesh):
 
 def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarray,
                           labels: np.ndarray, num_classes: int, *,
-                          chunk_size: int = 2048, progress=None, mesh=None) -> Embedding:
+                          chunk_size: int = 2048, progress=None, mesh=None,
+                          pending_bytes: int = PENDING_SUM_BYTES) -> Embedding:
   """sum_i phi(x_i)/||phi(x_i)|| y_i^T over a private set, in fixed-size chunks.
 
   Examples are grouped by class on the host, so each chunk is one class and
   costs one backward pass. Chunks are padded to `chunk_size` (padding rows get
   weight 0), so there is one compilation and memory is bounded by the chunk,
   whatever the dataset size. Returns the UN-divided sum; divide by m.
+
+  The chunk sums are added on the host in float64, but not as each one ends:
+  they wait on the device until `pending_bytes` of them are queued, so the
+  host reads and sends the next chunks while the device computes (reading each
+  sum at once would make host and device take turns). 0 reads each at once.
 
   Args:
     progress: optional callable(num_examples_done) for progress reporting.
@@ -337,19 +347,29 @@ def private_embedding_sum(network: NTKNetwork, params: Params, images: np.ndarra
   chunk_fn, place = _chunk_sum_fn(network, mesh), sharding.row_placer(mesh)
   totals = [{"w": np.zeros(p["w"].shape + (num_classes,), np.float64),
              "b": np.zeros(p["b"].shape + (num_classes,), np.float64)} for p in params]
+  sum_bytes = 4 * num_params(params)
+  pending: list[tuple[int, Params]] = []  # (class, chunk sum still on the device)
+
+  def add_pending():
+    for c, chunk_sum in pending:
+      for total, part in zip(totals, chunk_sum):
+        total["w"][..., c] += np.asarray(part["w"], np.float64)
+        total["b"][..., c] += np.asarray(part["b"], np.float64)
+    pending.clear()
+
   done = 0
   for c in range(num_classes):
     index = np.flatnonzero(labels == c)
     for start in range(0, len(index), chunk_size):
       rows = index[start:start + chunk_size]
       x, mask = arrays.padded_chunk(images, rows, chunk_size)
-      chunk_sum = chunk_fn(params, place(flatten_images(x)), place(jnp.asarray(mask)))
-      for total, part in zip(totals, chunk_sum):
-        total["w"][..., c] += np.asarray(part["w"], np.float64)
-        total["b"][..., c] += np.asarray(part["b"], np.float64)
+      pending.append((c, chunk_fn(params, place(flatten_images(x)), place(jnp.asarray(mask)))))
+      if len(pending) * sum_bytes > pending_bytes:
+        add_pending()
       done += len(rows)
       if progress is not None:
         progress(done)
+  add_pending()
   return [{k: jnp.asarray(v, jnp.float32) for k, v in t.items()} for t in totals]
 
 
