@@ -34,10 +34,11 @@ def one_run(method: str, quick: bool, overrides: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-  config = config_lib.with_overrides(config_lib.RunConfig(method=method), overrides)
+  config = config_lib.RunConfig(method=method)
   if quick:
     config = config_lib.with_overrides(config, {
         "train.steps": 200, "num_synthetic": 10000, "classifiers": ("logistic_regression",)})
+  config = config_lib.with_overrides(config, overrides)  # --set wins over --quick
   start = time.perf_counter()
   pipeline.load_private_and_test(config)
   load_seconds = time.perf_counter() - start

@@ -1,30 +1,59 @@
 #!/usr/bin/env bash
-# Every GPU figure of the PrivImage/DPDM work in one call, under 8 minutes on one H200:
+# Every GPU figure the README and experiments/RESULTS.md report, in one call, under 8
+# minutes on one H200:
 #   setup  the carried wheels (when dp_accounting does not import), data/fashion_split and
 #          data/public_pool from the carried files (kept where present)
+#   ntk_embedding  the DP-NTK generator step at batches 200-5000 (fast objective, formed
+#          embedding, per-example features up to 1000; XLA's FLOPs) and the 60k private sum
+#          (as runs do it, reading each chunk at once, on images already on the device)
+#   full_run  one default DP-NTK FashionMNIST run, stage by stage (benchmarks.full_run)
+#   ti_throughput  per-image textual inversion, vmapped chunk against a per-image loop
 #   a.     benchmarks.dp_sgd_step at the GPU size: the DP step against a non-private step
 #          and a per-example loop, and the DP step's seconds and peak memory per batch
 #   b.     benchmarks.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
 #
 #   bash benchmarks/gpu_suite.sh                      # there (docs/gpu.md): carry [".gpu"]
+#   bash benchmarks/gpu_suite.sh --dry-run            # here: every part but b at its
+#                                                     # smallest size (tests/test_benchmarks.py)
 #   GPU_SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh    # here, on the CPU: tiny sizes, 2 runs
 #
-# Each part runs under `timeout`: a under GPU_SUITE_CAP_A (seconds, 150; smoke 420), b under
-# what is left of GPU_SUITE_BUDGET (465; smoke 900), its DP-SGD steps sized from a's timing.
+# Each part runs under `timeout`: the three DP-NTK parts under GPU_SUITE_CAP_NTK (seconds,
+# 75 each), a under GPU_SUITE_CAP_A (120; smoke 420), b under what is left of
+# GPU_SUITE_BUDGET (465; smoke 900), its DP-SGD steps sized from a's timing.
 # GPU_SUITE_SETUP_ONLY=1 stops after the setup. Prints one JSON line per part and writes
-# $OUT (default gpu_out): suite.log, summary.json, dp_sgd_step.json, privimage_gpu.json.
+# $OUT (default gpu_out): suite.log, summary.json and each part's JSON.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SMOKE=${GPU_SUITE_SMOKE:-0}
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "gpu_suite: unknown argument ${1} (the only one is --dry-run)" >&2; exit 2 ;;
+esac
 export OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 # A part that fails must not leave an earlier call's figures to be read as its own.
-rm -f "$OUT"/{summary,dp_sgd_step,privimage_gpu}.json "$OUT"/dp_sgd_step.json.partial
-if [ "$SMOKE" = 1 ]; then
+rm -f "$OUT"/{summary,ntk_embedding,full_run,ti_throughput,dp_sgd_step,privimage_gpu}.json \
+  "$OUT"/dp_sgd_step.json.partial
+CAP_NTK=${GPU_SUITE_CAP_NTK:-75}
+# The DP-NTK parts' arguments: the GPU sizes, or the smallest that run the same code.
+NTK_ARGS=(--batches 200,500,1000,2000,5000)
+FULL_ARGS=(--methods dp-ntk --set data.data_dir=.gpu/fashion-mnist)
+TI_ARGS=(--images 256 --steps 20)
+if [ "$DRY" = 1 ]; then
+  NTK_ARGS=(--quick --batches 20 --embedding-n 500)
+  FULL_ARGS=(--methods dp-ntk --quick --set train.steps=2 num_synthetic=100 eval_train_size=50)
+  TI_ARGS=(--images 2 --steps 1 --repeats 1)
+  CAP_NTK=${GPU_SUITE_CAP_NTK:-150}
+elif [ ! -d .gpu/fashion-mnist ]; then
+  FULL_ARGS=(--methods dp-ntk)  # here: the system's FashionMNIST
+fi
+if [ "$SMOKE" = 1 ] || [ "$DRY" = 1 ]; then
   BUDGET=${GPU_SUITE_BUDGET:-900}; CAP_A=${GPU_SUITE_CAP_A:-420}; SCALE=(--smoke)
 else
-  BUDGET=${GPU_SUITE_BUDGET:-465}; CAP_A=${GPU_SUITE_CAP_A:-150}; SCALE=()
+  BUDGET=${GPU_SUITE_BUDGET:-465}; CAP_A=${GPU_SUITE_CAP_A:-120}; SCALE=()
 fi
 # Here the project's venv; there the machine's python3 (the venv is not carried).
 if [ -z "${PYTHON:-}" ]; then
@@ -61,6 +90,19 @@ elif name == "privimage_gpu" and data:
   line.update(device=data.get("device"), dp_steps=data.get("dp_steps"),
               runs={n: {k: r.get(k) for k in ("status", "accuracy", "total_epsilon", "seconds")}
                     for n, r in data["runs"].items()})
+elif name == "ntk_embedding" and data:
+  line.update(device=data["device"], embedding_60k=data.get("whole_set_embedding"),
+              steps=[{k: s.get(k) for k in ("batch", "fast_ms", "materialised_embedding_ms",
+                                              "per_example_vmap_ms", "xla_gflop",
+                                              "ratio_to_arithmetic_limit")}
+                     for s in data["step"]])
+elif name == "full_run" and data:
+  line.update(device=data["runs"][0].get("device"),
+              runs=[{k: r.get(k) for k in ("method", "run_seconds", "stage_seconds",
+                                           "accuracy", "error")} for r in data["runs"]])
+elif name == "ti_throughput" and data:
+  line.update(device=data.get("device"), **{k: v for k, v in data.items()
+                                            if k.endswith(("images_per_s", "speedup"))})
 elif path and not data:
   line["missing"] = path
 print(json.dumps(line), flush=True)
@@ -88,10 +130,11 @@ suite() {
     fi
   fi
   echo "gpu_suite: packages $installed"
-  if [ "$rc" = 0 ] && { [ ! -f data/fashion_split/private.npz ] || [ ! -f data/fashion_split/public.npz ]; }; then
+  # The data of part b only (a dry run leaves b out).
+  if [ "$DRY" != 1 ] && [ "$rc" = 0 ] && { [ ! -f data/fashion_split/private.npz ] || [ ! -f data/fashion_split/public.npz ]; }; then
     "$PYTHON" -m experiments.fashion_split --data-dir .gpu/fashion-mnist || rc=$?
   fi
-  if [ "$rc" = 0 ] && [ ! -f data/public_pool/pool.npz ]; then
+  if [ "$DRY" != 1 ] && [ "$rc" = 0 ] && [ ! -f data/public_pool/pool.npz ]; then
     if [ -f .gpu/data/public_pool/pool.npz.gz ]; then
       mkdir -p data/public_pool
       gunzip -c .gpu/data/public_pool/pool.npz.gz > data/public_pool/pool.npz.partial \
@@ -111,16 +154,42 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   fi
   [ "${GPU_SUITE_SETUP_ONLY:-0}" = 1 ] && return 0  # a check of the carried files alone
 
+  # --- the DP-NTK figures: the step, the private sum, a whole run; the inversion ---
+  t=$SECONDS
+  timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m benchmarks.ntk_embedding "${NTK_ARGS[@]}" \
+    --json "$OUT/ntk_embedding.json"
+  local rc_ntk=$?
+  part ntk_embedding "$rc_ntk" $((SECONDS - t)) "$OUT/ntk_embedding.json"
+  t=$SECONDS
+  timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m benchmarks.full_run "${FULL_ARGS[@]}" \
+    --json "$OUT/full_run.json"
+  local rc_full=$?
+  part full_run "$rc_full" $((SECONDS - t)) "$OUT/full_run.json"
+  t=$SECONDS
+  timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m benchmarks.ti_throughput "${TI_ARGS[@]}" \
+    --json "$OUT/ti_throughput.json"
+  local rc_ti=$?
+  part ti_throughput "$rc_ti" $((SECONDS - t)) "$OUT/ti_throughput.json"
+
   # --- a. the DP-SGD step at the GPU size ---
   t=$SECONDS
-  # shellcheck disable=SC2046  # the arguments are words
-  timeout --kill-after=15 "$CAP_A" "$PYTHON" -m benchmarks.dp_sgd_step \
-    $("$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" --bench-args) \
+  local a_args
+  if [ "$DRY" = 1 ]; then
+    a_args="--model unet --unet-size tiny --multiplicity 1 --quick --batch 8 --batches 8"
+  else
+    a_args=$("$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" --bench-args)
+  fi
+  # shellcheck disable=SC2086  # the arguments are words
+  timeout --kill-after=15 "$CAP_A" "$PYTHON" -m benchmarks.dp_sgd_step $a_args \
     --json "$OUT/dp_sgd_step.json"
   local rc_a=$?
   part dp_sgd_step "$rc_a" $((SECONDS - t)) "$OUT/dp_sgd_step.json"
 
-  # --- b. PrivImage and DPDM ---
+  # --- b. PrivImage and DPDM (not in a dry run: GPU_SUITE_SMOKE=1 runs them small) ---
+  local rc_b=0
+  if [ "$DRY" = 1 ]; then
+    echo "gpu_suite: dry run: part b (PrivImage and DPDM runs) left out"
+  else
   t=$SECONDS
   # What the budget leaves, keeping 15 s for the summary; a few runs' worth at least.
   local left=$((BUDGET - SECONDS - 15))
@@ -128,23 +197,26 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   timeout --kill-after=15 $((left + 45)) "$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" \
     --budget "$left" --dp-steps auto --step-json "$OUT/dp_sgd_step.json" \
     --json "$OUT/privimage_gpu.json"
-  local rc_b=$?
+  rc_b=$?
   part privimage_gpu "$rc_b" $((SECONDS - t)) "$OUT/privimage_gpu.json"
+  fi
 
-  "$PYTHON" - "$PARTS" "$OUT/summary.json" "$SECONDS" "$BUDGET" "$SMOKE" <<'EOF'
+  "$PYTHON" - "$PARTS" "$OUT/summary.json" "$SECONDS" "$BUDGET" "$SMOKE" "$DRY" <<'EOF'
 import json, sys
-parts, path, seconds, budget, smoke = sys.argv[1:]
+parts, path, seconds, budget, smoke, dry = sys.argv[1:]
 lines = [json.loads(l) for l in open(parts)]
 devices = sorted({l["device"] for l in lines if l.get("device")})
-summary = {"suite": "gpu_suite", "smoke": smoke == "1", "seconds": int(seconds),
+summary = {"suite": "gpu_suite", "smoke": smoke == "1", "dry_run": dry == "1",
+           "seconds": int(seconds),
            "budget_s": int(budget), "device": devices[0] if len(devices) == 1 else devices,
-           "command": ("GPU_SUITE_SMOKE=1 " if smoke == "1" else "") + "bash benchmarks/gpu_suite.sh",
+           "command": (("GPU_SUITE_SMOKE=1 " if smoke == "1" else "")
+                       + "bash benchmarks/gpu_suite.sh" + (" --dry-run" if dry == "1" else "")),
            "parts": {l["part"]: l for l in lines}}
 json.dump(summary, open(path, "w"), indent=2)
 print(json.dumps({"part": "suite", "seconds": int(seconds), "budget_s": int(budget),
                   "ok": all(l["rc"] == 0 for l in lines), "summary": path}))
 EOF
-  [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ]
+  [ "$rc_ntk" = 0 ] && [ "$rc_full" = 0 ] && [ "$rc_ti" = 0 ] && [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ]
 }
 
 suite 2>&1 | tee "$OUT/suite.log"

@@ -2,14 +2,34 @@
 
     python -m benchmarks.ntk_embedding --quick   # < 1 min on a 2-core CPU
     python -m benchmarks.ntk_embedding           # the README numbers
+    python -m benchmarks.ntk_embedding --batches 200,500,1000,2000,5000 --json F  # GPU suite
 
 Prints one JSON object. Paths compared:
 * embedding of real images: fast (activations/deltas, class-grouped) vs exact
   per-example features (vmap of grad, chunked) vs a per-example Python loop
   (one grad per example, as the PyTorch reference does);
-* one generator step at batch B: fast synthetic embedding vs vmap-of-grad
-  per-example features inside the loss (both differentiated into the
-  generator), plus the generator alone with dense vs conv upsampling layers.
+* one generator step at batch B: the fast objective (inner products with the
+  target, the embedding never formed) vs the same features with the embedding
+  formed vs vmap-of-grad per-example features inside the loss (all
+  differentiated into the generator), plus the fast step with XLA convolutions
+  instead of the dense upsampling layers;
+* the private sum over the whole set (60k): as runs do it (chunk sums queued
+  on the device), reading each chunk's sum at once, and on images already on
+  the device.
+
+The step's arithmetic, estimated by hand for the default network (784 -> 800
+-> 10) and generator at batch B (multiply-adds x 2; B = 500 in brackets):
+  NTK features through inner products: the forward x W1, its backward to x,
+  the projection a_c T_c of every example onto its class's target and that
+  product's backward: 4 x 2 B 784 800                          [2.5 GFLOP]
+  generator: two dense upsample+conv matmuls (784 x 1568, 1568 x 784),
+  forward and input gradient: 4 x 2 B 1.23M; their kernel gradients through
+  the separable taps ~0.5 GFLOP; the dense layers (15->200->784) fwd+bwd 0.5
+                                                               [5.9 GFLOP]
+  total                                                        [~8.4 GFLOP]
+The JSON has XLA's own count of the compiled step (`xla_gflop`), this device's
+float32 matmul rate (`gemm_gflop_per_s`, a 2048^3 matmul), the time that count
+takes at that rate (`arithmetic_limit_ms`) and the measured step's ratio to it.
 Timings are medians of repeated runs after one warm-up (compile) call.
 Memory: the process's peak resident set (max RSS) after each phase. The fast
 path runs first, so its figure is its own peak; later figures include it.
@@ -18,7 +38,6 @@ path runs first, so its figure is its own peak; later figures include it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -30,7 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpntk_jax import training
+from benchmarks.output import emit
+from vpntk_jax import arrays, training
 from vpntk_jax.blocks import TrainConfig
 from vpntk_jax.data import load_dataset
 from vpntk_jax.features import NTKFeatureMap, ntk
@@ -109,7 +129,7 @@ def _arithmetic(step, state, seconds: float) -> dict:
           "ratio_to_arithmetic_limit": seconds * rate / flops}
 
 
-def bench_step(network, params, batch: int, repeats: int) -> dict:
+def bench_step(network, params, batch: int, repeats: int, per_example: bool = True) -> dict:
   num_classes, per_class = 10, batch // 10
   generator = ConvCondGenerator(num_classes)
   config = TrainConfig(batch_size=batch)
@@ -139,49 +159,90 @@ def bench_step(network, params, batch: int, repeats: int) -> dict:
   t_fast = _time(run(fast_step), state, repeats=repeats)
   rss_fast = _peak_rss_mb()
   t_materialised = _time(run(step_fn(materialised, generator)), state, repeats=repeats)
-  t_vmap = _time(run(step_fn(exact, generator)), state, repeats=max(1, repeats // 3))
-  rss_vmap = _peak_rss_mb()
+  vmap = {}
+  if per_example:
+    t_vmap = _time(run(step_fn(exact, generator)), state, repeats=max(1, repeats // 3))
+    vmap = {"per_example_vmap_ms": 1e3 * t_vmap, "speedup_vs_vmap": t_vmap / t_fast,
+            "peak_rss_mb_after_vmap": _peak_rss_mb()}
   conv_gen = ConvCondGenerator(num_classes, force_conv=True)
   t_fast_conv = _time(run(step_fn(fast, conv_gen)), state, repeats=repeats)
   return {"batch": batch, "fast_ms": 1e3 * t_fast,
           "materialised_embedding_ms": 1e3 * t_materialised,
-          "per_example_vmap_ms": 1e3 * t_vmap,
           "fast_with_conv_generator_ms": 1e3 * t_fast_conv,
-          "peak_rss_mb_after_fast": rss_fast, "peak_rss_mb_after_vmap": rss_vmap,
-          "speedup_vs_vmap": t_vmap / t_fast,
+          "peak_rss_mb_after_fast": rss_fast, **vmap,
           "speedup_vs_materialised": t_materialised / t_fast,
           "dense_upsample_conv_speedup": t_fast_conv / t_fast,
           **_arithmetic(fast_step, state, t_fast)}
 
 
+def bench_embedding_60k(network, params, n: int, repeats: int) -> dict:
+  """The private sum over n images: as runs do it (chunk sums queued on the device),
+  reading each chunk's sum at once, and on images already on the device (the
+  limit a run's transfers approach)."""
+  images, labels = _images(n)
+  run = lambda pending: (lambda: ntk.private_embedding_sum(network, params, images, labels, 10,
+                                                           pending_bytes=pending))
+  chunk = 2048
+  xs, masks, classes = [], [], []
+  for c in range(10):
+    rows = np.flatnonzero(labels == c)
+    for start in range(0, len(rows), chunk):
+      x, mask = arrays.padded_chunk(images, rows[start:start + chunk], chunk)
+      xs.append(x.reshape(chunk, -1)), masks.append(mask), classes.append(c)
+  resident = jax.device_put((np.stack(xs), np.stack(masks), np.asarray(classes)))
+
+  @jax.jit
+  def on_device(params, xs, masks, classes):
+    def add(total, inputs):
+      x, mask, c = inputs
+      part = ntk._chunk_sum(network, params, x.astype(jnp.float32) / 255.0, mask)  # pylint: disable=protected-access
+      onehot = jax.nn.one_hot(c, 10)
+      return jax.tree.map(lambda t, p: t + p[..., None] * onehot, total, part), None
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape + (10,)), params)
+    return jax.lax.scan(add, zeros, (xs, masks, classes))[0]
+
+  return {"n": n, "queued_s": _time(run(ntk.PENDING_SUM_BYTES), repeats=repeats),
+          "read_each_chunk_s": _time(run(0), repeats=repeats),
+          "on_device_s": _time(on_device, params, *resident, repeats=repeats)}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="small sizes, under a minute on CPU")
+  parser.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",")],
+                      default=None, help="generator step batches (default 200,500,1000)")
+  parser.add_argument("--per-example-max-batch", type=int, default=1000,
+                      help="the per-example (vmap) step only up to this batch: its memory "
+                      "grows as batch x parameters")
+  parser.add_argument("--embedding-n", type=int, default=None,
+                      help="images of the whole-set private sum (default 60000; 0 skips it)")
+  parser.add_argument("--json", help="also write the JSON object here")
   args = parser.parse_args()
   network = ntk.NTKNetwork()  # the DP-NTK FashionMNIST network, 636,010 parameters
   params = ntk.init_params(jax.random.key(0), network, 784)
   if args.quick:
     emb = bench_embedding(network, params, n=400, loop_n=10, repeats=2)
-    steps = [bench_step(network, params, batch=200, repeats=2)]
+    batches, repeats, default_n = args.batches or [200], 2, 0
   else:
     emb = bench_embedding(network, params, n=4000, loop_n=100, repeats=3)
-    steps = [bench_step(network, params, batch=b, repeats=5) for b in (200, 500, 1000)]
-  full_embed = None
-  if not args.quick:
-    images, labels = _images(60000)
-    full_embed = _time(lambda: ntk.private_embedding_sum(network, params, images, labels, 10),
-                       repeats=3)
+    batches, repeats, default_n = args.batches or [200, 500, 1000], 5, 60000
+  steps = [bench_step(network, params, batch=b, repeats=repeats,
+                      per_example=b <= args.per_example_max_batch) for b in batches]
+  n = default_n if args.embedding_n is None else args.embedding_n
+  whole = bench_embedding_60k(network, params, n, repeats=3) if n else None
+  compared = [s for s in steps if "speedup_vs_vmap" in s]
   result = {
       "benchmark": "ntk_embedding", "quick": args.quick,
       "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
       "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
       "num_params": ntk.num_params(params),
       "embedding": emb, "step": steps,
-      "embedding_60k_s": full_embed,
+      "embedding_60k_s": whole["queued_s"] if whole else None,
+      "whole_set_embedding": whole,
       "speedup_embedding_vs_per_example": emb["speedup_vs_vmap"],
-      "speedup_step_vs_per_example": steps[-1]["speedup_vs_vmap"],
+      "speedup_step_vs_per_example": compared[-1]["speedup_vs_vmap"] if compared else None,
   }
-  print(json.dumps(result, indent=2))
+  emit(result, args.json)
 
 
 if __name__ == "__main__":

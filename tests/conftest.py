@@ -61,7 +61,7 @@ from public_fixtures import private_npz, public_generator, tiny_public  # noqa: 
 # later; these take ~60-150 s each on the 2-core CPU. (--dist loadgroup cannot
 # split test_notebooks.py: with pytest 9.2 xdist 3.8 ignores xdist_group.)
 _LONGEST_FIRST = (
-    "test_notebooks.py", "test_distributed.py", "test_diffusion_methods.py",
+    "test_notebooks.py", "test_distributed.py", "test_diffusion_methods.py", "test_benchmarks.py",
     "test_textual_inversion.py", "test_pipeline.py",
     "test_experiment_configs.py",
     "test_prompt.py", "test_sharding.py", "test_models.py", "test_vpntk_method.py",
