@@ -43,7 +43,7 @@ NTK_ARGS=(--batches 200,500,1000,2000,5000)
 FULL_ARGS=(--methods dp-ntk --set data.data_dir=.gpu/fashion-mnist)
 TI_ARGS=(--images 256 --steps 20)
 if [ "$DRY" = 1 ]; then
-  NTK_ARGS=(--quick --batches 20 --embedding-n 500)
+  NTK_ARGS=(--quick --batches 20 --per-example-max-batch 0 --embedding-n 500)
   FULL_ARGS=(--methods dp-ntk --quick --set train.steps=2 num_synthetic=100 eval_train_size=50)
   TI_ARGS=(--images 2 --steps 1 --repeats 1)
   CAP_NTK=${GPU_SUITE_CAP_NTK:-150}
@@ -175,7 +175,7 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   t=$SECONDS
   local a_args
   if [ "$DRY" = 1 ]; then
-    a_args="--model unet --unet-size tiny --multiplicity 1 --quick --batch 8 --batches 8"
+    a_args="--model convnet --quick --batch 8 --batches 8"  # the UNet under DP-SGD: tests/test_diffusion_methods.py
   else
     a_args=$("$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" --bench-args)
   fi

@@ -22,11 +22,10 @@ The step's arithmetic, estimated by hand for the default network (784 -> 800
   NTK features through inner products: the forward x W1, its backward to x,
   the projection a_c T_c of every example onto its class's target and that
   product's backward: 4 x 2 B 784 800                          [2.5 GFLOP]
-  generator: two dense upsample+conv matmuls (784 x 1568, 1568 x 784),
-  forward and input gradient: 4 x 2 B 1.23M; their kernel gradients through
-  the separable taps ~0.5 GFLOP; the dense layers (15->200->784) fwd+bwd 0.5
-                                                               [5.9 GFLOP]
-  total                                                        [~8.4 GFLOP]
+  generator: two dense upsample+conv matmuls (784 x 1568, 1568 x 784):
+  forward, input gradient and matrix gradient, 6 x 2 B 1.23M; the dense
+  layers (15->200->784) fwd+bwd 0.5                           [7.9 GFLOP]
+  total                                                       [~10.4 GFLOP]
 The JSON has XLA's own count of the compiled step (`xla_gflop`), this device's
 float32 matmul rate (`gemm_gflop_per_s`, a 2048^3 matmul), the time that count
 takes at that rate (`arithmetic_limit_ms`) and the measured step's ratio to it.
