@@ -43,7 +43,8 @@ NTK_ARGS=(--batches 200,500,1000,2000,5000)
 FULL_ARGS=(--methods dp-ntk --set data.data_dir=.gpu/fashion-mnist)
 TI_ARGS=(--images 256 --steps 20)
 if [ "$DRY" = 1 ]; then
-  NTK_ARGS=(--quick --batches 20 --per-example-max-batch 0 --embedding-n 500)
+  NTK_ARGS=(--quick --embedding-examples 40 --batches 20 --per-example-max-batch 0
+            --embedding-n 500)
   FULL_ARGS=(--methods dp-ntk --quick --set train.steps=2 num_synthetic=100 eval_train_size=50)
   TI_ARGS=(--images 2 --steps 1 --repeats 1)
   CAP_NTK=${GPU_SUITE_CAP_NTK:-150}

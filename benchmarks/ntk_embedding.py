@@ -215,15 +215,19 @@ def main() -> None:
                       "grows as batch x parameters")
   parser.add_argument("--embedding-n", type=int, default=None,
                       help="images of the whole-set private sum (default 60000; 0 skips it)")
+  parser.add_argument("--embedding-examples", type=int, default=None,
+                      help="images of the fast-vs-per-example embedding (default 4000; "
+                      "--quick 400); the loop times one in 40 of them")
   parser.add_argument("--json", help="also write the JSON object here")
   args = parser.parse_args()
   network = ntk.NTKNetwork()  # the DP-NTK FashionMNIST network, 636,010 parameters
   params = ntk.init_params(jax.random.key(0), network, 784)
+  examples = args.embedding_examples or (400 if args.quick else 4000)
+  emb = bench_embedding(network, params, n=examples, loop_n=max(1, examples // 40),
+                        repeats=2 if args.quick else 3)
   if args.quick:
-    emb = bench_embedding(network, params, n=400, loop_n=10, repeats=2)
     batches, repeats, default_n = args.batches or [200], 2, 0
   else:
-    emb = bench_embedding(network, params, n=4000, loop_n=100, repeats=3)
     batches, repeats, default_n = args.batches or [200, 500, 1000], 5, 60000
   steps = [bench_step(network, params, batch=b, repeats=repeats,
                       per_example=b <= args.per_example_max_batch) for b in batches]
