@@ -48,7 +48,7 @@ def host_devices_env(count: int) -> dict:
 
 
 # Fixtures several test modules share (public models pretrained once per session).
-from public_fixtures import private_npz, public_generator, tiny_public  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+from public_fixtures import digits, private_npz, public_generator, tiny_public  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 
 
 

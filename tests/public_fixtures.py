@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from vpntk_jax import public
 from vpntk_jax.blocks import DataConfig, TrainConfig
@@ -62,6 +63,17 @@ def private_npz(tmp_path_factory):
   np.savez(path, x=digits.images[train], y=digits.labels[train], x_test=digits.images[test],
            y_test=digits.labels[test])
   return str(path)
+
+
+@pytest.fixture(scope="session")
+def digits():
+  """sklearn's real 8x8 digits as (train_x, train_y, test_x, test_y): a 1000 / 797
+  split, uint8 NHWC with C=1."""
+  data = load_digits()
+  images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  order = np.random.default_rng(0).permutation(len(images))
+  train, test = order[:1000], order[1000:]
+  return images[train], data.target[train], images[test], data.target[test]
 
 
 def vp_args(data, public_dir, out, *extra):

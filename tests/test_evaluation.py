@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation import DEFAULT_CLASSIFIERS, balanced_subsample, evaluate_synthetic
@@ -16,16 +15,6 @@ from vpntk_jax.visualize import BACKGROUND, PAD, sample_grid, save_loss_curve, s
 
 # Few epochs suffice on 8x8 digits; kept fixed so the test stays fast and honest.
 CNN_EPOCHS = 15
-
-
-@pytest.fixture(scope="module")
-def digits():
-  """(train_x, train_y, test_x, test_y): 1000 / 797 split, uint8 NHWC with C=1."""
-  data = load_digits()
-  images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  order = np.random.default_rng(0).permutation(len(images))
-  train, test = order[:1000], order[1000:]
-  return images[train], data.target[train], images[test], data.target[test]
 
 
 def _evaluate(digits, train_labels):

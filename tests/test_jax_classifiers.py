@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from vpntk_jax.config import RunConfig
@@ -13,16 +12,6 @@ from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation import classifiers as sk
 from vpntk_jax.evaluation import balanced_subsample, evaluate_synthetic
 from vpntk_jax.evaluation import jax_classifiers as jc
-
-
-@pytest.fixture(scope="module")
-def digits():
-  """(train_x, train_y, test_x, test_y): 1000 / 797 split, uint8 NHWC with C=1."""
-  data = load_digits()
-  images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  order = np.random.default_rng(0).permutation(len(images))
-  train, test = order[:1000], order[1000:]
-  return images[train], data.target[train], images[test], data.target[test]
 
 
 def _sklearn_objective(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
