@@ -156,21 +156,19 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   [ "${GPU_SUITE_SETUP_ONLY:-0}" = 1 ] && return 0  # a check of the carried files alone
 
   # --- the DP-NTK figures: the step, the private sum, a whole run; the inversion ---
-  t=$SECONDS
-  timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m benchmarks.ntk_embedding "${NTK_ARGS[@]}" \
-    --json "$OUT/ntk_embedding.json"
-  local rc_ntk=$?
-  part ntk_embedding "$rc_ntk" $((SECONDS - t)) "$OUT/ntk_embedding.json"
-  t=$SECONDS
-  timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m benchmarks.full_run "${FULL_ARGS[@]}" \
-    --json "$OUT/full_run.json"
-  local rc_full=$?
-  part full_run "$rc_full" $((SECONDS - t)) "$OUT/full_run.json"
-  t=$SECONDS
-  timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m benchmarks.ti_throughput "${TI_ARGS[@]}" \
-    --json "$OUT/ti_throughput.json"
-  local rc_ti=$?
-  part ti_throughput "$rc_ti" $((SECONDS - t)) "$OUT/ti_throughput.json"
+  # capped NAME ARGS...: benchmarks.NAME under CAP_NTK, its JSON in $OUT/NAME.json.
+  capped() {
+    local name=$1 t=$SECONDS
+    shift
+    timeout --kill-after=15 "$CAP_NTK" "$PYTHON" -m "benchmarks.$name" "$@" \
+      --json "$OUT/$name.json"
+    local rc=$?
+    part "$name" "$rc" $((SECONDS - t)) "$OUT/$name.json"
+    return "$rc"
+  }
+  capped ntk_embedding "${NTK_ARGS[@]}"; local rc_ntk=$?
+  capped full_run "${FULL_ARGS[@]}"; local rc_full=$?
+  capped ti_throughput "${TI_ARGS[@]}"; local rc_ti=$?
 
   # --- a. the DP-SGD step at the GPU size ---
   t=$SECONDS
