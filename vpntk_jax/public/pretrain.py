@@ -76,7 +76,7 @@ def split_generator_batch(config: PretrainConfig, num_classes: int, mesh) -> Pre
   if mesh is None or not config.generator:
     return config
   batch = config.train.batch_size
-  rows = max(1, -(-batch // num_classes)) * num_classes
+  rows = generator_batch_for_devices(batch, num_classes, 1)  # whole classes only
   even = generator_batch_for_devices(batch, num_classes, mesh.size)
   if even == rows:
     return config
