@@ -5,12 +5,15 @@ tiny subsets, narrow networks, a few steps. Each notebook writes only under
 VPNTK_NOTEBOOK_DIR, here a pytest temporary directory.
 """
 
+import ast
 import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import host_devices_env
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -47,9 +50,55 @@ def test_committed_notebook_is_clean(name):
   assert "VPNTK_NOTEBOOK_SMALL" in first
 
 
-def _execute(name, tmp_path, monkeypatch):
-  """Runs a notebook in a python3 kernel (this interpreter); returns (nb, work dir, seconds)."""
+def _setup_functions():
+  """The functions the notebooks' install cell defines, without running the cell."""
+  source = _code_cells(nbformat.read(COLAB / NOTEBOOKS[0], as_version=4))[0].source
+  tree = ast.parse(source)
+  namespace = {}
+  for node in tree.body:
+    if isinstance(node, (ast.Import, ast.FunctionDef)):
+      exec(compile(ast.Module([node], []), "setup cell", "exec"), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+def test_the_notebooks_share_one_install_cell():
+  cells = [_code_cells(nbformat.read(COLAB / n, as_version=4))[0].source for n in NOTEBOOKS]
+  assert cells[0] == cells[1]
+  assert "OWNER" not in cells[0] and "raise RuntimeError(\"Edit" not in cells[0]
+
+
+@pytest.mark.parametrize("path,origin", [
+    ("fileId=https%3A%2F%2Fgithub.com%2Fdp-lab%2Fvpntk_jax%2Fblob%2Fmain%2Fcolab%2Fvpntk.ipynb",
+     "https://github.com/dp-lab/vpntk_jax@main"),
+    ("fileId=https://github.com/a.b/my-fork/blob/release/1.2/colab/quickstart.ipynb",
+     "https://github.com/a.b/my-fork@release/1.2"),
+    ("fileId=1AbCdEfGhIjKlMnOp", None),  # a copy in Google Drive
+    ("fileId=https%3A%2F%2Fgithub.com%2Fa%2Fb%2Fblob%2Fmain%2Fother%2Fx.ipynb", None),
+    ("quickstart.ipynb", None),
+])
+def test_the_install_cell_reads_the_repository_from_the_notebook_s_github_origin(path, origin):
+  assert _setup_functions()["github_origin"](path) == origin
+
+
+def test_the_install_cell_prefers_vpntk_repo_and_says_what_to_do_without_an_origin():
+  repository = _setup_functions()["repository"]
+  github = "fileId=https://github.com/a/vpntk_jax/blob/v2/colab/vpntk.ipynb"
+  assert repository({}, ["fileId=1AbC", github]) == "https://github.com/a/vpntk_jax@v2"
+  assert repository({"VPNTK_REPO": "https://x/y@z"}, [github]) == "https://x/y@z"
+  with pytest.raises(RuntimeError, match="not opened from GitHub.*VPNTK_REPO"):
+    repository({}, ["fileId=1AbC"])
+  other = "fileId=https://github.com/b/fork/blob/main/colab/vpntk.ipynb"
+  with pytest.raises(RuntimeError, match="one of"):
+    repository({}, [github, other])
+
+
+def _execute(name, tmp_path, monkeypatch, devices=1):
+  """Runs a notebook in a python3 kernel (this interpreter) that sees `devices` CPU
+  devices; returns (nb, work dir, seconds)."""
   work = tmp_path / "work"
+  for key, value in host_devices_env(devices).items():
+    if key in ("XLA_FLAGS", "JAX_PLATFORMS"):
+      monkeypatch.setenv(key, value)
   monkeypatch.setenv("VPNTK_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("VPNTK_NOTEBOOK_DIR", str(work))
   # The kernel inherits conftest.py's XLA_FLAGS (CI speed only).
@@ -96,13 +145,16 @@ def _check_run(run_dir, classifier):
   return _read(run_dir / "config.json")
 
 
-def test_quickstart_notebook(tmp_path, monkeypatch):
-  nb, work, _ = _execute("quickstart.ipynb", tmp_path, monkeypatch)
+def test_quickstart_notebook_on_eight_devices(tmp_path, monkeypatch):
+  # A Colab TPU runtime's 8 cores, simulated: the run is data-parallel over all of them.
+  nb, work, _ = _execute("quickstart.ipynb", tmp_path, monkeypatch, devices=8)
   config = _check_run(work / "runs" / "dpntk-fashion", "logistic_regression")
   assert config["method"] == "dp-ntk" and config["ntk_layers"][0] == 64
   assert _read(work / "runs" / "dpntk-fashion" / "privacy.json")["num_private_examples"] == 1000
   text = _text(nb)
-  assert "SMALL mode" in text and "backend CPU" in text
+  assert "SMALL mode" in text and "backend CPU, 8 device(s)" in text
+  log = (work / "runs" / "dpntk-fashion" / "log.txt").read_text()
+  assert "data-parallel over 8 CPU devices" in log
   assert "-differentially private with respect to the 1000 private training examples" in text
   assert "| logistic_regression |" in text
   assert _images(nb) == 1  # samples.png

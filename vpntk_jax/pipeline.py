@@ -192,6 +192,8 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       cleanup.enter_context(run_log(run.file(LOG_TXT)))
       say(f"vpntk {config.method} run in {out}" + (" (resumed)" if run.resumed else ""),
           quiet=True)
+    if mesh is not None:
+      say(f"data-parallel over {mesh.size} {jax.devices()[0].platform.upper()} devices", quiet)
     if run.resumed or reuse_release is not None:
       say(f"reusing the stored private release of {out} (no new noise drawn)", quiet)
     else:
