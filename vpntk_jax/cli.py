@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from vpntk_jax.errors import VpntkError
+from vpntk_jax.errors import ConfigError, VpntkError
 
 # Options of `synthesize` that map onto RunConfig fields (dotted for nested); each
 # method adds its own (`Method.flags`), which set fields of its block.
@@ -232,6 +232,19 @@ def _parser() -> argparse.ArgumentParser:
   x.add_argument("--out", help="directory to write (default RUN_DIR/dpimagebench)")
   x.add_argument("--force", action="store_true", help="replace an earlier export there")
 
+  n = sub.add_parser("to-npy", help="write a data source as an npy:DIR source batch by batch "
+                                    "(a tfds split larger than memory, resized once)")
+  n.add_argument("source", help="any --data source, e.g. tfds:celeb_a")
+  n.add_argument("--out", required=True, help="new directory to write (then --data npy:OUT)")
+  n.add_argument("--splits", metavar="TRAIN[,TEST]",
+                 help="the splits stored as train and test (default train,test: test only "
+                 "where the source has one); tfds slices work, e.g. train[:20000],test")
+  n.add_argument("--image-size", type=int, help="resize to N x N while writing")
+  n.add_argument("--data-dir")
+  n.add_argument("--download", action="store_true",
+                 help="as for synthesize: let tfds fetch the data")
+  n.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label")
+
   c = sub.add_parser("check-features",
                      help="the fast NTK features of a run or config against neural-tangents' "
                           "empirical NTK, on real test images (needs the ntk extra)")
@@ -370,6 +383,32 @@ def reference() -> str:
       os.environ["COLUMNS"] = columns
 
 
+def _to_npy(args) -> dict:
+  from vpntk_jax.data import npy  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.data.loader import stream_split  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.errors import MissingSplitError  # pylint: disable=g-import-not-at-top
+  names = [s.strip() for s in (args.splits or "train,test").split(",")]
+  if not 1 <= len(names) <= 2 or not all(names):
+    raise ConfigError(f"--splits takes TRAIN or TRAIN,TEST, got {args.splits!r}")
+  splits, class_names = {}, None
+  for stored, split in zip(("train", "test"), names):
+    try:
+      count, split_names, batches = stream_split(
+          args.source, split, data_dir=args.data_dir, download=bool(args.download),
+          label_attribute=args.label_attribute)
+    except MissingSplitError:
+      if args.splits is None and stored == "test":
+        print(f"vpntk: {args.source} has no test split; writing train only", file=sys.stderr)
+        continue
+      raise
+    splits[stored] = (count, batches)
+    class_names = class_names or split_names
+  shapes = npy.write_npy_dir(args.out, splits, class_names=class_names,
+                             image_size=args.image_size)
+  return {"out": args.out, "data": f"npy:{args.out}",
+          "splits": {k: list(v) for k, v in shapes.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
   from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -411,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
       print(json.dumps(export.export_run(args.run_dir, args.out, fmt=args.fmt,
                                          force=args.force), indent=2))
+    elif args.command == "to-npy":
+      print(json.dumps(_to_npy(args), indent=2))
     elif args.command == "check-features":
       result = _check_features(args)
       print(json.dumps(result, indent=2))

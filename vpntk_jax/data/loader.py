@@ -138,6 +138,23 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
   raise DataError(f"cannot load dataset {src!r} ({problem}). Accepted forms:\n{ACCEPTED_FORMS}")
 
 
+def stream_split(source: str, split: str = "train", *, data_dir: str | None = None,
+                 download: bool = False, label_attribute: str | None = None,
+                 batch_size: int = 4096):
+  """(examples, class names, iterator of (images, labels) batches) of a split. TFDS
+  sources are read batch by batch; the others are loaded as `load_dataset` loads them."""
+  src = os.fspath(source).strip()
+  if src.startswith("tfds:") and src[len("tfds:"):]:
+    from vpntk_jax.data.tfds_source import stream_tfds  # Keeps TF out of plain imports.
+    return stream_tfds(src[len("tfds:"):], split, data_dir=data_dir, download=download,
+                       label_attribute=label_attribute, batch_size=batch_size)
+  ds = load_dataset(src, split, data_dir=data_dir, download=download,
+                    label_attribute=label_attribute)
+  batches = ((ds.images[i:i + batch_size], ds.labels[i:i + batch_size])
+             for i in range(0, len(ds.labels), batch_size))
+  return len(ds.labels), ds.class_names, batches
+
+
 def load_test_source(source: str | os.PathLike[str], **kwargs) -> ImageDataset:
   """A source given as the test set: its "test" split, or its only split when it
   holds one (a plain .npz, an image folder without split subfolders)."""

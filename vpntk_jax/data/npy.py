@@ -104,3 +104,66 @@ def check_used_as_stored(private: ImageDataset, image_shape: tuple[int, int, int
                     f"{'x'.join(map(str, private.image_shape))} (HxWxC) but the run's are "
                     f"{shown} ({source}); resizing or converting them would read the whole "
                     f"set into memory: store images.npy as uint8 {shown} instead")
+
+
+def write_npy_dir(out: str | os.PathLike[str], splits: dict, *,
+                  class_names: tuple[str, ...] | None = None,
+                  image_size: int | None = None) -> dict:
+  """Writes an npy source batch by batch: splits[name] = (examples, iterator of (uint8
+  NHWC images, labels) batches), each resized to image_size x image_size if given.
+
+  `out` must not exist or be an empty directory. Everything is written into a
+  sibling staging directory first and renamed to `out` only when every split is
+  complete, so a failed or interrupted conversion leaves no half-written source
+  (its staging directory, which this function created, is removed).
+  Returns {split: image shape}.
+  """
+  from vpntk_jax.data.transforms import resize_images  # pylint: disable=import-outside-toplevel
+  out = Path(out).expanduser()
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise DataError(f"{out} exists and is not an empty directory; choose a new --out")
+  staging = out.with_name(f".{out.name}.partial")
+  if staging.exists():
+    raise DataError(f"{staging} exists (an interrupted conversion?); remove it or choose "
+                    f"another --out")
+  staging.mkdir(parents=True)
+  shapes = {}
+  try:
+    for split, (count, batches) in splits.items():
+      suffix = "" if split == "train" else f"_{split}"
+      images, labels, filled = None, np.zeros(count, np.int64), 0
+      for x, y in batches:
+        x = np.asarray(x)
+        if x.ndim == 3:
+          x = x[..., None]
+        if x.dtype != np.uint8 or x.ndim != 4:
+          raise DataError(f"split {split!r}: expected uint8 images (N, H, W[, C]), got "
+                          f"{x.dtype} {x.shape}")
+        if image_size is not None:
+          x = resize_images(x, image_size)
+        if images is None:
+          images = np.lib.format.open_memmap(staging / f"images{suffix}.npy", mode="w+",
+                                             dtype=np.uint8, shape=(count,) + x.shape[1:])
+        if x.shape[1:] != images.shape[1:] or filled + len(x) > count:
+          raise DataError(f"split {split!r}: batch of {x.shape} does not fit the "
+                          f"{images.shape} set begun (images of differing size, or more "
+                          f"than the {count} examples recorded)")
+        images[filled:filled + len(x)] = x
+        labels[filled:filled + len(x)] = np.asarray(y).reshape(-1)
+        filled += len(x)
+      if images is None or filled != count:
+        raise DataError(f"split {split!r}: read {filled} examples, {count} recorded")
+      images.flush()
+      shapes[split] = images.shape
+      del images
+      np.save(staging / f"labels{suffix}.npy", labels)
+    if class_names:
+      np.save(staging / "class_names.npy", np.asarray(class_names))
+    if out.exists():
+      out.rmdir()  # empty, checked above
+    os.replace(staging, out)
+  except BaseException:
+    import shutil  # pylint: disable=import-outside-toplevel
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return shapes

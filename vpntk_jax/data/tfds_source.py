@@ -6,7 +6,7 @@ level may import tensorflow or tensorflow_datasets.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -112,6 +112,24 @@ def _supervised_keys(info: Any, name: str) -> tuple[str, str]:
                   f"if it has boolean attributes")
 
 
+def _labelled_pairs(tfds: Any, name: str, split: str, data_dir: str | None, download: bool,
+                    label_attribute: str | None) -> tuple[Any, Any, tuple[str, ...] | None]:
+  """(tf.data of (image, label), info, class names) of a split, nothing read yet."""
+  if name == "celeb_a" and label_attribute is None:
+    label_attribute = DEFAULT_CELEBA_ATTRIBUTE
+  ds, info = _load(tfds, name, split, data_dir, download)
+  if label_attribute is not None:
+    _check_attribute(info, name, label_attribute)
+    if "image" not in info.features:
+      raise DataError(f"TFDS dataset {name!r} has no 'image' feature")
+    # Select in the tf.data pipeline so unused features are never materialised.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    pairs = ds.map(lambda f: (f["image"], tf.cast(f["attributes"][label_attribute], tf.int32)))
+    return pairs, info, (f"not {label_attribute}", label_attribute)
+  image_key, label_key = _supervised_keys(info, name)
+  return ds.map(lambda f: (f[image_key], f[label_key])), info, _class_names(info, label_key)
+
+
 def load_tfds(name: str, split: str = "train", *, data_dir: str | None = None,
               download: bool = False, label_attribute: str | None = None,
               num_classes: int | None = None) -> ImageDataset:
@@ -119,25 +137,30 @@ def load_tfds(name: str, split: str = "train", *, data_dir: str | None = None,
 
   Datasets with an 'attributes' feature (celeb_a) are labelled by one boolean
   attribute (default "Male"), giving 2 classes; others use their supervised label.
-  Memory: the full split is held in RAM (celeb_a train at 218x178x3 is ~19 GB;
-  use a slice such as split="train[:20000]").
+  Memory: the full split is held in RAM (celeb_a train at 218x178x3 is ~19 GB);
+  `stream_tfds` and `vpntk to-npy` write a split to an npy source batch by batch.
   """
   tfds = _import_tfds()
-  if name == "celeb_a" and label_attribute is None:
-    label_attribute = DEFAULT_CELEBA_ATTRIBUTE
   ds_name = f"tfds:{name}:{split}"
-  ds, info = _load(tfds, name, split, data_dir, download)
-  if label_attribute is not None:
-    _check_attribute(info, name, label_attribute)
-    if "image" not in info.features:
-      raise DataError(f"TFDS dataset {name!r} has no 'image' feature")
-    # Select in the tf.data pipeline so unused features are never materialised.
-    pairs = ds.map(lambda f: (f["image"], f["attributes"][label_attribute]))
-    images, labels = _materialise(tfds, pairs, ds_name)
-    return make_dataset(images, labels.astype(np.int32), num_classes or 2, name=ds_name,
-                        class_names=(f"not {label_attribute}", label_attribute))
-  image_key, label_key = _supervised_keys(info, name)
-  images, labels = _materialise(tfds, ds.map(lambda f: (f[image_key], f[label_key])), ds_name)
-  class_names = _class_names(info, label_key)
+  pairs, _, class_names = _labelled_pairs(tfds, name, split, data_dir, download,
+                                          label_attribute)
+  images, labels = _materialise(tfds, pairs, ds_name)
   k = num_classes or (len(class_names) if class_names else None)
   return make_dataset(images, labels, k, name=ds_name, class_names=class_names)
+
+
+def stream_tfds(name: str, split: str = "train", *, data_dir: str | None = None,
+                download: bool = False, label_attribute: str | None = None,
+                batch_size: int = _BATCH) -> tuple[int, tuple[str, ...] | None, Iterator]:
+  """(examples, class names, iterator of (images, labels) numpy batches) of a split,
+  read batch by batch: the split is never in memory whole."""
+  tfds = _import_tfds()
+  pairs, info, class_names = _labelled_pairs(tfds, name, split, data_dir, download,
+                                             label_attribute)
+  try:
+    count = int(info.splits[split].num_examples)
+  except (KeyError, ValueError, TypeError):
+    count = 0
+  if count <= 0:  # not recorded (e.g. tfds.testing.mock_data): count the labels
+    count = sum(len(y) for _, y in tfds.as_numpy(pairs.map(lambda x, y: (0, y)).batch(_BATCH)))
+  return count, class_names, iter(tfds.as_numpy(pairs.batch(batch_size)))
