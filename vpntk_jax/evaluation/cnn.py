@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vpntk_jax import arrays
+from vpntk_jax import arrays, sharding
+from vpntk_jax.training.loop import replicate
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models.layers import max_pool_2x2
 
@@ -56,18 +57,27 @@ def _scale(images: jax.Array) -> jax.Array:
 # Cached so repeated evaluations (and tests) reuse the compiled functions.
 @functools.lru_cache(maxsize=8)
 def _train_step_fn(
-  model: nn.Module, learning_rate: float
+  model: nn.Module, learning_rate: float, mesh=None
 ) -> tuple[optax.GradientTransformation, Callable]:
-  """Builds Adam and the jitted step; the step gathers its uint8 batch on the device."""
-  tx = optax.adam(learning_rate)
+  """Builds Adam and the jitted step; the step gathers its uint8 batch on the device.
 
-  def loss_fn(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+  With a mesh the batch's rows are split over its devices; the batch is padded to
+  a multiple of them with rows of `weight` 0, which the loss leaves out.
+  """
+  tx = optax.adam(learning_rate)
+  rows = None if mesh is None else sharding.batch_sharding(mesh)
+
+  def loss_fn(params: Params, x: jax.Array, y: jax.Array, weight) -> jax.Array:
     logits = model.apply({"params": params}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return losses.mean() if weight is None else jnp.sum(losses * weight) / jnp.sum(weight)
 
   @jax.jit
-  def train_step(params, opt_state, images, labels, idx):
-    loss, grads = jax.value_and_grad(loss_fn)(params, _scale(images[idx]), labels[idx])
+  def train_step(params, opt_state, images, labels, idx, weight=None):
+    x, y = _scale(images[idx]), labels[idx]
+    if rows is not None:
+      x, y = jax.lax.with_sharding_constraint(x, rows), jax.lax.with_sharding_constraint(y, rows)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, weight)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -115,10 +125,15 @@ def train_cnn(
   batch_size: int = BATCH_SIZE,
   learning_rate: float = LEARNING_RATE,
   model: nn.Module | None = None,
+  mesh=None,
 ) -> tuple[Params, list[float]]:
   """Trains a classifier (default SmallCNN) with Adam for exactly `epochs` epochs.
 
   `model` maps images in [0, 1] to logits (VP-NTK's public extractor is one).
+  With a `mesh` the same steps are data-parallel: each batch split over its
+  devices (padded to a multiple of them with rows the loss leaves out; the
+  models have no BatchNorm, so the padding changes nothing), the images and
+  parameters replicated, the result on this process's first device.
   Returns the parameters and the mean training loss of each epoch.
   """
   model = model or SmallCNN(num_classes=num_classes)
@@ -137,22 +152,30 @@ def train_cnn(
   # of each shuffled epoch is dropped so every step has the same (compiled) shape.
   batch_size = min(batch_size, images.shape[0])
   steps = images.shape[0] // batch_size
-  tx, train_step = _train_step_fn(model, float(learning_rate))
+  tx, train_step = _train_step_fn(model, float(learning_rate), mesh)
+  padded = sharding.round_up_to_devices(batch_size, mesh)
+  place = sharding.row_placer(mesh) if mesh is not None else (lambda idx: idx)
+  weight = (None if mesh is None
+            else place((np.arange(padded) < batch_size).astype(np.float32)))
   init_key, shuffle_key = jax.random.split(key)
   dummy = jnp.zeros((1, *images.shape[1:]), jnp.float32)
-  params = _init_fn(model)(init_key, dummy)["params"]
-  opt_state = tx.init(params)
-  device_images = jnp.asarray(images)
-  device_labels = jnp.asarray(labels, dtype=jnp.int32)
+  params = replicate(_init_fn(model)(init_key, dummy)["params"], mesh)
+  opt_state = replicate(tx.init(params), mesh)
+  device_images = replicate(jnp.asarray(images), mesh)
+  device_labels = replicate(jnp.asarray(labels, dtype=jnp.int32), mesh)
   epoch_losses = []
   for epoch_key in jax.random.split(shuffle_key, epochs):
     # Host-side index rows: slicing a device array would compile extra eager ops.
     order = np.asarray(_epoch_order(epoch_key, images.shape[0], steps, batch_size))
+    order = np.pad(order, ((0, 0), (0, padded - batch_size)))  # padding: row 0, weight 0
     losses = []
     for idx in order:
-      params, opt_state, loss = train_step(params, opt_state, device_images, device_labels, idx)
+      params, opt_state, loss = train_step(params, opt_state, device_images, device_labels,
+                                           place(idx), weight)
       losses.append(loss)
     epoch_losses.append(float(np.mean(jax.device_get(losses))))
+  if mesh is not None:  # where load_public puts trained weights
+    params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   return params, epoch_losses
 
 

@@ -32,15 +32,12 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vpntk_jax import sharding, training
 from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
-from vpntk_jax.errors import ConfigError, DataError
-from vpntk_jax.evaluation import cnn
+from vpntk_jax.errors import DataError
 from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
 from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
@@ -96,63 +93,12 @@ def off_mesh(tree, mesh):
 
 def train_extractor(extractor: ConvExtractor, data: ImageDataset, *, key: jax.Array,
                     epochs: int, mesh=None) -> tuple[dict, list[float]]:
-  """The extractor trained as a classifier: `evaluation.cnn.train_cnn` (Adam, its
-  batch size and learning rate, its shuffles), data-parallel with a mesh.
-
-  With a mesh the same steps run with each batch split over the devices (padded
-  to a multiple of them with rows of weight 0; the extractor has no BatchNorm, so
-  the padding changes nothing) and the parameters and images replicated.
-  """
-  if mesh is None:
-    return train_cnn(data.images, data.labels, num_classes=data.num_classes, key=key,
-                     epochs=epochs, model=extractor)
-  images, labels = data.images, np.asarray(data.labels)
-  if epochs < 1:
-    raise ConfigError(f"extractor_epochs must be >= 1, got {epochs}")
-  if len(images) == 0:
+  """The extractor trained as a classifier by `evaluation.cnn.train_cnn` (Adam, its
+  batch size and learning rate, its shuffles), data-parallel with a mesh."""
+  if len(data.images) == 0:
     raise DataError("no public training examples for the extractor")
-  # train_cnn's schedule: batches of BATCH_SIZE (all images when fewer), a fresh
-  # shuffle per epoch, its ragged tail dropped.
-  batch_size = min(cnn.BATCH_SIZE, len(images))
-  steps = len(images) // batch_size
-  padded = sharding.round_up_to_devices(batch_size, mesh)
-  tx = optax.adam(cnn.LEARNING_RATE)
-  rows = sharding.batch_sharding(mesh)
-
-  def loss_fn(params, x, y, weight):
-    logits = extractor.apply({"params": params}, x.astype(jnp.float32) / 255.0)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return jnp.sum(losses * weight) / jnp.sum(weight)
-
-  @jax.jit
-  def train_step(params, opt_state, images, labels, idx, weight):
-    x = jax.lax.with_sharding_constraint(images[idx], rows)
-    y = jax.lax.with_sharding_constraint(labels[idx], rows)
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, weight)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  shuffle = jax.jit(lambda k: jax.random.permutation(k, len(images))[:steps * batch_size])
-  init_key, shuffle_key = jax.random.split(key)
-  params = jax.jit(extractor.init)(init_key, jnp.zeros((1, *images.shape[1:]),
-                                                       jnp.float32))["params"]
-  params = training.replicate(params, mesh)
-  opt_state = training.replicate(tx.init(params), mesh)
-  device_images = training.replicate(images, mesh)
-  device_labels = training.replicate(labels.astype(np.int32), mesh)
-  place = sharding.row_placer(mesh)
-  weight = place((np.arange(padded) < batch_size).astype(np.float32))
-  epoch_losses = []
-  for epoch_key in jax.random.split(shuffle_key, epochs):
-    order = np.asarray(shuffle(epoch_key)).reshape(steps, batch_size)
-    order = np.pad(order, ((0, 0), (0, padded - batch_size)))  # padding: row 0, weight 0
-    losses = []
-    for idx in order:
-      params, opt_state, loss = train_step(params, opt_state, device_images, device_labels,
-                                           place(idx), weight)
-      losses.append(loss)
-    epoch_losses.append(float(np.mean(jax.device_get(losses))))
-  return off_mesh(params, mesh), epoch_losses
+  return train_cnn(data.images, data.labels, num_classes=data.num_classes, key=key,
+                   epochs=epochs, model=extractor, mesh=mesh)
 
 
 def feature_statistics(extractor, params, images: np.ndarray, shape, *,
