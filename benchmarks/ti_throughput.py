@@ -38,18 +38,18 @@ def main() -> None:
   tokens = np.asarray(unet.label_table(params))
   apply_fn = unet.token_apply_fn(model)
   images = np.random.default_rng(0).integers(0, 256, (args.images, 28, 28, 1), np.uint8)
-  rows = np.arange(args.images)
-  settings = dict(seed=0, steps=args.steps, learning_rate=0.05,
+  keys = jax.random.split(jax.random.key(0), args.images)
+  settings = dict(steps=args.steps, learning_rate=0.05,
                   multiplicity=args.multiplicity)
 
   def vectorised():
     return inversion.invert_images(apply_fn, params, tokens[-1], tokens[:-1].mean(0), images,
-                                   rows, chunk_size=args.images, **settings)
+                                   keys, chunk_size=args.images, **settings)
 
   def loop():
     return np.concatenate([
         inversion.invert_images(apply_fn, params, tokens[-1], tokens[:-1].mean(0),
-                                images[i:i + 1], rows[i:i + 1], chunk_size=1, **settings)
+                                images[i:i + 1], keys[i:i + 1], chunk_size=1, **settings)
         for i in range(args.images)])
 
   fast, slow = median_seconds(vectorised, args.repeats), median_seconds(loop, args.repeats)

@@ -155,8 +155,11 @@ def sample_tokens(public, tokens: np.ndarray, guidance: float, seed: int,
 def token_features(public, seed: int, settings=None):
   from vpntk_jax.stages import textual_inversion as ti  # pylint: disable=import-outside-toplevel
   from vpntk_jax.models import unet  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.privacy import example_keys, noise  # pylint: disable=import-outside-toplevel
+  # A fixed key: these tokens are computed outside a run, reproducibly (not private).
+  key = example_keys.secret_key(seed, (noise.EXAMPLE_KEY_STREAM,))
   return ti.TokenFeatures(unet.token_apply_fn(public.model), public.params, public.tokens,
-                          settings or inversion_settings(), seed=seed)
+                          settings or inversion_settings(), key=key)
 
 
 def exact_centroid(public, features, images: np.ndarray) -> np.ndarray:
@@ -232,7 +235,8 @@ def run_concept(seeds, epsilons) -> None:
     token_file = os.path.join(RUNS, "concept", f"tokens_seed{seed}.npy")
     if not os.path.exists(token_file):
       t0 = time.perf_counter()
-      tokens = features.tokens(private, np.arange(len(private)))
+      tokens = features.tokens(private, np.zeros(len(private), np.int64),
+                               np.arange(len(private)))
       os.makedirs(os.path.dirname(token_file), exist_ok=True)
       np.save(token_file, tokens)
       record(f"inversion_seconds/seed{seed}", round(time.perf_counter() - t0, 1))

@@ -102,7 +102,8 @@ def test_each_token_depends_on_its_own_image_only(public_model):
 
   def invert(x):
     return inversion.invert_images(apply_fn, public.params, tokens[-1], tokens[:-1].mean(0), x,
-                                   np.arange(6), seed=0, steps=3, learning_rate=0.1,
+                                   jax.random.split(jax.random.key(0), 6), steps=3,
+                                   learning_rate=0.1,
                                    multiplicity=2, chunk_size=4)
   before = invert(images)
   changed = images.copy()

@@ -76,36 +76,31 @@ def _invert_chunk(apply_fn, unet_params, null_token, init, images, keys, *, step
   return jax.vmap(one)(images, keys)
 
 
-def image_keys(seed: int, rows: np.ndarray) -> jax.Array:
-  """Image `rows[j]`'s inversion key: from the seed and its row alone."""
-  base = jax.random.key(seed)
-  return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(rows, jnp.uint32))
-
-
 def invert_images(apply_fn: Callable, unet_params, null_token, init, images: np.ndarray,
-                  rows: np.ndarray, *, seed: int, steps: int, learning_rate: float,
+                  keys: jax.Array, *, steps: int, learning_rate: float,
                   multiplicity: int, chunk_size: int = 64,
                   progress: Callable[[int], None] | None = None) -> np.ndarray:
   """(n, token_dim) float32 tokens, one per uint8 image [n, H, W, C].
 
   apply_fn: `unet.token_apply_fn` of the frozen UNet; null_token: its null row
   (guidance and the loss's unconditional rows never move); init: the token
-  every inversion starts from. rows[j]: image j's row in the dataset, which
-  with `seed` gives its key (`image_keys`). Chunks of `chunk_size` images are
+  every inversion starts from. keys[j]: image j's key (for private images, from
+  `privacy.example_keys.record_keys`: secret, and a function of the image, not of
+  its row). Chunks of `chunk_size` images are
   padded to one shape (one compilation); memory grows with chunk_size *
   multiplicity.
   """
   images = np.asarray(images)
-  rows = np.asarray(rows)
-  if len(rows) != len(images):
-    raise ValueError(f"{len(images)} images but {len(rows)} rows")
+  key_words = np.asarray(jax.random.key_data(keys))
+  if len(key_words) != len(images):
+    raise ValueError(f"{len(images)} images but {len(key_words)} keys")
   out = []
   for chunk in arrays.consecutive_rows(len(images), chunk_size):
     batch, _ = arrays.padded_chunk(images, chunk, chunk_size)
-    batch_rows, _ = arrays.padded_chunk(rows, chunk, chunk_size)
+    batch_keys, _ = arrays.padded_chunk(key_words, chunk, chunk_size)
     tokens = _invert_chunk(apply_fn, unet_params, jnp.asarray(null_token),
                            jnp.asarray(init, jnp.float32), jnp.asarray(batch),
-                           image_keys(seed, batch_rows), steps=int(steps),
+                           jax.random.wrap_key_data(batch_keys), steps=int(steps),
                            learning_rate=float(learning_rate), multiplicity=int(multiplicity))
     out.append(np.asarray(tokens)[:len(chunk)])
     if progress is not None:

@@ -43,6 +43,12 @@ LATTICE_FACTOR = 1024
 # |x / g| must stay where float64 holds integers exactly.
 _MAX_LATTICE_INDEX = 2.0**52
 _MAX_SEED = 2**32
+# Streams of a run's noise seed besides the one-shot releases' children (0, 1, ...):
+# the DP-SGD chunks (with the chunk's first step), DPAgg-TI's secret Poisson
+# selection, and the secret key of the per-example randomness (`example_keys`).
+DP_SGD_STREAM = 2**31
+SELECTION_STREAM = 2**31 + 1
+EXAMPLE_KEY_STREAM = 2**31 + 2
 
 
 def noise_rng(seed: int | None, stream: tuple[int, ...] = ()) -> np.random.SeedSequence:

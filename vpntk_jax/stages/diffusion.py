@@ -281,7 +281,7 @@ class DiffusionRecipe(Recipe):
         state, private, self.plan(config, private), loss_fn=self.dp_loss_fn,
         optimizer=self.dp_optimizer, ema_decay=dp.ema_decay,
         checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
-        ledger=ledger, charge=charge, seed=config.seed + 1, microbatch=dp.microbatch, mesh=mesh,
+        ledger=ledger, charge=charge, microbatch=dp.microbatch, mesh=mesh,
         log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
 
 

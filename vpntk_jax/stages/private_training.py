@@ -26,7 +26,8 @@ import optax
 
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.privacy import PrivacyLedger
-from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy import example_keys
+from vpntk_jax.privacy.noise import DP_SGD_STREAM, EXAMPLE_KEY_STREAM, generator, noise_rng
 from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
 from vpntk_jax.training import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
@@ -35,23 +36,22 @@ from vpntk_jax.training.samplers import TrainState
 from vpntk_jax.log import Progress, append_csv_row, say, start_csv_log
 
 LOG_HEADER = "step,seconds"
-# The DP-SGD chunks' streams of the run's noise seed, apart from those the run's
-# one-shot releases spawn from it (children 0, 1, ...).
-DP_SGD_STREAM = 2**31
 
 
 def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan, *,
                       loss_fn: Callable, optimizer: optax.GradientTransformation,
                       ema_decay: float, checkpoint_dir: str, checkpoint_every: int,
                       ledger: PrivacyLedger, charge: Callable[[Any], PrivacyLedger],
-                      seed: int, microbatch: int | None = None, mesh=None,
+                      microbatch: int | None = None, mesh=None,
                       log_path: str | None = None, quiet: bool = False) -> TrainState:
   """`plan.steps` DP-SGD steps from `state` (params trained, model_state their EMA).
 
   loss_fn(params, (image, label), key) -> the loss of ONE example. `ledger` is
   the run's ledger as stored; `charge(record)` adds a record to it, writes it,
-  and returns the new ledger. Per-example keys (the diffusion draws) come from
-  the public `seed`; batches and noise from `plan.noise_seed` (None: OS entropy).
+  and returns the new ledger. Batches, noise and the per-example keys (the
+  diffusion draws) come from `plan.noise_seed` (None: OS entropy); a record's key
+  at a step is a function of the secret, the step and the record itself
+  (`privacy.example_keys`), never of its row.
   """
   step_fn = dp_sgd.make_dp_sgd_step(loss_fn, optimizer, clip_norm=plan.clip_norm,
                                     noise_multiplier=plan.noise_multiplier,
@@ -75,7 +75,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
     # With truncated batches every batch has the same padded shape, so a step's time
     # says nothing about the realised (private under add/remove) batch size.
     bucket = padding_bucket(plan.max_batch, mesh)
-    base_key = jax.random.key(seed)
+    base_key = example_keys.secret_key(plan.noise_seed, (EXAMPLE_KEY_STREAM,))
     if log_path is not None:
       start_csv_log(log_path, LOG_HEADER, start)
     t0 = time.perf_counter()
@@ -92,8 +92,8 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
       for step in range(chunk_start, end):
         indices, mask = dp_sgd.poisson_batch(batch_rng, len(labels), plan.sampling_rate,
                                              plan.max_batch, bucket=bucket)
-        keys = jax.random.split(jax.random.fold_in(base_key, step), len(indices))
         batch = (images[indices], labels[indices])
+        keys = example_keys.step_keys(base_key, step, *batch)
         params, opt_state = step_fn(params, opt_state, batch, mask, keys, noise)
         ema_params = ema(ema_params, params, ema_decay_at(step, ema_decay))
         bar.update(1)

@@ -35,7 +35,8 @@ from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models import unet
 from vpntk_jax.privacy import PrivacyLedger, subsampled
 from vpntk_jax.privacy.ledger import ReleaseRecord
-from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy import example_keys
+from vpntk_jax.privacy.noise import EXAMPLE_KEY_STREAM, SELECTION_STREAM, generator, noise_rng
 from vpntk_jax.privacy.plan import DpSgdPlan, new_ledger
 from vpntk_jax.privacy.release import array_digest, gaussian_release
 from vpntk_jax.stages import mean_embedding
@@ -45,9 +46,6 @@ from vpntk_jax.log import say
 
 SUBSAMPLED_RELEASE_NAME = "token_aggregate"
 SUBSAMPLED_MECHANISM = "poisson_gaussian"
-# The secret Poisson selection's stream of the run's noise seed (apart from the
-# releases' children 0, 1, ... and DP-SGD's 2**31).
-SELECTION_STREAM = 2**31 + 1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -117,34 +115,35 @@ class TokenFeatures:
   unet_params: Any
   public_tokens: np.ndarray  # the public label table, null row last
   settings: Any  # methods.dpagg_ti.InversionConfig
-  seed: int
+  key: Any  # the run's secret key of per-image randomness (`privacy.example_keys`)
   given: np.ndarray | None = None  # --ti-embeddings: rows computed elsewhere
 
   @property
   def norm_bound(self) -> float:
     return 1.0
 
-  def tokens(self, images: np.ndarray, rows: np.ndarray,
+  def tokens(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray,
              progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """The tokens of images[j], dataset row rows[j], as inverted (what a
-    --ti-embeddings file holds), starting from the public mean token."""
+    """The tokens of images[j] (label labels[j], dataset row rows[j]) as inverted
+    (what a --ti-embeddings file holds, row for row), starting from the public mean
+    token. An image's inversion key is secret and follows the image, not its row."""
     if self.given is not None:
       return self.given[rows]
     s = self.settings
     return inversion.invert_images(
         self.apply_fn, self.unet_params, self.public_tokens[-1],
-        np.mean(self.public_tokens[:-1], axis=0), images, rows, seed=self.seed,
-        steps=s.steps, learning_rate=s.learning_rate, multiplicity=s.multiplicity,
+        np.mean(self.public_tokens[:-1], axis=0), images,
+        example_keys.record_keys(self.key, images, labels), steps=s.steps, learning_rate=s.learning_rate, multiplicity=s.multiplicity,
         chunk_size=s.chunk_size, progress=progress)
 
-  def unit_tokens(self, images: np.ndarray, rows: np.ndarray,
+  def unit_tokens(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray,
                   progress: Callable[[int], None] | None = None) -> np.ndarray:
     """The tokens scaled to norm <= 1."""
-    return np.asarray(inversion.unit_rows(self.tokens(images, rows, progress)))
+    return np.asarray(inversion.unit_rows(self.tokens(images, labels, rows, progress)))
 
   def labelled_sum(self, images, labels, rows, num_classes: int, progress=None) -> np.ndarray:
     """(token_dim, classes) sum of the unit tokens, column = label."""
-    u = self.unit_tokens(images, rows, progress)
+    u = self.unit_tokens(images, labels, rows, progress)
     return u.T @ np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
 
   def private_sum(self, images, labels, num_classes: int, progress=None, mesh=None):
@@ -316,7 +315,9 @@ def build_aggregate(config, image_shape, num_classes: int) -> AggregateTokenReci
     raise ConfigError("a sampling rate below 1 under --adjacency add_remove needs "
                       "--public-num-examples N: the expected sample size divides by N")
   features = TokenFeatures(unet.token_apply_fn(public.model), public.params, public.tokens,
-                           options.inversion, seed=config.seed, given=given)
+                           options.inversion,
+                           key=example_keys.secret_key(config.noise_seed, (EXAMPLE_KEY_STREAM,)),
+                           given=given)
   return AggregateTokenRecipe(features, token_sampler(public, options.sampling, num_classes),
                               sampling_rate=float(options.sampling_rate))
 
