@@ -37,12 +37,22 @@ _AUDIT_OPTIONS = ("method", "data", "data_dir", "image_size", "accountant", "adj
 # Options of `pretrain` that map onto PretrainConfig fields.
 _PRETRAIN_OPTIONS = {
     "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
-    "image_size": "data.image_size", "seed": "seed", "extractor_epochs": "extractor_epochs",
+    "image_size": "data.image_size", "classes": "data.classes", "seed": "seed",
+    "extractor_epochs": "extractor_epochs",
     "steps": "train.steps", "batch_size": "train.batch_size", "generator": "generator",
     "devices": "devices",
 }
 # `--devices`, of synthesize and pretrain: both build the mesh with sharding.device_mesh.
 _DEVICES_HELP = "data-parallel devices (default: all)"
+# `--classes` of pretrain and pretrain-diffusion (schema.public_schema).
+_PUBLIC_CLASSES_HELP = ("the class names, in label order (default: the test split's classes, "
+                        "else the names stored with --data; never counted from the train "
+                        "labels)")
+
+
+def _names(value: str) -> tuple[str, ...]:
+  """NAME,NAME,... as a tuple (--classes)."""
+  return tuple(x for x in value.split(",") if x)
 
 
 def _method_flags() -> dict[str, tuple[object, list[str]]]:
@@ -120,8 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="the real test set, any dataset form (its test split, or its only one); "
                       "'none': no test set, nothing evaluated, and --classes, --channels, "
                       "--image-size declare the schema (default: --data's test split)")
-  s.add_argument("--classes", type=lambda v: tuple(x for x in v.split(",") if x),
-                 metavar="NAME,NAME,...",
+  s.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
                  help="with --test-data none: the class names, in label order (class folders "
                       "are matched by name)")
   s.add_argument("--channels", type=int, choices=(1, 3),
@@ -187,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--download", action="store_true", default=None,
                  help="as for synthesize: let tfds fetch the data")
   t.add_argument("--image-size", type=int, help="train at N x N (match the private data's size)")
+  t.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
+                 help=_PUBLIC_CLASSES_HELP)
   t.add_argument("--seed", type=int)
   t.add_argument("--extractor-epochs", type=int)
   t.add_argument("--steps", type=int, help="generator steps")
@@ -205,6 +216,8 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--out", required=True, help="directory for the public diffusion model")
   d.add_argument("--data", required=True, help="public dataset (any data source; its train split)")
   d.add_argument("--image-size", type=int, default=28)
+  d.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
+                 help=_PUBLIC_CLASSES_HELP)
   d.add_argument("--unet-size", default="cpu", help="tiny, cpu, small or reference (default cpu)")
   d.add_argument("--steps", type=int, help="training steps (default 1000)")
   d.add_argument("--batch-size", type=int, help="batch (default 256)")
@@ -240,6 +253,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="the splits stored as train and test (default train,test: test only "
                  "where the source has one); tfds slices work, e.g. train[:20000],test")
   n.add_argument("--image-size", type=int, help="resize to N x N while writing")
+  n.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
+                 help="the class names, in label order, stored as class_names.npy "
+                      "(default: the test split's classes, else the names stored with the "
+                      "source, else none); every split's labels must lie among them")
   n.add_argument("--data-dir")
   n.add_argument("--download", action="store_true",
                  help="as for synthesize: let tfds fetch the data")
@@ -356,7 +373,7 @@ def _pretrain_diffusion(args) -> dict:
   model = pretrain_diffusion(args.data, args.out, size=args.unet_size, image_size=args.image_size,
                              settings=dataclasses.replace(PublicPretrainConfig(), **changes),
                              seed=args.seed, exclude_classes=tuple(args.exclude_classes),
-                             force=args.force, quiet=args.quiet)
+                             classes=args.classes, force=args.force, quiet=args.quiet)
   return {"out": args.out, "classes": model.spec["class_names"],
           "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
 
@@ -384,29 +401,52 @@ def reference() -> str:
 
 
 def _to_npy(args) -> dict:
-  from vpntk_jax.data import npy  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.data import load_dataset, npy  # pylint: disable=g-import-not-at-top
   from vpntk_jax.data.loader import stream_split  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.data.schema import check_split_labels, public_schema  # pylint: disable=g-import-not-at-top
   from vpntk_jax.errors import MissingSplitError  # pylint: disable=g-import-not-at-top
   names = [s.strip() for s in (args.splits or "train,test").split(",")]
   if not 1 <= len(names) <= 2 or not all(names):
     raise ConfigError(f"--splits takes TRAIN or TRAIN,TEST, got {args.splits!r}")
-  splits, class_names = {}, None
+  where = {"data_dir": args.data_dir, "download": bool(args.download),
+           "label_attribute": args.label_attribute}
+  splits, stored_names = {}, {}
   for stored, split in zip(("train", "test"), names):
     try:
-      count, split_names, batches = stream_split(
-          args.source, split, data_dir=args.data_dir, download=bool(args.download),
-          label_attribute=args.label_attribute)
+      count, stored_names[stored], batches = stream_split(args.source, split, **where)
     except MissingSplitError:
       if args.splits is None and stored == "test":
         print(f"vpntk: {args.source} has no test split; writing train only", file=sys.stderr)
         continue
       raise
     splits[stored] = (count, batches)
-    class_names = class_names or split_names
-  shapes = npy.write_npy_dir(args.out, splits, class_names=class_names,
+  # The classes, as pretrain and pretrain-diffusion take them (never from the train
+  # labels); an unnamed test split is read whole for its classes. None: a train
+  # split alone, without names, is written as it is, declaring no classes.
+  schema, test = None, None
+  if not args.classes and "test" in splits and not stored_names["test"]:
+    test = load_dataset(args.source, names[1], **where)
+  if args.classes or test is not None or any(stored_names.values()):
+    schema = public_schema(args.source, classes=args.classes, test=test,
+                           names=stored_names.get("test") or stored_names["train"])
+  else:
+    print(f"vpntk: {args.source} declares no classes (no test split, no class names): its "
+          f"labels are written as they are; --classes declares them", file=sys.stderr)
+
+  def checked(split, batches):
+    for x, y in batches:
+      check_split_labels(y, schema, split)
+      yield x, y
+
+  if schema is not None:
+    splits = {k: (count, checked(split, batches))
+              for split, (k, (count, batches)) in zip(names, splits.items())}
+  shapes = npy.write_npy_dir(args.out, splits,
+                             class_names=schema.class_names if schema else None,
                              image_size=args.image_size)
   return {"out": args.out, "data": f"npy:{args.out}",
-          "splits": {k: list(v) for k, v in shapes.items()}}
+          "splits": {k: list(v) for k, v in shapes.items()},
+          "num_classes": schema.num_classes if schema else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -168,7 +168,11 @@ def check_images_and_labels(images: object, labels: object, num_classes: int | N
 def make_dataset(images: object, labels: object, num_classes: int | None = None, *,
                  name: str = "dataset",
                  class_names: tuple[str, ...] | list[str] | None = None) -> ImageDataset:
-  """Validates arrays and wraps them in an ImageDataset."""
+  """Validates arrays and wraps them in an ImageDataset. Class names stored with the
+  data declare its classes: without `num_classes` there are as many as names (a
+  class nobody has stays one, a label past the names is refused), as for tfds."""
+  if num_classes is None and class_names is not None and len(class_names):
+    num_classes = len(class_names)
   imgs, labs, k = check_images_and_labels(images, labels, num_classes, name=name)
   names = tuple(str(c) for c in class_names) if class_names is not None else None
   if names is not None and len(names) != k:

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from vpntk_jax.data.dataset import ImageDataset
-from vpntk_jax.errors import DataError
+from vpntk_jax.errors import ConfigError, DataError
 
 NO_TEST_SET_NAME = "no test set"
 
@@ -25,7 +25,7 @@ NO_TEST_SET_NAME = "no test set"
 class Schema:
   """What every release and synthetic set of a run is shaped by."""
   num_classes: int
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, int, int] | None  # None: the classes alone (`public_schema`)
   class_names: tuple[str, ...] | None
   source: str  # where it was read, for error messages
 
@@ -46,6 +46,52 @@ class Schema:
     return ImageDataset(images=np.zeros((0, *self.image_shape), np.uint8),
                         labels=np.zeros((0,), np.int32), num_classes=self.num_classes,
                         name=NO_TEST_SET_NAME, class_names=self.class_names)
+
+
+def public_schema(source: str, *, classes: tuple[str, ...] | None = None,
+                  test: ImageDataset | None = None, names: tuple[str, ...] | None = None,
+                  image_shape: tuple[int, int, int] | None = None) -> Schema:
+  """The classes of the data `vpntk pretrain`, `pretrain-diffusion` and `to-npy` read,
+  taken as a run takes them: declared (`classes`: --classes, data.classes), else
+  the test split's (`Schema.of`), else the class names stored with the source
+  (`names`). Never counted from the train labels, where one stray label would add
+  a class and a missing class would drop one.
+
+  `image_shape` is recorded where the test split does not give one (None where
+  the caller only needs the classes).
+  """
+  if classes:
+    return Schema(num_classes=len(classes), image_shape=image_shape,
+                  class_names=tuple(classes), source="--classes, declared")
+  if test is not None:
+    return Schema.of(test)
+  if names:
+    return Schema(num_classes=len(names), image_shape=image_shape, class_names=tuple(names),
+                  source=f"the class names stored with {source}")
+  raise ConfigError(f"{source} has no test split and stores no class names, so nothing "
+                    f"declares its classes (its train labels cannot: a stray label would "
+                    f"add a class, a missing class drop one); declare them with --classes "
+                    f"NAME,NAME,... in label order, or give it a test split")
+
+
+def check_split_labels(labels: np.ndarray, schema: Schema, split: str) -> None:
+  """A DataError naming the split, its first label outside [0, schema.num_classes) and
+  that range, if it has one. For data its user may see (public data, a conversion):
+  a run's private labels go through `fit_to_schema`, which names none."""
+  labels = np.asarray(labels)
+  bad = np.flatnonzero((labels < 0) | (labels >= schema.num_classes))
+  if bad.size:
+    raise DataError(f"the {split} split has label {int(labels[bad[0]])}, outside the valid "
+                    f"range [0, {schema.num_classes}) ({schema.num_classes} classes, from "
+                    f"{schema.source})")
+
+
+def with_public_schema(data: ImageDataset, schema: Schema, split: str) -> ImageDataset:
+  """`data` (one split of public data) with the schema's classes, its labels checked
+  against them (`check_split_labels`)."""
+  check_split_labels(data.labels, schema, split)
+  return ImageDataset(images=data.images, labels=data.labels, num_classes=schema.num_classes,
+                      name=data.name, class_names=schema.class_names)
 
 
 def _relabel_by_name(private: ImageDataset, schema: Schema) -> np.ndarray:

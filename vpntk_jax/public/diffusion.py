@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 
 from vpntk_jax import io_utils
 from vpntk_jax.data import load_dataset, resize_dataset
-from vpntk_jax.errors import ConfigError, RunDirError
+from vpntk_jax.data.schema import public_schema, with_public_schema
+from vpntk_jax.errors import ConfigError, MissingSplitError, RunDirError
 from vpntk_jax.models import unet
 from vpntk_jax.public.artefact import tree_shapes
 from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, TRAIN_LOG
@@ -116,16 +117,30 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
 
 def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: int = 28,
                        settings=None, label_dropout: float = 0.1, seed: int = 0,
-                       exclude_classes: tuple[int, ...] = (), force: bool = False,
+                       exclude_classes: tuple[int, ...] = (),
+                       classes: tuple[str, ...] | None = None, force: bool = False,
                        quiet: bool = False) -> PublicDiffusion:
   """Trains a class-conditional EDM UNet on the train split of public data `source`
   (without the classes `exclude_classes`, which are dropped and the rest
   relabelled 0..K-1 in order) and saves it in `out`, built beside it and swapped in
-  at the end, so a failure leaves an existing `out` as it was."""
+  at the end, so a failure leaves an existing `out` as it was.
+
+  Its classes are `classes` (--classes) if given, else those of the source's test
+  split or stored class names (`schema.public_schema`); a label outside them is
+  refused, a class without images is kept."""
   from vpntk_jax.diffusion.train import pretrain_edm  # pylint: disable=g-import-not-at-top
   from vpntk_jax.methods._diffusion import PublicPretrainConfig  # pylint: disable=g-import-not-at-top
   settings = (settings or PublicPretrainConfig()).validate()
   data = resize_dataset(load_dataset(source, "train"), image_size)
+  test = None
+  if not classes:
+    try:
+      test = load_dataset(source, "test")
+    except MissingSplitError:
+      pass
+  schema = public_schema(source, classes=classes, test=test, names=data.class_names,
+                         image_shape=data.image_shape)
+  data = with_public_schema(data, schema, "train")
   names = list(data.class_names or [str(c) for c in range(data.num_classes)])
   bad = [c for c in exclude_classes if not 0 <= c < data.num_classes]
   if bad:

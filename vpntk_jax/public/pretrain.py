@@ -37,7 +37,8 @@ import numpy as np
 from vpntk_jax import sharding, training
 from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.data import ImageDataset, load_dataset, resize_dataset
-from vpntk_jax.errors import DataError
+from vpntk_jax.data.schema import public_schema, with_public_schema
+from vpntk_jax.errors import DataError, MissingSplitError
 from vpntk_jax.evaluation.cnn import predict_cnn, train_cnn
 from vpntk_jax.features import NTKFeatureMap, ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
@@ -137,11 +138,24 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   generator) and saves them in `out`, data-parallel over `config.devices`."""
   mesh = sharding.device_mesh(config.devices)
   data = load_public_data(config, "train")
-  config = split_generator_batch(config, data.num_classes, mesh)
   try:
     test = load_public_data(config, "test")
-  except DataError:
+  except MissingSplitError:
     test = None  # accuracy is reported only where a test split exists
+  # The classes: declared (data.classes, --classes), else the test split's, else the
+  # names stored with the data. Where none of them exists they are still counted from
+  # the train labels, as before this rule (and said so).
+  if test is None and not config.data.classes and not data.class_names:
+    say(f"{data.name}: no test split, no class names and no --classes: its "
+        f"{data.num_classes} classes are counted from its train labels (a class without "
+        f"images is lost, a stray label adds one); declare them with --classes", quiet=False)
+  else:
+    schema = public_schema(config.data.source, classes=config.data.classes, test=test,
+                           names=data.class_names, image_shape=data.image_shape)
+    data = with_public_schema(data, schema, "train")
+    if test is not None:
+      test = with_public_schema(test, schema, "test")
+  config = split_generator_batch(config, data.num_classes, mesh)
   run = open_public_dir(out, force=force)
   t0 = time.perf_counter()
   shape, num_classes = data.image_shape, data.num_classes
