@@ -175,7 +175,9 @@ def test_privimage_resume_reuses_the_query_release(privimage_run):
 @pytest.mark.parametrize("extra,message", [
     (["--top-k", "21"], "exceeds the public classifier's 20 classes"),
     (["--config.options.query.per_class=3"], "need 30"),
-    (["--query-noise", "0.2"], "alone spend"),
+    (["--query-noise", "0.2"], "leaves nothing for the DP-SGD steps"),
+    # Without DP-SGD steps the query's fixed noise is still checked against the budget.
+    (["--dp-steps", "0", "--epsilon", "0.01"], "the semantic query (--query-noise 50): epsilon"),
 ])
 def test_bad_privimage_settings_exit_2_and_write_nothing(data, pool20, tmp_path, capsys, extra,
                                                          message):

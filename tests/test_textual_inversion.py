@@ -150,6 +150,13 @@ def aggregate_run(data, public_model, tmp_path_factory):
   return out
 
 
+def test_a_validation_release_nothing_reads_is_refused(data, public_model, tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(_args("dpagg-ti", data, out, public_model,
+                        "--validation-noise-scale", "10")) == 2
+  assert "nothing reads" in capsys.readouterr().err and not out.exists()
+
+
 def test_dpagg_ti_releases_the_labelled_token_sum_once(aggregate_run):
   doc = _read(aggregate_run / "privacy.json")
   (record,) = doc["releases"]

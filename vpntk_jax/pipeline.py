@@ -120,6 +120,19 @@ def describe_public_models(config: RunConfig, models, private: ImageDataset) -> 
                   "needing, the privacy guarantee"}
 
 
+def preflight(recipe, private: ImageDataset, test: ImageDataset, config: RunConfig, *,
+              mesh=None) -> None:
+  """What can fail, checked before anything is drawn or written: every release is
+  read by something, the method's own checks (its budget: DP-SGD calibrated, fixed
+  noise within epsilon; memory), and synthesis built from shapes alone."""
+  if config.validation_noise_scale is not None and not recipe.reads_validation_release:
+    raise ConfigError(f"--validation-noise-scale: {config.method} has no model selection "
+                      f"that reads a validation release; it would spend budget on a copy "
+                      f"nothing reads. Leave it unset")
+  recipe.preflight(private, config, mesh=mesh)
+  synthesis.check_output(recipe, test.num_classes, test.image_shape, config)
+
+
 def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: bool = False,
                   new_release: bool = False, quiet: bool = False,
                   reuse_release: str | None = None,
@@ -150,7 +163,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
   public_models = load_public_models(config)
   recipe = build_recipe(config, test.image_shape, test.num_classes, public_models)
   mesh = device_mesh(config)
-  recipe.preflight(private, config, mesh=mesh)
+  preflight(recipe, private, test, config, mesh=mesh)
   release_arrays = recipe.release_arrays(config)
   if reuse_release is not None:
     check_reusable_release(reuse_release, config, release_arrays)
@@ -312,15 +325,21 @@ def evaluate_run(run_path: str, *, test_source: str | None = None, overrides=Non
 
 def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
           noise: bool = True, confidence: float = 0.95, seed: int | None = None,
-          sampler: str = "lattice", private_diagnostics: bool = False) -> dict:
+          sampler: str = "lattice", neighbour: str = "shifted",
+          private_diagnostics: bool = False) -> dict:
   """`vpntk audit`: empirical epsilon lower bound for this config's release.
 
   Neighbours: the first `num_examples` private images (as the run sees them:
-  resized to `config.data.image_size`), and the same with example 0 replaced
-  by a canary (an all-white image of another class), or under add/remove with
-  the canary added. Both embeddings come from
-  the method's own feature code; the noise is the run's own plan (with a
-  validation release, the main release's share of the composed budget).
+  resized to `config.data.image_size`) and the same with a canary (an all-white
+  image of another class) in place of one record (replace-one) or added
+  (add/remove). `neighbour` "in-place": the canary replaces record 0 or is
+  appended, so no other record moves. "shifted": the records are sorted by class
+  (as an image folder loads them), and the canary is inserted at the front or
+  replaces the first record and is sorted into its class, so every record in
+  between moves: a release whose per-record randomness depended on positions
+  would change by more than its sensitivity here. Both statistics come from the
+  method's own feature code; the noise is the run's own plan (with a validation
+  release, the main release's share of the composed budget).
 
   With noise, the floating-point reachability test runs too, against `sampler`
   ("lattice", what runs use, or "float32", the float32 sampler it replaced).
@@ -329,8 +348,14 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   the result only with `private_diagnostics`, marked.
   """
   config.validate()
+  if neighbour not in ("shifted", "in-place"):
+    raise ConfigError(f"neighbour must be 'shifted' or 'in-place', got {neighbour!r}")
   data, _ = load_private_and_test(config)
   images, labels = data.images[:num_examples].copy(), data.labels[:num_examples].copy()
+  shifted = neighbour == "shifted"
+  by_class = lambda imgs, lbls: (imgs, lbls) if not shifted else (
+      imgs[np.argsort(lbls, kind="stable")], lbls[np.argsort(lbls, kind="stable")])
+  images, labels = by_class(images, labels)
   recipe = build_recipe(config, data.image_shape, data.num_classes, load_public_models(config))
   if not isinstance(recipe, mean_embedding.MeanEmbeddingRecipe):
     raise ConfigError(f"vpntk audit audits one-release mean embeddings; {config.method} "
@@ -350,6 +375,9 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   canary, canary_label = np.full_like(images[:1], 255), (labels[:1] + 1) % data.num_classes
   if config.adjacency == "replace_one":
     images[:1], labels[:1] = canary, canary_label
+    images, labels = by_class(images, labels)
+  elif shifted:
+    images, labels = np.concatenate([canary, images]), np.concatenate([canary_label, labels])
   else:
     images, labels = np.concatenate([images, canary]), np.concatenate([labels, canary_label])
   mean_with = mean(images, labels)
@@ -366,7 +394,7 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   gap = result.pop("statistic_gap")
   result.update(claimed_epsilon=config.epsilon if noise else None, delta=config.delta,
                 num_examples=audited, sensitivity=plan.sensitivity, sigma=sigma,
-                image_shape=list(data.image_shape))
+                image_shape=list(data.image_shape), neighbour=neighbour)
   if private_diagnostics:
     result["private_diagnostics"] = diagnostics.marked(
         {"statistic_gap": gap, "gap_within_sensitivity": bool(gap <= plan.sensitivity)})

@@ -107,8 +107,11 @@ class ConvCondGenerator(nn.Module):
     height, width, out_channels = self.image_shape
     k = self.upsamples or default_upsamples(height)
     if height % (2 ** k) or width % (2 ** k):
-      raise ValueError(f"image size {height}x{width} must be a multiple of {2 ** k} "
-                       f"({k} upsampling stages)")
+      step = 2 ** k
+      near = sorted({max(step, height // step * step), -(-height // step) * step})
+      raise ValueError(f"the generator makes images whose size is a multiple of {step} "
+                       f"({k} upsampling stages), not {height}x{width}; sizes that work "
+                       f"near it: {' or '.join(str(n) for n in near)} (--image-size)")
     bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
     onehot = (labels.astype(z.dtype) if labels.ndim == 2
               else jax.nn.one_hot(labels, self.num_classes, dtype=z.dtype))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import accounting, subsampled
 from vpntk_jax.privacy.ledger import PrivacyLedger, ReleaseRecord
 from vpntk_jax.privacy.noise import Lattice
@@ -82,6 +83,23 @@ def new_ledger(plan, prior: PrivacyLedger | None = None) -> PrivacyLedger:
         record, status="superseded",
         notes=record.notes or "from the run this one replaced (--force); still charged"))
   return ledger
+
+
+def check_fixed_releases(sigmas: dict[str, float], config, *, room_left: bool) -> None:
+  """Refuses, before anything is drawn, Gaussian releases of fixed noise multipliers
+  (name -> sigma, noise std / sensitivity) that together spend more than the budget,
+  or all of it when `room_left` (calibrated parts must still fit beside them)."""
+  parts = {name: accounting.epsilon_of([s], config.delta, accountant=config.accountant)
+           for name, s in sigmas.items()}
+  spent = accounting.epsilon_of(list(sigmas.values()), config.delta,
+                                accountant=config.accountant)
+  if spent > config.epsilon or (room_left and spent >= config.epsilon):
+    listed = "; ".join(f"{name}: epsilon {eps:.4g}" for name, eps in parts.items())
+    raise ConfigError(
+        f"the budget epsilon {config.epsilon:g} (delta {config.delta:g}) cannot cover this "
+        f"run: {listed}" + (f"; together {spent:.4g}" if len(parts) > 1 else "") +
+        (", which leaves nothing for the DP-SGD steps" if room_left else "") +
+        ". Raise the noise of these parts or the budget; nothing was released")
 
 
 DP_SGD_MECHANISM = "dp_sgd"

@@ -33,7 +33,7 @@ from vpntk_jax.models import unet
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy.ledger import ReleaseRecord
 from vpntk_jax.privacy.noise import generator, noise_rng
-from vpntk_jax.privacy.plan import DpSgdPlan, new_ledger
+from vpntk_jax.privacy.plan import DpSgdPlan, check_fixed_releases, new_ledger
 from vpntk_jax.privacy.release import array_digest, gaussian_release
 from vpntk_jax.privacy import subsampled
 from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
@@ -129,6 +129,13 @@ class DiffusionRecipe(Recipe):
 
   def preflight(self, private: ImageDataset, config, *, mesh=None) -> None:
     dp = self.options.dp_sgd
+    if self.query is not None:
+      # The query's noise is fixed, not calibrated: its epsilon must fit the budget,
+      # and leave room for DP-SGD when there are steps.
+      check_fixed_releases({"the semantic query (--query-noise "
+                            f"{self.query.settings.noise_multiplier:g})":
+                            self.query.settings.noise_multiplier}, config,
+                           room_left=dp.steps > 0)
     if dp.steps == 0:
       return
     n = public_count(config, private)
@@ -162,6 +169,13 @@ class DiffusionRecipe(Recipe):
           f"{jax.devices()[0].device_kind} memory; {have / 2**30:.1f} GiB are available. "
           f"Set dp_sgd.microbatch (e.g. 16), or lower dp_sgd.batch_size or "
           f"dp_sgd.multiplicity")
+
+  def abstract_state(self, config, num_classes: int) -> TrainState:
+    del num_classes
+    params = jax.eval_shape(lambda key: unet.init_params(self.model, key),
+                            jax.random.key(config.seed))
+    return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
+                      model_state=params, opt_state=())
 
   def dp_params_template(self):
     """Parameters shaped like those DP-SGD trains (for the memory check)."""

@@ -200,10 +200,19 @@ class MeanEmbeddingRecipe(Recipe):
   """
   features: FeatureMap
   sampler: Any
+  reads_validation_release = True  # model selection in `train_to_match`
 
   def check_auditable(self, config) -> None:
     """`vpntk audit` re-runs this release on neighbouring sets: always possible here."""
     del config
+
+  def abstract_state(self, config, num_classes: int):
+    del num_classes
+    sampler = training.as_sampler(self.sampler)
+    params, model_state = jax.eval_shape(
+        lambda key: sampler.init(key, config.train.latent_dim), jax.random.key(0))
+    return training.TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
+                               model_state=model_state, opt_state=())
 
   def release_arrays(self, config) -> dict[str, str]:
     """Ledger name -> release.npz array name of what this config releases."""

@@ -15,6 +15,8 @@ In order:
                                      many-step mechanisms (DP-SGD) that charge
                                      the ledger as they go
   sampler                            what synthesis samples from the final state
+  abstract_state(config, classes)    the shapes of that final state, so preflight
+                                     can build synthesis before anything is spent
 
 The one-release family (`stages.mean_embedding`) has no many-step mechanism;
 the diffusion family (`stages.diffusion`) has both kinds.
@@ -26,9 +28,17 @@ from __future__ import annotations
 class Recipe:
   """Defaults for the stages a recipe may not have."""
 
+  # Whether post-processing reads a validation release (`validation_noise_scale`):
+  # where none does, the run refuses to make one (budget spent on nothing).
+  reads_validation_release = False
+
   def preflight(self, private, config, *, mesh=None) -> None:
     """Nothing to check beyond the config's own validation."""
     del private, config, mesh
+
+  def abstract_state(self, config, num_classes: int):
+    """The TrainState post-processing returns, as shapes (jax.ShapeDtypeStruct)."""
+    raise NotImplementedError
 
   def train_on_private(self, state, private, config, run, *, ledger, charge, mesh=None,
                        quiet=False):

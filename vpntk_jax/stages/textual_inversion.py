@@ -26,6 +26,7 @@ import functools
 import os
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -161,6 +162,7 @@ class TokenFeatures:
 class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
   """DPAgg-TI: one release of the per-image tokens' labelled sum (see the module doc)."""
   sampling_rate: float = 1.0
+  reads_validation_release = False  # the centroids are the release as it is
 
   @property
   def subsampled(self) -> bool:
@@ -244,6 +246,9 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
     return {self.release_arrays(config)[SUBSAMPLED_RELEASE_NAME]: noisy}, new_ledger(
         config, prior).add(record)
 
+  def abstract_state(self, config, num_classes: int) -> TrainState:
+    return abstract_token_state(num_classes, self.features.public_tokens)
+
   def post_process(self, release: dict[str, np.ndarray], num_classes: int, config, run, *,
                    mesh=None, quiet: bool = False) -> TrainState:
     """The centroid tokens (post-processing of the release)."""
@@ -267,6 +272,9 @@ class DpSgdTokenRecipe(DiffusionRecipe):
   def dp_params_template(self):
     return jnp.asarray(self.initial_tokens())
 
+  def abstract_state(self, config, num_classes: int) -> TrainState:
+    return abstract_token_state(self.token_classes, self.public_tokens)
+
   @functools.cached_property
   def dp_loss_fn(self):
     dp, apply_fn = self.options.dp_sgd, self.apply_fn
@@ -285,6 +293,13 @@ class DpSgdTokenRecipe(DiffusionRecipe):
     tokens = jnp.asarray(self.initial_tokens())
     return TrainState(step=np.asarray(0, np.int32), params=tokens, model_state=tokens,
                       opt_state=self.dp_optimizer.init(tokens))
+
+
+def abstract_token_state(num_classes: int, public_tokens: np.ndarray) -> TrainState:
+  """A token sampler's state as shapes: one token per class."""
+  tokens = jax.ShapeDtypeStruct((num_classes, public_tokens.shape[1]), np.float32)
+  return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=tokens,
+                    model_state=tokens, opt_state=())
 
 
 def token_sampler(public, settings, num_classes: int) -> TokenSampler:

@@ -22,12 +22,8 @@ def generation_batch_size(image_shape) -> int:
   return max(1, GENERATE_PIXELS_PER_BATCH // int(np.prod(image_shape)))
 
 
-def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
-             batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-  """Images (uint8 NHWC) for the given labels, in batches, BN in inference mode.
-
-  `batch_size` None: `generation_batch_size` of the model's output shape.
-  """
+def sample_fn(model, latent_dim: int):
+  """sample(params, model_state, key, labels) -> uint8 images of those labels (jitted)."""
   sampler = as_sampler(model)
 
   @jax.jit
@@ -35,7 +31,24 @@ def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: in
     z = jax.random.normal(key, (labels.shape[0], latent_dim))
     x, _ = sampler.apply(params, model_state, z, labels, train=False)
     return jnp.round(jnp.clip(x, 0.0, 1.0) * 255).astype(jnp.uint8)
+  return sample
 
+
+def output_shape(model, state: TrainState, *, latent_dim: int) -> tuple[int, ...]:
+  """The shape of one synthesized image, from shapes alone (`state` may be abstract)."""
+  sample = sample_fn(model, latent_dim)
+  one = jax.eval_shape(sample, state.params, state.model_state, jax.random.key(0),
+                       jax.ShapeDtypeStruct((1,), jnp.int32))
+  return tuple(one.shape[1:])
+
+
+def generate(model, state: TrainState, key: jax.Array, labels, *, latent_dim: int,
+             batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+  """Images (uint8 NHWC) for the given labels, in batches, BN in inference mode.
+
+  `batch_size` None: `generation_batch_size` of the model's output shape.
+  """
+  sample = sample_fn(model, latent_dim)
   labels = np.asarray(labels, np.int32)
   if batch_size is None:
     one = jax.eval_shape(sample, state.params, state.model_state, key, labels[:1])
