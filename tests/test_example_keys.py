@@ -77,7 +77,7 @@ def token_features():
   model, params = _perturbed_unet()
   return ti.TokenFeatures(unet.token_apply_fn(model), params, np.asarray(unet.label_table(params)),
                           InversionConfig(steps=3, learning_rate=0.5, multiplicity=1,
-                                          chunk_size=16),
+                                          chunk_size=8),
                           key=example_keys.secret_key(3, (1,)))
 
 
@@ -90,7 +90,7 @@ def _labelled_sum(tokens, labels):
 
 
 def test_token_sum_moves_by_one_token_when_a_record_is_inserted_at_the_front(token_features):
-  images, labels = _private_set(12)
+  images, labels = _private_set(8)
   new_image, new_label = _private_set(1, seed=9)
   images2, labels2 = _insert_front(images, labels, new_image[0], new_label[0])
   before, after = (_unit_tokens(token_features, images, labels),
@@ -101,7 +101,7 @@ def test_token_sum_moves_by_one_token_when_a_record_is_inserted_at_the_front(tok
 
 
 def test_token_sum_moves_by_two_tokens_when_a_sorted_record_is_replaced(token_features):
-  images, labels = _private_set(12)
+  images, labels = _private_set(8)
   new_image, _ = _private_set(1, seed=9)
   # The first record (class 0) becomes one of class 2: every row in between shifts.
   images2, labels2 = _replace_sorted(images, labels, 0, new_image[0], 2)
@@ -137,7 +137,7 @@ def _clipped_sum(loss_fn, params, images, labels, clip):
 
 def test_dp_sgd_sum_moves_by_one_clip_when_a_record_is_inserted_at_the_front(unet_loss):
   loss_fn, params = unet_loss
-  images, labels = _private_set(63)
+  images, labels = _private_set(31)
   new_image, new_label = _private_set(1, seed=9)
   clip = 1e-3  # far below every per-example gradient norm: each row clipped to exactly C
   before = _clipped_sum(loss_fn, params, images, labels, clip)
@@ -148,7 +148,7 @@ def test_dp_sgd_sum_moves_by_one_clip_when_a_record_is_inserted_at_the_front(une
 
 def test_dp_sgd_sum_moves_by_two_clips_when_a_sorted_record_is_replaced(unet_loss):
   loss_fn, params = unet_loss
-  images, labels = _private_set(63)
+  images, labels = _private_set(31)
   new_image, _ = _private_set(1, seed=9)
   clip = 1e-3
   before = _clipped_sum(loss_fn, params, images, labels, clip)
@@ -160,7 +160,7 @@ def test_dp_sgd_sum_moves_by_two_clips_when_a_sorted_record_is_replaced(unet_los
 
 @pytest.fixture(scope="module")
 def aggregate_audit_config(tmp_path_factory):
-  """DPAgg-TI on 12 private images of 3 classes, a perturbed tiny public UNet."""
+  """DPAgg-TI on 8 private images of 3 classes, a perturbed tiny public UNet."""
   from vpntk_jax.blocks import DataConfig
   from vpntk_jax.config import RunConfig
   from vpntk_jax.methods import dpagg_ti
@@ -170,20 +170,20 @@ def aggregate_audit_config(tmp_path_factory):
   os.makedirs(root / "public")
   public_diffusion.save_diffusion_model(str(root / "public"), model, params,
                                         public_data="random weights")
-  images, labels = _private_set(12)
+  images, labels = _private_set(8)
   np.savez(root / "d.npz", x=images, y=labels, x_test=images[:3], y_test=np.arange(3))
   options = dpagg_ti.Options(diffusion_model=str(root / "public"),
                              inversion=InversionConfig(steps=3, learning_rate=0.5,
-                                                       multiplicity=1, chunk_size=16))
+                                                       multiplicity=1, chunk_size=8))
   return RunConfig(method="dpagg-ti", data=DataConfig(source=str(root / "d.npz")),
                    options=options, epsilon=1.0, delta=1e-5, noise_seed=3,
-                   adjacency="add_remove", public_num_examples=12)
+                   adjacency="add_remove", public_num_examples=8)
 
 
 def test_the_audit_s_shifted_neighbour_catches_randomness_taken_by_row(aggregate_audit_config,
                                                                        monkeypatch):
   def within_sensitivity():
-    result = pipeline.audit(aggregate_audit_config, num_examples=12, trials=20, noise=False,
+    result = pipeline.audit(aggregate_audit_config, num_examples=8, trials=20, noise=False,
                             seed=0, neighbour="shifted", private_diagnostics=True)
     return result["private_diagnostics"]["gap_within_sensitivity"]
   assert within_sensitivity()
