@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpntk_jax import report
+from test_textual_inversion import _args as ti_args
+from test_textual_inversion import data, public_model  # noqa: F401  (fixtures: a tiny dpagg-ti run)
+from vpntk_jax import cli, report
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.privacy import PrivacyLedger, ReleaseRecord, calibrate_gaussian, write_ledger
 
@@ -230,3 +232,35 @@ def test_a_seeded_release_is_headlined_as_not_private(tmp_path):
   clean, md, _ = _render(_make_run(tmp_path / "clean", ledger=_ledger(
       _record("labelled_mean_embedding"))))
   assert "NOT PRIVATE" not in md and "NOT PRIVATE" not in clean["privacy"]["statement"]
+
+
+@pytest.mark.parametrize("dp_steps,missing", [(5, ["dp_sgd_log.csv"]), (0, [])])
+def test_the_method_says_which_training_logs_a_complete_run_has(tmp_path, dp_steps, missing):
+  # dpsgd-ti trains no generator: no train_log.csv or loss.png, and DP-SGD's log
+  # only where it has steps; a stored train block is not a setting it reads.
+  config = _config(method="dpsgd-ti", options={"diffusion_model": "public",
+                                               "dp_sgd": {"steps": dp_steps}})
+  run = _make_run(tmp_path / "run", config=config)
+  for name in ("train_log.csv", "loss.png"):
+    os.remove(os.path.join(run, name))
+  r, md, page = _render(run)
+  assert [m["file"] for m in r["missing"]] == missing
+  assert ("## Missing parts" in md) == bool(missing)
+  assert [img["file"] for img in r["images"]] == ["samples.png"]
+  assert "loss.png" not in md and "loss.png" not in page and "## Samples\n" in md
+  keys = [k for k, _ in r["config"]["rows"]]
+  assert "options.dp_sgd.steps" in keys and not any(k.startswith("train.") for k in keys)
+
+
+def test_a_finished_dpagg_ti_run_is_reported_complete(data, public_model, tmp_path):
+  out = tmp_path / "dpagg"
+  assert cli.main(ti_args("dpagg-ti", data, out, public_model)) == 0
+  r, md, page = _render(str(out))
+  assert r["missing"] == [] and "Missing parts" not in md and "incomplete" not in page
+  assert not (out / "train_log.csv").exists() and "Training loss" not in md
+  rows = dict(r["config"]["rows"])
+  assert rows["options.inversion.steps"] == 2 and rows["method"] == "dpagg-ti"
+  # Generator training's settings are stored with their defaults but unused.
+  assert not any(k.startswith("train.") or k == "validation_noise_scale" for k in rows)
+  # The report the run wrote itself says the same.
+  assert "Missing parts" not in (out / "report.md").read_text()

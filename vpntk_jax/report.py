@@ -17,26 +17,32 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from vpntk_jax import methods
 from vpntk_jax.blocks import NO_TEST_SET
-from vpntk_jax.config import upgrade_json
-from vpntk_jax.errors import RunDirError
+from vpntk_jax.config import RunConfig, upgrade_json
+from vpntk_jax.errors import ConfigError, RunDirError
 from vpntk_jax.io_utils import write_bytes_atomic
 from vpntk_jax.privacy.ledger import PrivacyLedger, read_ledger
 
-from vpntk_jax.run_files import (CONFIG, LOSS_PNG, METRICS, PRIVACY, PUBLIC, RELEASE,
-                                  REPORT_HTML, REPORT_MD, SAMPLES, SELECTION, SYNTHETIC,
-                                  TRAIN_LOG)
+from vpntk_jax.run_files import (CONFIG, DP_SGD_LOG, LOSS_PNG, METRICS, PRIVACY, PUBLIC,
+                                  RELEASE, REPORT_HTML, REPORT_MD, SAMPLES, SELECTION,
+                                  SYNTHETIC, TRAIN_LOG)
 
 # Expected files, in pipeline order, with what a reader loses when one is missing.
 EXPECTED_FILES = (
     (PRIVACY, "privacy ledger"),
     (RELEASE, "noisy private release"),
-    (TRAIN_LOG, "generator training log"),
+    (TRAIN_LOG, "training log"),
+    (DP_SGD_LOG, "DP-SGD training log"),
     (SYNTHETIC, "synthetic data set"),
     (SAMPLES, "sample grid"),
     (LOSS_PNG, "loss curve"),
     (METRICS, "evaluation metrics"),
 )
+# Files only some runs make: each is there when its training log is, which
+# the method says (`Method.training_logs`); the pipeline plots train_log.csv
+# as loss.png.
+TRAINING_LOG_OF = {TRAIN_LOG: TRAIN_LOG, DP_SGD_LOG: DP_SGD_LOG, LOSS_PNG: TRAIN_LOG}
 IMAGES = (
     ("samples", SAMPLES, "Synthetic samples (one row per class)"),
     ("loss", LOSS_PNG, "Training loss (train_log.csv: generator or prompts; for diffusion models the public pretraining)"),
@@ -45,7 +51,8 @@ IMAGES = (
 CONFIG_KEYS = (
     "method", "data.source", "data.image_size", "epsilon", "delta", "accountant", "adjacency", "noise_seed", "seed",
     "train.steps", "train.batch_size", "num_synthetic", "options.public_model",
-    "validation_noise_scale",
+    "options.diffusion_model", "options.inversion.steps", "options.pretrain.steps",
+    "options.dp_sgd.steps", "validation_noise_scale",
 )
 ADJACENCY_WORDS = {
     "replace_one": ("replace-one", "replacing any one of those examples with any other"),
@@ -116,6 +123,27 @@ def _title(run_dir: str, config: dict) -> dict:
       "data": str(config.get("data", {}).get("source", "unknown data")),
       "date": date.strftime("%Y-%m-%d %H:%M UTC"),
   }
+
+
+def _method(config: dict) -> tuple[methods.Method | None, Any]:
+  """The run's method and its block (the method's defaults where the stored
+  block does not load); (None, None) for a method not registered here."""
+  name = config.get("method")
+  if not isinstance(name, str) or name not in methods.names():
+    return None, None
+  spec = methods.get(name)
+  try:
+    return spec, RunConfig.from_json(config).options
+  except (ConfigError, TypeError, ValueError):
+    return spec, spec.options()
+
+
+def _expected_files(spec: methods.Method | None, options: Any) -> tuple[tuple[str, str], ...]:
+  """EXPECTED_FILES of a complete run of this method; an unknown method is
+  expected to have trained a generator, as every method once did."""
+  logs = spec.training_logs(options) if spec is not None else frozenset({TRAIN_LOG})
+  return tuple((name, what) for name, what in EXPECTED_FILES
+               if name not in TRAINING_LOG_OF or TRAINING_LOG_OF[name] in logs)
 
 
 def _describe_public(entry: Any) -> str:
@@ -397,6 +425,8 @@ def build_report(run_dir: str) -> dict:
   """
   config = _load_config(run_dir)
   metrics, metrics_status, metrics_error = _load_metrics(run_dir)
+  spec, options = _method(config)
+  expected = _expected_files(spec, options)
 
   def exists(name: str) -> bool:
     return os.path.exists(os.path.join(run_dir, name))
@@ -404,16 +434,16 @@ def build_report(run_dir: str) -> dict:
   config_rows = []
   for key in CONFIG_KEYS:
     found, value = _lookup(config, key)
-    if found:
+    # A setting the method does not read (a stored default) would only mislead.
+    if found and (spec is None or spec.reads_setting(key)):
       config_rows.append([key, value])
   return {
       "run_dir": os.path.abspath(run_dir),
       "title": _title(run_dir, config),
-      "missing": [{"file": name, "what": what} for name, what in EXPECTED_FILES
-                  if not exists(name)],
+      "missing": [{"file": name, "what": what} for name, what in expected if not exists(name)],
       "privacy": _privacy(run_dir, config, metrics),
       "images": [{"key": key, "file": name, "caption": caption, "present": exists(name)}
-                 for key, name, caption in IMAGES],
+                 for key, name, caption in IMAGES if name in dict(expected)],
       "selection": _selection(run_dir),
       "metrics": _metrics(metrics, metrics_status, metrics_error),
       "config": {"rows": config_rows},
@@ -481,6 +511,11 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
   return lines
 
 
+def _images_heading(report: dict) -> str:
+  return ("Samples and training curve" if any(img["key"] == "loss" for img in report["images"])
+          else "Samples")
+
+
 def render_markdown(report: dict, run_dir: str) -> str:
   """The report as Markdown.
 
@@ -506,7 +541,7 @@ def render_markdown(report: dict, run_dir: str) -> str:
     out += [_total_line(privacy), ""]
   out += ["Not covered by this guarantee:", ""]
   out += [f"- {_md_text(n)}" for n in privacy["not_covered"]] + [""]
-  out += ["## Samples and training curve", ""]
+  out += [f"## {_images_heading(report)}", ""]
   for img in report["images"]:
     if img["present"]:
       link = os.path.relpath(os.path.join(report["run_dir"], img["file"]), run_dir)
@@ -594,7 +629,7 @@ def render_html(report: dict, run_dir: str) -> str:
     out.append(f"<p>{_h(_total_line(privacy))}</p>")
   items = "".join(f"<li>{_h(n)}</li>" for n in privacy["not_covered"])
   out.append(f"<p>Not covered by this guarantee:</p><ul>{items}</ul>")
-  out.append("<h2>Samples and training curve</h2>")
+  out.append(f"<h2>{_images_heading(report)}</h2>")
   for img in report["images"]:
     path = os.path.join(run_dir, img["file"])
     if img["present"] and os.path.exists(path):

@@ -9,6 +9,7 @@ import math
 
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods.base import Flag
+from vpntk_jax.run_files import DP_SGD_LOG, TRAIN_LOG
 
 UNET_SIZES = ("tiny", "cpu", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
 
@@ -109,6 +110,18 @@ class DpSgdConfig:
       raise ConfigError(f"dp_sgd.max_batch ({self.max_batch}) is below the expected batch "
                         f"size ({self.batch_size}): most batches would be cut")
     return self
+
+
+def training_logs(options, *, pretrains: bool) -> frozenset:
+  """The logs of a diffusion-family run: train_log.csv of the public pretraining
+  (where it has public images, `pretrains`, and steps) and dp_sgd_log.csv of
+  DP-SGD (where it has steps)."""
+  logs = set()
+  if pretrains and options.pretrain.steps:
+    logs.add(TRAIN_LOG)
+  if options.dp_sgd.steps:
+    logs.add(DP_SGD_LOG)
+  return frozenset(logs)
 
 
 FLAGS = (

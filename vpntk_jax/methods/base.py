@@ -11,6 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from vpntk_jax.run_files import TRAIN_LOG
+
+# The shared RunConfig settings (dotted; a trailing "." covers a block) that only
+# a generator trained on the release reads: its training, its objective, and
+# the validation release that picks its checkpoint.
+GENERATOR_SETTINGS = frozenset({"train.", "loss", "cosine_weight", "validation_noise_scale"})
+
 
 @dataclasses.dataclass(frozen=True)
 class Flag:
@@ -23,6 +30,15 @@ class Flag:
 def _never(options: Any) -> bool:
   del options
   return False
+
+
+def _generator_log(options: Any) -> frozenset:
+  del options
+  return frozenset({TRAIN_LOG})
+
+
+def _covers(fields: frozenset, field: str) -> bool:
+  return any(field == p or (p.endswith(".") and field.startswith(p)) for p in fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +61,11 @@ class Method:
     flags: CLI options mapped onto block fields.
     legacy_fields: config.json fields of the flat layout (before method blocks)
       that this block took over, old name -> block field.
+    trains_generator: post-processing trains a generator on the release, so the
+      run reads GENERATOR_SETTINGS (otherwise they go unused).
+    training_logs: block -> the training logs (`run_files` names) a complete run
+      of it holds: what a report expects, so a method that trains nothing (or
+      trains only under some settings) is not reported incomplete.
   """
   name: str
   summary: str
@@ -56,11 +77,16 @@ class Method:
   post_processing: frozenset = frozenset()
   flags: tuple[Flag, ...] = ()
   legacy_fields: dict = dataclasses.field(default_factory=dict)
+  trains_generator: bool = True
+  training_logs: Callable[[Any], frozenset] = _generator_log
 
   def is_post_processing(self, field: str) -> bool:
     """Whether changing block field `field` (dotted) leaves the release as it is."""
-    return any(field == p or (p.endswith(".") and field.startswith(p))
-               for p in self.post_processing)
+    return _covers(self.post_processing, field)
+
+  def reads_setting(self, field: str) -> bool:
+    """Whether a run of this method reads the shared RunConfig field `field` (dotted)."""
+    return self.trains_generator or not _covers(GENERATOR_SETTINGS, field)
 
 
 # The flat-layout fields of methods that read public models.

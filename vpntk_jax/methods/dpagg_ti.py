@@ -58,6 +58,9 @@ METHOD = Method(
     name="dpagg-ti", summary="per-image textual inversion on a public diffusion model -> "
     "noisy aggregate of the unit tokens -> guided sampling", options=Options, build=build,
     post_processing=_inversion.SAMPLING_FIELDS,
+    # The noisy centroids condition the public model as they are: nothing is trained
+    # on the release, so no training log and no generator settings.
+    trains_generator=False, training_logs=lambda options: frozenset(),
     flags=_inversion.FLAGS + (
         Flag("--ti-steps", "inversion.steps", dict(type=int, help="Adam steps per image")),
         Flag("--ti-sampling-rate", "sampling_rate",

@@ -38,6 +38,10 @@ def build(config, image_shape, num_classes, public_models):
 METHOD = Method(
     name="dpdm", summary="a diffusion model trained with DP-SGD (from scratch, or from a "
     "public pretraining)", options=Options, build=build,
+    trains_generator=False,
+    # Pretraining needs the public pool.
+    training_logs=lambda options: _diffusion.training_logs(
+        options, pretrains=bool(options.public_data)),
     post_processing=frozenset({"model.sample_steps", "model.guidance_scale",
                                "model.sample_batch"}),
     flags=_diffusion.FLAGS + (

@@ -34,5 +34,7 @@ def build(config, image_shape, num_classes, public_models):
 METHOD = Method(
     name="dpsgd-ti", summary="class tokens of a public diffusion model trained with DP-SGD "
     "(DPAgg-TI's baseline)", options=Options, build=build,
-    post_processing=_inversion.SAMPLING_FIELDS,
+    post_processing=_inversion.SAMPLING_FIELDS, trains_generator=False,
+    # The public diffusion model is given, not pretrained here: DP-SGD's log only.
+    training_logs=lambda options: _diffusion.training_logs(options, pretrains=False),
     flags=_inversion.FLAGS + tuple(f for f in _diffusion.FLAGS if f.field.startswith("dp_sgd.")))

@@ -69,7 +69,9 @@ def build(config, image_shape, num_classes, public_models):
 METHOD = Method(
     name="privimage", summary="semantic query -> public diffusion pretraining on the selected "
     "classes -> DP-SGD fine-tuning", options=Options, build=build,
-    needs_public_models=True,
+    needs_public_models=True, trains_generator=False,
+    # The query's selection from the pool is always there to pretrain on.
+    training_logs=lambda options: _diffusion.training_logs(options, pretrains=True),
     # Only what is done with the released histogram: the selection and pretraining
     # count as post-processing, but the DP-SGD steps are a mechanism, so their
     # settings are not.
