@@ -11,11 +11,12 @@ Inception FID `x` in [0, 1]. Its FashionMNIST and MNIST are 1 x 28 x 28
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
 from vpntk_jax import io_utils
-from vpntk_jax.errors import RunDirError
+from vpntk_jax.errors import DataError, RunDirError
 from vpntk_jax.run_dir import load_config
 from vpntk_jax.run_files import DPIMAGEBENCH, SYNTHETIC
 
@@ -46,6 +47,29 @@ def dpimagebench_data_name(source: str, image_size: int) -> str | None:
   return f"{name}_{image_size}" if name else None
 
 
+def _check_target(out: str, target: str, force: bool) -> None:
+  """Refuses, before anything is written, a target that exists (without `force`) or
+  a path on the way to it that is a file: not an earlier export, so not replaced."""
+  for path in (out, os.path.dirname(target)):
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise RunDirError(f"{path} exists and is not a directory; export writes "
+                        f"{DPIMAGEBENCH_FILE} under --out, a directory: name another --out")
+  if os.path.isdir(target):
+    raise RunDirError(f"{target} exists and is a directory; name another --out")
+  if os.path.exists(target) and not force:
+    raise RunDirError(f"{target} exists; pass --force to replace it")
+
+
+def _read_synthetic(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """The images and labels of a run's synthetic.npz; a damaged one is a DataError."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return z["images"], z["labels"]
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    raise DataError(f"{path} is corrupt or not a synthetic set written by vpntk "
+                    f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
+
+
 def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebench",
                force: bool = False) -> dict:
   """Writes run_path's synthetic.npz as `fmt` under `out` (default RUN/dpimagebench)."""
@@ -57,10 +81,8 @@ def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebenc
     raise RunDirError(f"{run_path} has no {SYNTHETIC}; run `vpntk synthesize` first")
   out = out or os.path.join(run_path, DPIMAGEBENCH)
   target = os.path.join(out, DPIMAGEBENCH_FILE)
-  if os.path.exists(target) and not force:
-    raise RunDirError(f"{target} exists; pass --force to replace it")
-  with np.load(source) as z:
-    arrays = to_dpimagebench(z["images"], z["labels"])
+  _check_target(out, target, force)
+  arrays = to_dpimagebench(*_read_synthetic(source))
   os.makedirs(os.path.dirname(target), exist_ok=True)
   io_utils.save_npz_atomic(target, **arrays)
   data_name = dpimagebench_data_name(config.data.source, arrays["x"].shape[-1])

@@ -27,6 +27,7 @@ from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.models.vgg import KIND as VGG19_KIND, VGG19Features
 from vpntk_jax.run_dir import RunDir, check_replaceable, is_nonempty_dir, stage
+from vpntk_jax.training.checkpoints import reading_checkpoint
 
 PUBLIC_JSON = "public.json"
 MODELS = "models"
@@ -179,25 +180,22 @@ def load_public(path: str) -> PublicModels:
     spec = json.load(f)
   if spec.get("format") != FORMAT:
     raise ConfigError(f"{spec_path}: format {spec.get('format')!r}, expected {FORMAT!r}")
+  directory = os.path.abspath(os.path.join(path, MODELS))
+  # Restored onto this process's first device: without a sharding in the target,
+  # Orbax reuses the saver's device topology and refuses checkpoints made on
+  # another machine (a CPU-pretrained model loaded on a GPU, say).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      directory = os.path.abspath(os.path.join(path, MODELS))
-      # Restored onto this process's first device: without a sharding in the target,
-      # Orbax reuses the saver's device topology and refuses checkpoints made on
-      # another machine (a CPU-pretrained model loaded on a GPU, say).
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                              _abstract_tree(spec))
-      # Compared before restoring: a refused restore leaves Orbax's reader threads behind.
-      _check_shapes(tree_shapes(getattr(checkpointer.metadata(directory), "item_metadata", None)),
-                    tree_shapes(abstract))
-      tree = checkpointer.restore(directory, abstract)
-  except ConfigError:
-    raise
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the architecture and "
-                      f"resolution in its {PUBLIC_JSON} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                            _abstract_tree(spec))
+  except (ValueError, KeyError, TypeError) as e:
+    raise _mismatch(path, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+  with reading_checkpoint(directory), ocp.StandardCheckpointer() as checkpointer:
+    # Compared before restoring: a refused restore leaves Orbax's reader threads behind.
+    differ = shape_difference(stored_shapes(checkpointer, directory), tree_shapes(abstract))
+    if differ:
+      raise _mismatch(path, differ)
+    tree = checkpointer.restore(directory, abstract)
   generator, extractor = _modules(spec)
   return PublicModels(spec, generator, tree.get("generator"), extractor,
                       tree["extractor"]["params"], np.asarray(tree["feature_mean"]),
@@ -210,12 +208,28 @@ def tree_shapes(tree) -> dict[str, tuple]:
           for k, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_shapes(stored: dict[str, tuple], expected: dict[str, tuple]) -> None:
+def _mismatch(path: str, why: str) -> ConfigError:
+  return ConfigError(f"the checkpoint in {path}/{MODELS} does not match the architecture and "
+                     f"resolution in its {PUBLIC_JSON} ({why})")
+
+
+def stored_shapes(checkpointer: ocp.StandardCheckpointer, directory: str) -> dict[str, tuple]:
+  """tree_shapes of the checkpoint in `directory`, from its metadata; inside
+  `reading_checkpoint`, unreadable metadata is a corrupt checkpoint."""
+  stored = getattr(checkpointer.metadata(directory), "item_metadata", None)
+  if stored is None:  # Orbax logs the failed read and returns no tree
+    raise ValueError("its metadata (_METADATA) cannot be read")
+  return tree_shapes(stored)
+
+
+def shape_difference(stored: dict[str, tuple], expected: dict[str, tuple]) -> str | None:
+  """How two tree_shapes differ (None: they do not)."""
   differ = sorted(k for k in stored.keys() | expected.keys() if stored.get(k) != expected.get(k))
-  if differ:
-    k = differ[0]
-    raise ValueError(f"{len(differ)} arrays differ, first {k}: stored {stored.get(k)}, "
-                     f"expected {expected.get(k)}")
+  if not differ:
+    return None
+  k = differ[0]
+  return (f"{len(differ)} arrays differ, first {k}: stored {stored.get(k)}, expected "
+          f"{expected.get(k)}")
 
 
 def check_compatible(models: PublicModels, image_shape: tuple[int, int, int]) -> None:

@@ -30,9 +30,10 @@ from vpntk_jax.data import load_dataset, resize_dataset
 from vpntk_jax.data.schema import public_schema, with_public_schema
 from vpntk_jax.errors import ConfigError, MissingSplitError, RunDirError
 from vpntk_jax.models import unet
-from vpntk_jax.public.artefact import tree_shapes
+from vpntk_jax.public.artefact import shape_difference, stored_shapes, tree_shapes
 from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, TRAIN_LOG
 from vpntk_jax.run_dir import check_replaceable, is_nonempty_dir, stage
+from vpntk_jax.training.checkpoints import reading_checkpoint
 from vpntk_jax.log import say
 
 DIFFUSION_JSON = "diffusion.json"
@@ -95,23 +96,16 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                           {"params": jax.eval_shape(lambda: unet.init_params(model, jax.random.key(0)))})
   directory = os.path.abspath(os.path.join(path, MODELS))
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      stored = getattr(checkpointer.metadata(directory), "item_metadata", None)
-      if stored is not None:
-        shapes = tree_shapes(stored)
-        if not any("label_embed" in k for k in shapes):
-          raise ConfigError(f"{path}: the UNet has no conditioning table (label_embed): "
-                            f"textual inversion learns rows of it")
-        if shapes != tree_shapes(abstract):
-          raise ValueError("parameter shapes differ")
-      tree = checkpointer.restore(directory, abstract)
-  except ConfigError:
-    raise
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the UNet in its "
-                      f"{DIFFUSION_JSON} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  with reading_checkpoint(directory), ocp.StandardCheckpointer() as checkpointer:
+    shapes = stored_shapes(checkpointer, directory)
+    if not any("label_embed" in k for k in shapes):
+      raise ConfigError(f"{path}: the UNet has no conditioning table (label_embed): "
+                        f"textual inversion learns rows of it")
+    differ = shape_difference(shapes, tree_shapes(abstract))
+    if differ:
+      raise ConfigError(f"the checkpoint in {path}/{MODELS} does not match the UNet in its "
+                        f"{DIFFUSION_JSON} ({differ})")
+    tree = checkpointer.restore(directory, abstract)
   return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
 
 
