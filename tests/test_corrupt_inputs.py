@@ -61,8 +61,9 @@ def test_resume_from_a_corrupt_checkpoint_exits_2_and_leaves_the_ledger(method, 
   assert (out / "privacy.json").read_bytes() == ledger
 
 
+@pytest.mark.parametrize("command", ["export", "evaluate"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_export_of_a_corrupt_synthetic_set_exits_2_naming_it(tmp_path, capsys, damage):
+def test_export_or_evaluate_of_a_corrupt_synthetic_set_exits_2_naming_it(tmp_path, capsys, damage, command):
   run, _, _ = _run_dir(tmp_path)
   synthetic = run / "synthetic.npz"
   size = synthetic.stat().st_size
@@ -72,7 +73,8 @@ def test_export_of_a_corrupt_synthetic_set_exits_2_naming_it(tmp_path, capsys, d
   else:
     synthetic.write_bytes(os.urandom(size))
   out = tmp_path / "bench"
-  assert cli.main(["export", str(run), "--out", str(out)]) == 2
+  args = {"export": ["export", str(run), "--out", str(out)], "evaluate": ["evaluate", str(run)]}
+  assert cli.main(args[command]) == 2
   _assert_one_clean_error(capsys.readouterr().err, f"{synthetic} is corrupt")
   assert not out.exists()
 

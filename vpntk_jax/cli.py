@@ -287,6 +287,11 @@ def _parser() -> argparse.ArgumentParser:
   a.add_argument("--trials", type=int, default=500, help="releases per neighbouring dataset (default 500)")
   a.add_argument("--confidence", type=float, default=0.95)
   a.add_argument("--no-noise", action="store_true", help="switch the noise off: the audit must then detect the canary")
+  a.add_argument("--neighbour", choices=("shifted", "in-place"), default="shifted",
+                 help="shifted (default): records sorted by class, the canary inserted at "
+                      "the front or replacing a record that then moves to its class, so "
+                      "every other record changes position; in-place: the canary replaces "
+                      "record 0 or is appended")
   a.add_argument("--private-diagnostics", action="store_true",
                  help="include the exact (un-noised) statistic gap of the two neighbours, "
                       "marked PRIVATE")
@@ -504,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
       config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})
       print(json.dumps(pipeline.audit(config, num_examples=args.examples, trials=args.trials,
                                       noise=not args.no_noise, confidence=args.confidence,
-                                      sampler=args.sampler,
+                                      sampler=args.sampler, neighbour=args.neighbour,
                                       private_diagnostics=args.private_diagnostics),
                        indent=2))
     elif args.command == "privacy":

@@ -11,13 +11,12 @@ Inception FID `x` in [0, 1]. Its FashionMNIST and MNIST are 1 x 28 x 28
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
 from vpntk_jax import io_utils
 from vpntk_jax.errors import DataError, RunDirError
-from vpntk_jax.run_dir import load_config
+from vpntk_jax.run_dir import load_config, read_synthetic
 from vpntk_jax.run_files import DPIMAGEBENCH, SYNTHETIC
 
 FORMATS = ("dpimagebench",)
@@ -60,16 +59,6 @@ def _check_target(out: str, target: str, force: bool) -> None:
     raise RunDirError(f"{target} exists; pass --force to replace it")
 
 
-def _read_synthetic(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """The images and labels of a run's synthetic.npz; a damaged one is a DataError."""
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      return z["images"], z["labels"]
-  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-    raise DataError(f"{path} is corrupt or not a synthetic set written by vpntk "
-                    f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
-
-
 def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebench",
                force: bool = False) -> dict:
   """Writes run_path's synthetic.npz as `fmt` under `out` (default RUN/dpimagebench)."""
@@ -82,7 +71,7 @@ def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebenc
   out = out or os.path.join(run_path, DPIMAGEBENCH)
   target = os.path.join(out, DPIMAGEBENCH_FILE)
   _check_target(out, target, force)
-  arrays = to_dpimagebench(*_read_synthetic(source))
+  arrays = to_dpimagebench(*read_synthetic(source))
   os.makedirs(os.path.dirname(target), exist_ok=True)
   io_utils.save_npz_atomic(target, **arrays)
   data_name = dpimagebench_data_name(config.data.source, arrays["x"].shape[-1])

@@ -37,7 +37,7 @@ from vpntk_jax.privacy import audit as audit_lib
 from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.noise import noise_rng
 from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
-                               open_run_dir, staging_path)
+                               open_run_dir, read_synthetic, staging_path)
 from vpntk_jax.run_files import CONFIG, LOG_TXT, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
 from vpntk_jax.log import run_log, say
@@ -296,8 +296,7 @@ def evaluate_run(run_path: str, *, test_source: str | None = None, overrides=Non
   path = os.path.join(run_path, SYNTHETIC)
   if not os.path.exists(path):
     raise RunDirError(f"{run_path} has no {SYNTHETIC}; run `vpntk synthesize` first")
-  with np.load(path) as z:
-    images, labels = z["images"], z["labels"]
+  images, labels = read_synthetic(path)
   if config.data.source.startswith("in-memory:"):
     raise RunDirError(f"{run_path} was made from in-memory arrays ({config.data.source}); "
                       f"evaluate it with stages.evaluation.evaluate(images, labels, "

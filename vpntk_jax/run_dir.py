@@ -25,12 +25,13 @@ import json
 import os
 import shutil
 import socket
+import zipfile
 
 import numpy as np
 
 from vpntk_jax import config as config_lib
 from vpntk_jax.config import RunConfig
-from vpntk_jax.errors import RunDirError
+from vpntk_jax.errors import DataError, RunDirError
 from vpntk_jax.privacy.ledger import PrivacyLedger, read_ledger
 from vpntk_jax.privacy.release import array_digest
 from vpntk_jax.run_files import CONFIG, PRIVACY, RELEASE, RUN_DIR_NAMES
@@ -287,3 +288,13 @@ def check_reusable_release(source: str, config: RunConfig,
       raise RunDirError(f"{source} has no {name} to reuse")
   load_release(os.path.join(source, RELEASE), release_arrays,
                read_ledger(os.path.join(source, PRIVACY)))
+
+
+def read_synthetic(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """The images and labels of a run's synthetic.npz; a damaged one is a DataError."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return z["images"], z["labels"]
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    raise DataError(f"{path} is corrupt or not a synthetic set written by vpntk "
+                    f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
