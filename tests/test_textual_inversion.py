@@ -154,7 +154,7 @@ def test_a_validation_release_nothing_reads_is_refused(data, public_model, tmp_p
   out = tmp_path / "run"
   assert cli.main(_args("dpagg-ti", data, out, public_model,
                         "--validation-noise-scale", "10")) == 2
-  assert "nothing reads" in capsys.readouterr().err and not out.exists()
+  assert "nothing would read it" in capsys.readouterr().err and not out.exists()
 
 
 def test_dpagg_ti_releases_the_labelled_token_sum_once(aggregate_run):

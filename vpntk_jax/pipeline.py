@@ -125,10 +125,11 @@ def preflight(recipe, private: ImageDataset, test: ImageDataset, config: RunConf
   """What can fail, checked before anything is drawn or written: every release is
   read by something, the method's own checks (its budget: DP-SGD calibrated, fixed
   noise within epsilon; memory), and synthesis built from shapes alone."""
-  if config.validation_noise_scale is not None and not recipe.reads_validation_release:
-    raise ConfigError(f"--validation-noise-scale: {config.method} has no model selection "
-                      f"that reads a validation release; it would spend budget on a copy "
-                      f"nothing reads. Leave it unset")
+  if (config.validation_noise_scale is not None
+      and not config.method_spec.reads_setting("validation_noise_scale")):
+    raise ConfigError(f"--validation-noise-scale: {config.method} trains no generator whose "
+                      f"checkpoints a validation release would select, so nothing would read "
+                      f"it (budget spent for nothing). Leave it unset")
   recipe.preflight(private, config, mesh=mesh)
   synthesis.check_output(recipe, test.num_classes, test.image_shape, config)
 

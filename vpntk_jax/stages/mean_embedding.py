@@ -200,7 +200,6 @@ class MeanEmbeddingRecipe(Recipe):
   """
   features: FeatureMap
   sampler: Any
-  reads_validation_release = True  # model selection in `train_to_match`
 
   def check_auditable(self, config) -> None:
     """`vpntk audit` re-runs this release on neighbouring sets: always possible here."""

@@ -28,10 +28,6 @@ from __future__ import annotations
 class Recipe:
   """Defaults for the stages a recipe may not have."""
 
-  # Whether post-processing reads a validation release (`validation_noise_scale`):
-  # where none does, the run refuses to make one (budget spent on nothing).
-  reads_validation_release = False
-
   def preflight(self, private, config, *, mesh=None) -> None:
     """Nothing to check beyond the config's own validation."""
     del private, config, mesh

@@ -162,7 +162,6 @@ class TokenFeatures:
 class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
   """DPAgg-TI: one release of the per-image tokens' labelled sum (see the module doc)."""
   sampling_rate: float = 1.0
-  reads_validation_release = False  # the centroids are the release as it is
 
   @property
   def subsampled(self) -> bool:
