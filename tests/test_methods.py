@@ -11,6 +11,7 @@ import pytest
 
 from vpntk_jax import cli
 from vpntk_jax import methods
+from vpntk_jax import settings
 from vpntk_jax.blocks import PromptConfig, TrainConfig
 from vpntk_jax.config import RunConfig, release_differences, with_overrides
 from vpntk_jax.errors import ConfigError
@@ -92,7 +93,8 @@ def test_method_flags_come_from_the_methods_and_refuse_other_methods(tmp_path, c
                    "--quiet"]) == 2
   assert "--kappa is an option of vp-ntk; this run's method is dp-ntk" in capsys.readouterr().err
   assert not out.exists()
-  flags = {flag.option for name in methods.names() for flag in methods.get(name).flags}
+  flags = {d.setting.flag for name in methods.names()
+           for d in settings.flagged(methods.get(name).options())}
   help_text = cli.reference()
   assert flags and all(flag in help_text for flag in flags)
 
@@ -174,13 +176,14 @@ _EXTRA_METHOD = '''
 import dataclasses
 import math
 
-from vpntk_jax.methods.base import Flag, Method
+from vpntk_jax.methods.base import Method
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """DP-NTK on a network with LeCun initialisation."""
-  scale: float = 1.0
+  scale: float = setting(1.0, "scale of the initialisation", flag="--lecun-scale")
 
   def validate(self):
     return self
@@ -196,7 +199,7 @@ def build(config, image_shape, num_classes, public_models):
 
 
 METHOD = Method(name="dp-ntk-lecun", summary="DP-NTK, LeCun init", options=Options,
-                build=build, flags=(Flag("--lecun-scale", "scale", dict(type=float)),))
+                build=build)
 '''
 
 

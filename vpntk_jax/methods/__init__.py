@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods.base import Flag, Method
+from vpntk_jax.methods.base import Method
 
 _NOT_METHODS = frozenset({"base"})
 
@@ -52,4 +52,4 @@ def legacy_fields() -> frozenset:
   return frozenset(k for m in names() for k in get(m).legacy_fields)
 
 
-__all__ = ["Flag", "Method", "get", "legacy_fields", "names"]
+__all__ = ["Method", "get", "legacy_fields", "names"]

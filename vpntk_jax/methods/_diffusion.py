@@ -1,5 +1,5 @@
 """The diffusion family's settings (PrivImage, DPDM): the model, its public
-pretraining, its DP-SGD fine-tuning, and the flags that set them. JAX-free;
+pretraining and its DP-SGD fine-tuning (the flagged fields are the methods' flags). JAX-free;
 `stages.diffusion` builds the recipe from them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import dataclasses
 import math
 
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods.base import Flag
 from vpntk_jax.run_files import DP_SGD_LOG, TRAIN_LOG
+from vpntk_jax.settings import setting
 
 UNET_SIZES = ("tiny", "cpu", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
 
@@ -36,10 +36,12 @@ def _fraction(value, name: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class DiffusionModelConfig:
   """The class-conditional EDM UNet and how synthesis samples it."""
-  size: str = "small"
+  size: str = setting("small", "UNet size: tiny (tests), cpu (CPU-scale runs), small, "
+                      "reference (PrivImage's 1.5M)", flag="--unet-size", choices=UNET_SIZES)
   # P(label -> null class) in training, so classifier-free guidance can run.
   label_dropout: float = 0.1
-  sample_steps: int = 18
+  sample_steps: int = setting(18, "Heun steps per synthesis", flag="--synthesis-steps",
+                              aliases=("--sample-steps",))
   guidance_scale: float = 0.0
   # Images per synthesis batch (one Heun solve of this many images).
   sample_batch: int = 500
@@ -61,7 +63,7 @@ class DiffusionModelConfig:
 @dataclasses.dataclass(frozen=True)
 class PublicPretrainConfig:
   """Non-private training on public images (no privacy cost)."""
-  steps: int = 1000
+  steps: int = setting(1000, "public pretraining steps (0: none)", flag="--pretrain-steps")
   batch_size: int = 256
   learning_rate: float = 3e-4
   multiplicity: int = 1
@@ -84,10 +86,12 @@ class DpSgdConfig:
   loss averaged over `multiplicity` noise draws inside the clip, Adam, EMA.
   steps 0: no private training (a public-only baseline: nothing is charged but
   the one-shot releases, if any)."""
-  steps: int = 200
-  batch_size: int = 256
-  clip_norm: float = 1e-3
-  multiplicity: int = 4
+  steps: int = setting(200, "DP-SGD steps T", flag="--dp-sgd-steps", aliases=("--dp-steps",))
+  batch_size: int = setting(256, "expected Poisson batch size (sampling rate = it / N)",
+                            flag="--dp-batch-size")
+  clip_norm: float = setting(1e-3, "per-example clip norm C", flag="--clip-norm")
+  multiplicity: int = setting(4, "diffusion noise draws per example, averaged inside the "
+                              "clip", flag="--noise-multiplicity")
   learning_rate: float = 3e-4
   ema_decay: float = 0.999
   # Truncated Poisson: a draw above max_batch is cut to a random max_batch
@@ -124,20 +128,6 @@ def training_logs(options, *, pretrains: bool) -> frozenset:
   return frozenset(logs)
 
 
-FLAGS = (
-    Flag("--unet-size", "model.size",
-         dict(choices=UNET_SIZES, help="UNet size: tiny (tests), cpu (CPU-scale runs), small, "
-                                       "reference (PrivImage's 1.5M)")),
-    Flag("--sample-steps", "model.sample_steps",
-         dict(type=int, help="Heun steps per synthesis (default 18)")),
-    Flag("--pretrain-steps", "pretrain.steps",
-         dict(type=int, help="public pretraining steps (0: none)")),
-    Flag("--dp-steps", "dp_sgd.steps", dict(type=int, help="DP-SGD steps T")),
-    Flag("--dp-batch-size", "dp_sgd.batch_size",
-         dict(type=int, help="expected Poisson batch size (sampling rate = it / N)")),
-    Flag("--clip-norm", "dp_sgd.clip_norm", dict(type=float, help="per-example clip norm C")),
-    Flag("--noise-multiplicity", "dp_sgd.multiplicity",
-         dict(type=int, help="diffusion noise draws per example, averaged inside the clip")),
-    Flag("--public-data", "public_data",
-         dict(help="the public image pool (any data source; its train split)")),
-)
+def public_data_setting(none: str):
+  return setting(None, "the public image pool (any data source; its train split)",
+                 flag="--public-data", metavar="SOURCE", none=none)

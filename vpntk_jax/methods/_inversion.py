@@ -1,5 +1,5 @@
 """Settings shared by the token methods (DPAgg-TI, DP-SGD-TI): the public diffusion
-model they condition, how its tokens are sampled, and the flags that set them.
+model they condition and how its tokens are sampled.
 JAX-free; `stages.textual_inversion` builds the recipes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import _diffusion
-from vpntk_jax.methods.base import Flag
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +17,8 @@ class SamplingConfig:
   """Heun sampling from the tokens, with classifier-free guidance against the public
   null token (weight guidance_scale; 0: none)."""
   sample_steps: int = 18
-  guidance_scale: float = 2.0
+  guidance_scale: float = setting(2.0, "classifier-free guidance weight of the tokens",
+                                  flag="--guidance-scale")
   sample_batch: int = 500
 
   def validate(self) -> "SamplingConfig":
@@ -40,9 +41,7 @@ def require_diffusion_model(options, method: str) -> None:
 # Changing how the tokens are sampled reuses the release.
 SAMPLING_FIELDS = frozenset({"sampling."})
 
-FLAGS = (
-    Flag("--diffusion-model", "diffusion_model",
-         dict(help="public diffusion model directory (`vpntk pretrain-diffusion`)")),
-    Flag("--guidance-scale", "sampling.guidance_scale",
-         dict(type=float, help="classifier-free guidance weight of the tokens (default 2)")),
-)
+
+def diffusion_model_setting():
+  return setting(None, "public diffusion model directory (`vpntk pretrain-diffusion`)",
+                 flag="--diffusion-model", metavar="DIR")

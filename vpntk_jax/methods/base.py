@@ -1,4 +1,5 @@
-"""What a method declares: its config block, its CLI flags, what it needs, how it builds.
+"""What a method declares: its config block (whose `settings.setting` fields are its CLI
+flags), what it needs, how it builds.
 
 A method module in this package defines one `METHOD = Method(...)`. Its
 module-level imports stay JAX-free (the registry, config loading and
@@ -12,19 +13,12 @@ import dataclasses
 from typing import Any, Callable
 
 from vpntk_jax.run_files import TRAIN_LOG
+from vpntk_jax.settings import setting
 
 # The shared RunConfig settings (dotted; a trailing "." covers a block) that only
 # a generator trained on the release reads: its training, its objective, and
 # the validation release that picks its checkpoint.
 GENERATOR_SETTINGS = frozenset({"train.", "loss", "cosine_weight", "validation_noise_scale"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Flag:
-  """A command-line option of `vpntk synthesize` that sets a field of the method's block."""
-  option: str                 # "--kappa"
-  field: str                  # dotted path inside the block: "prompt.kappa"
-  kwargs: dict = dataclasses.field(default_factory=dict)  # argparse: type, help, choices, ...
 
 
 def _never(options: Any) -> bool:
@@ -48,7 +42,9 @@ class Method:
   Attributes:
     name: what `--method` takes.
     summary: one line, for help and docs.
-    options: the frozen dataclass of the method's own settings (RunConfig.options).
+    options: the frozen dataclass of the method's own settings (RunConfig.options);
+      its fields declared with `settings.setting(..., flag=...)` (nested blocks
+      included) are `vpntk synthesize --method NAME` flags.
     build: (config, image_shape, num_classes, public_models) -> the run's recipe:
       its private mechanism(s) and post-processing (see `vpntk_jax.stages`).
       Called with the public models already loaded when `needs_public_models`.
@@ -58,7 +54,6 @@ class Method:
       statistic (then a release may not be reused with other public models).
     post_processing: block fields (dotted; a trailing "." covers a sub-block)
       that only shape what is done with a release: changing them reuses it.
-    flags: CLI options mapped onto block fields.
     legacy_fields: config.json fields of the flat layout (before method blocks)
       that this block took over, old name -> block field.
     trains_generator: post-processing trains a generator on the release, so the
@@ -75,7 +70,6 @@ class Method:
   needs_public_models: bool = False
   release_reads_public_model: Callable[[Any], bool] = _never
   post_processing: frozenset = frozenset()
-  flags: tuple[Flag, ...] = ()
   legacy_fields: dict = dataclasses.field(default_factory=dict)
   trains_generator: bool = True
   training_logs: Callable[[Any], frozenset] = _generator_log
@@ -92,11 +86,14 @@ class Method:
 # The flat-layout fields of methods that read public models.
 PUBLIC_MODEL_LEGACY_FIELDS = {"public_model": "public_model",
                               "check_public_overlap": "check_public_overlap"}
-# Flags of the methods that read public models.
-PUBLIC_MODEL_FLAGS = (
-    Flag("--public-model", "public_model",
-         dict(help="directory made by `vpntk pretrain` (or a converted VGG19 for dp-mepf)")),
-    Flag("--check-public-overlap", "check_public_overlap",
-         dict(action="store_true", default=None,
-              help="refuse if a public training image is also a private one")),
-)
+
+
+# The fields of the methods that read public models.
+def public_model_setting():
+  return setting(None, "directory made by `vpntk pretrain` (or a converted VGG19 for dp-mepf)",
+                 flag="--public-model", metavar="DIR")
+
+
+def check_public_overlap_setting():
+  return setting(False, "refuse if a public training image is also a private one",
+                 flag="--check-public-overlap")

@@ -6,15 +6,18 @@ from __future__ import annotations
 import dataclasses
 
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods.base import PUBLIC_MODEL_FLAGS, PUBLIC_MODEL_LEGACY_FIELDS, Flag, Method
+from vpntk_jax.methods import base
+from vpntk_jax.methods.base import PUBLIC_MODEL_LEGACY_FIELDS, Method
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The public feature extractor, and the weight w of the second moment in [u, w u^2]."""
-  public_model: str | None = None
-  check_public_overlap: bool = False
-  second_moment_weight: float = 1.0
+  public_model: str | None = base.public_model_setting()
+  check_public_overlap: bool = base.check_public_overlap_setting()
+  second_moment_weight: float = setting(1.0, "weight of the second moment in the release",
+                                        flag="--mepf-second-moment-weight", metavar="W")
 
   def validate(self) -> "Options":
     if not self.public_model:
@@ -39,9 +42,6 @@ METHOD = Method(
     options=Options, build=build,
     legacy_fields={**PUBLIC_MODEL_LEGACY_FIELDS,
                    "mepf_second_moment_weight": "second_moment_weight"},
- needs_public_models=True,
+    needs_public_models=True,
     release_reads_public_model=lambda options: True,
-    post_processing=frozenset({"check_public_overlap"}),
-    flags=PUBLIC_MODEL_FLAGS + (
-        Flag("--mepf-second-moment-weight", "second_moment_weight",
-             dict(type=float, help="weight of the second moment in the release (default 1)")),))
+    post_processing=frozenset({"check_public_overlap"}))

@@ -7,7 +7,8 @@ import dataclasses
 import math
 
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods.base import Flag, Method
+from vpntk_jax.methods.base import Method
+from vpntk_jax.settings import setting
 
 # Kernel length scale: sqrt(127), the reference's FashionMNIST setting.
 DEFAULT_BANDWIDTH = math.sqrt(127.0)
@@ -16,8 +17,8 @@ DEFAULT_BANDWIDTH = math.sqrt(127.0)
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Random Fourier features [cos(Wx), sin(Wx)] / sqrt(D/2), W ~ N(0, 1/bandwidth^2)."""
-  num_features: int = 10000
-  bandwidth: float = DEFAULT_BANDWIDTH
+  num_features: int = setting(10000, "random Fourier features D", flag="--rff-features")
+  bandwidth: float = setting(DEFAULT_BANDWIDTH, "kernel length scale", flag="--rff-bandwidth")
 
   def validate(self) -> "Options":
     if not (isinstance(self.num_features, int) and self.num_features >= 2
@@ -42,9 +43,4 @@ def build(config, image_shape, num_classes, public_models):
 METHOD = Method(
     name="dp-merf", summary="random Fourier features, one release, a new conditional generator",
     options=Options, build=build,
-    legacy_fields={"rff_features": "num_features", "rff_bandwidth": "bandwidth"},
-
-    flags=(Flag("--rff-features", "num_features",
-                dict(type=int, help="random Fourier features D (default 10000)")),
-           Flag("--rff-bandwidth", "bandwidth",
-                dict(type=float, help="kernel length scale (default sqrt(127))"))))
+    legacy_fields={"rff_features": "num_features", "rff_bandwidth": "bandwidth"})

@@ -8,14 +8,16 @@ import dataclasses
 
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import _diffusion, _inversion
-from vpntk_jax.methods.base import Flag, Method
+from vpntk_jax.methods.base import Method
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class InversionConfig:
   """Per-image textual inversion: Adam on the token alone, the EDM loss of that image
   averaged over `multiplicity` noise draws per step; `chunk_size` images at a time."""
-  steps: int = 100
+  steps: int = setting(100, "Adam steps per image", flag="--inversion-steps",
+                       aliases=("--ti-steps",))
   learning_rate: float = 0.05
   multiplicity: int = 4
   chunk_size: int = 64
@@ -30,12 +32,15 @@ class InversionConfig:
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The public diffusion model, the inversion, the aggregate's sampling rate, sampling."""
-  diffusion_model: str | None = None
+  diffusion_model: str | None = _inversion.diffusion_model_setting()
   inversion: InversionConfig = InversionConfig()
-  # Poisson rate of the images that are inverted and summed (1: all of them).
-  sampling_rate: float = 1.0
-  # Per-image tokens computed elsewhere (.npy, or .npz "embeddings"); row i = image i.
-  ti_embeddings: str | None = None
+  # 1: all of them.
+  sampling_rate: float = setting(1.0, "Poisson rate of the images inverted and summed",
+                                 flag="--ti-sampling-rate", metavar="RATE")
+  # Row i = image i.
+  ti_embeddings: str | None = setting(None, "per-image tokens computed elsewhere (.npy, or "
+                                      ".npz 'embeddings')", flag="--ti-embeddings",
+                                      metavar="FILE")
   sampling: _inversion.SamplingConfig = _inversion.SamplingConfig()
 
   def validate(self) -> "Options":
@@ -60,11 +65,4 @@ METHOD = Method(
     post_processing=_inversion.SAMPLING_FIELDS,
     # The noisy centroids condition the public model as they are: nothing is trained
     # on the release, so no training log and no generator settings.
-    trains_generator=False, training_logs=lambda options: frozenset(),
-    flags=_inversion.FLAGS + (
-        Flag("--ti-steps", "inversion.steps", dict(type=int, help="Adam steps per image")),
-        Flag("--ti-sampling-rate", "sampling_rate",
-             dict(type=float, help="Poisson rate of the images inverted (default 1)")),
-        Flag("--ti-embeddings", "ti_embeddings",
-             dict(help="per-image tokens computed elsewhere (.npy, or .npz 'embeddings')")),
-    ))
+    trains_generator=False, training_logs=lambda options: frozenset())

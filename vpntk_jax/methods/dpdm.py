@@ -7,16 +7,18 @@ from __future__ import annotations
 import dataclasses
 
 from vpntk_jax.methods import _diffusion
-from vpntk_jax.methods.base import Flag, Method
+from vpntk_jax.methods.base import Method
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The optional public pool and the diffusion model's training."""
-  public_data: str | None = None
-  # Pretrain with the pool's own labels, which must then be the private classes
-  # (e.g. a public part of the same dataset); False: every label the null class.
-  pretrain_conditional: bool = False
+  public_data: str | None = _diffusion.public_data_setting(none="none, no pretraining")
+  # The pool's labels must then be the private classes (e.g. a public part of the
+  # same dataset); False: every label the null class.
+  pretrain_conditional: bool = setting(False, "pretrain with the public pool's labels",
+                                       flag="--pretrain-conditional")
   model: _diffusion.DiffusionModelConfig = _diffusion.DiffusionModelConfig()
   pretrain: _diffusion.PublicPretrainConfig = _diffusion.PublicPretrainConfig()
   dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig()
@@ -43,8 +45,4 @@ METHOD = Method(
     training_logs=lambda options: _diffusion.training_logs(
         options, pretrains=bool(options.public_data)),
     post_processing=frozenset({"model.sample_steps", "model.guidance_scale",
-                               "model.sample_batch"}),
-    flags=_diffusion.FLAGS + (
-        Flag("--pretrain-conditional", "pretrain_conditional",
-             dict(action="store_true", default=None,
-                  help="pretrain with the public pool's labels (the private classes)")),))
+                               "model.sample_batch"}))

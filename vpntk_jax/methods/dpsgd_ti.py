@@ -12,7 +12,7 @@ from vpntk_jax.methods.base import Method
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The public diffusion model, DP-SGD on the tokens, sampling."""
-  diffusion_model: str | None = None
+  diffusion_model: str | None = _inversion.diffusion_model_setting()
   # Tokens are O(1) and their gradients small: a larger step and clip than the UNet's.
   dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig(
       steps=100, batch_size=64, clip_norm=0.01, learning_rate=0.05)
@@ -36,5 +36,4 @@ METHOD = Method(
     "(DPAgg-TI's baseline)", options=Options, build=build,
     post_processing=_inversion.SAMPLING_FIELDS, trains_generator=False,
     # The public diffusion model is given, not pretrained here: DP-SGD's log only.
-    training_logs=lambda options: _diffusion.training_logs(options, pretrains=False),
-    flags=_inversion.FLAGS + tuple(f for f in _diffusion.FLAGS if f.field.startswith("dp_sgd.")))
+    training_logs=lambda options: _diffusion.training_logs(options, pretrains=False))

@@ -8,7 +8,9 @@ import dataclasses
 
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import _diffusion
-from vpntk_jax.methods.base import PUBLIC_MODEL_FLAGS, Flag, Method
+from vpntk_jax.methods import base
+from vpntk_jax.methods.base import Method
+from vpntk_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,8 +18,8 @@ class QueryConfig:
   """Top-k votes of the public classifier per private image, released once with
   noise std noise_multiplier x sensitivity (sqrt(k), or sqrt(2k) replace-one);
   then `per_class` public classes chosen per private class."""
-  top_k: int = 2
-  noise_multiplier: float = 50.0
+  top_k: int = setting(2, "the query's votes per private image", flag="--top-k")
+  noise_multiplier: float = setting(50.0, "the query's noise multiplier", flag="--query-noise")
   per_class: int = 1
 
   def validate(self) -> "QueryConfig":
@@ -31,10 +33,10 @@ class QueryConfig:
 class Options:
   """The public classifier and pool, the query, and the diffusion model's training."""
   # `vpntk pretrain --extractor-only` on the pool: its classifier scores the private images.
-  public_model: str | None = None
-  check_public_overlap: bool = False
-  # The pool (a data source, train split); None: the data the classifier was trained on.
-  public_data: str | None = None
+  public_model: str | None = base.public_model_setting()
+  check_public_overlap: bool = base.check_public_overlap_setting()
+  public_data: str | None = _diffusion.public_data_setting(
+      none="the data --public-model's classifier was trained on")
   query: QueryConfig = QueryConfig()
   model: _diffusion.DiffusionModelConfig = _diffusion.DiffusionModelConfig()
   pretrain: _diffusion.PublicPretrainConfig = _diffusion.PublicPretrainConfig()
@@ -76,9 +78,4 @@ METHOD = Method(
     # count as post-processing, but the DP-SGD steps are a mechanism, so their
     # settings are not.
     post_processing=frozenset({"check_public_overlap", "model.sample_steps",
-                               "model.guidance_scale", "model.sample_batch"}),
-    flags=PUBLIC_MODEL_FLAGS + _diffusion.FLAGS + (
-        Flag("--top-k", "query.top_k", dict(type=int, help="votes per private image (default 2)")),
-        Flag("--query-noise", "query.noise_multiplier",
-             dict(type=float, help="the query's noise multiplier (default 50)")),
-    ))
+                               "model.guidance_scale", "model.sample_batch"}))

@@ -8,7 +8,9 @@ import math
 
 from vpntk_jax.blocks import IMAGE_PROMPTS, PromptConfig
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods.base import PUBLIC_MODEL_FLAGS, PUBLIC_MODEL_LEGACY_FIELDS, Flag, Method
+from vpntk_jax.methods import base
+from vpntk_jax.methods.base import PUBLIC_MODEL_LEGACY_FIELDS, Method
+from vpntk_jax.settings import setting
 
 FEATURES = ("extractor", "pixels")
 
@@ -16,10 +18,10 @@ FEATURES = ("extractor", "pixels")
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The public models, where the NTK features are taken, and the prompts."""
-  public_model: str | None = None
-  check_public_overlap: bool = False
-  # NTK features on the public extractor's activations, or on pixels.
-  features: str = "extractor"
+  public_model: str | None = base.public_model_setting()
+  check_public_overlap: bool = base.check_public_overlap_setting()
+  features: str = setting("extractor", "NTK features on the public extractor's activations "
+                          "or on pixels", flag="--vp-features", choices=FEATURES)
   prompt: PromptConfig = PromptConfig()
 
   def validate(self) -> "Options":
@@ -64,21 +66,4 @@ METHOD = Method(
     # Where the release is taken on pixels, the public generator is only what
     # the prompts train on: the public_model may then change too (see
     # config.release_differences).
-    post_processing=frozenset({"check_public_overlap", "prompt."}),
-    flags=PUBLIC_MODEL_FLAGS + (
-        Flag("--vp-features", "features",
-             dict(choices=FEATURES, help="NTK features on the public extractor (default) or "
-                                         "on pixels")),
-        Flag("--kappa", "prompt.kappa", dict(type=float, help="scale of the trainable latent "
-                                                               "noise (default 1)")),
-        Flag("--image-prompt", "prompt.image_prompt",
-             dict(choices=IMAGE_PROMPTS, help="image prompt (default full)")),
-        Flag("--prompt-resolution", "prompt.prompt_resolution",
-             dict(type=int, metavar="R", help="train the image prompt on an R x R grid, "
-                                              "resized to the image (default: full size)")),
-        Flag("--label-map", "prompt.label_map",
-             dict(help="identity, learned, or public class ids per private class (0,3,...)")),
-        Flag("--finetune-generator", "prompt.finetune_generator",
-             dict(action="store_true", default=None,
-                  help="also fine-tune the public generator")),
-    ))
+    post_processing=frozenset({"check_public_overlap", "prompt."}))
