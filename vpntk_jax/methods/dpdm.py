@@ -1,6 +1,6 @@
 """DPDM: the diffusion model trained on the private set with DP-SGD, from scratch or
 from a pretraining on a public pool; PrivImage without the query. With
---dp-steps 0 and a conditional pretraining it is the public-only baseline."""
+--dp-sgd-steps 0 and a conditional pretraining it is the public-only baseline."""
 
 from __future__ import annotations
 
