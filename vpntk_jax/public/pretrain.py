@@ -135,7 +135,12 @@ def train_public_generator(config: PretrainConfig, data: ImageDataset, log_path:
 def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
              quiet: bool = False) -> PublicModels:
   """Trains the public extractor (and, unless `config.generator` is False, the
-  generator) and saves them in `out`, data-parallel over `config.devices`."""
+  generator) and saves them in `out`, data-parallel over `config.devices`.
+
+  Its classes are `config.data.classes` (--classes) if given, else those of the
+  source's test split or stored class names (`schema.public_schema`); data that
+  declares none of them is refused (ConfigError), a label outside them too
+  (DataError), and a class without train images is kept."""
   mesh = sharding.device_mesh(config.devices)
   data = load_public_data(config, "train")
   try:
@@ -143,18 +148,13 @@ def pretrain(config: PretrainConfig, out: str, *, force: bool = False,
   except MissingSplitError:
     test = None  # accuracy is reported only where a test split exists
   # The classes: declared (data.classes, --classes), else the test split's, else the
-  # names stored with the data. Where none of them exists they are still counted from
-  # the train labels, as before this rule (and said so).
-  if test is None and not config.data.classes and not data.class_names:
-    say(f"{data.name}: no test split, no class names and no --classes: its "
-        f"{data.num_classes} classes are counted from its train labels (a class without "
-        f"images is lost, a stray label adds one); declare them with --classes", quiet=False)
-  else:
-    schema = public_schema(config.data.source, classes=config.data.classes, test=test,
-                           names=data.class_names, image_shape=data.image_shape)
-    data = with_public_schema(data, schema, "train")
-    if test is not None:
-      test = with_public_schema(test, schema, "test")
+  # names stored with the data; never counted from the train labels (a ConfigError
+  # asking for --classes where none of them exists), as for pretrain-diffusion.
+  schema = public_schema(config.data.source, classes=config.data.classes, test=test,
+                         names=data.class_names, image_shape=data.image_shape)
+  data = with_public_schema(data, schema, "train")
+  if test is not None:
+    test = with_public_schema(test, schema, "test")
   config = split_generator_batch(config, data.num_classes, mesh)
   run = open_public_dir(out, force=force)
   t0 = time.perf_counter()
