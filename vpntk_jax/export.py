@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from vpntk_jax import io_utils
-from vpntk_jax.errors import DataError, RunDirError
+from vpntk_jax.errors import RunDirError
 from vpntk_jax.run_dir import load_config, read_synthetic
 from vpntk_jax.run_files import DPIMAGEBENCH, SYNTHETIC
 

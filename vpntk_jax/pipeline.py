@@ -35,7 +35,6 @@ from vpntk_jax.features.ntk_map import NTKFeatureMap
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
 from vpntk_jax.privacy import diagnostics
-from vpntk_jax.privacy.noise import noise_rng
 from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
                                open_run_dir, read_synthetic, staging_path)
 from vpntk_jax.run_files import CONFIG, LOG_TXT, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
@@ -383,7 +382,7 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   mean_with = mean(images, labels)
   plan = mean_embedding.release_plan(config, m, features.norm_bound)
   sigma = plan.sigmas[mean_embedding.RELEASE_NAME] if noise else 0.0
-  projection, reachability = noise_rng(seed).spawn(2)
+  projection, reachability = audit_lib.trial_seeds(seed)
   result = audit_lib.audit_gaussian_release(
       mean_without, mean_with, sensitivity=plan.sensitivity, sigma=sigma, delta=config.delta,
       trials=trials, seeds=projection, confidence=confidence)

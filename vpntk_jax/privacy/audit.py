@@ -35,10 +35,16 @@ import numpy as np
 from scipy import stats
 
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.privacy.noise import Lattice, generator
+from vpntk_jax.privacy.noise import Lattice, generator, noise_rng
 from vpntk_jax.privacy.release import gaussian_release
 
 SAMPLERS = ("lattice", "float32")
+
+
+def trial_seeds(seed: int | None) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+  """The projection and reachability tests' seed sequences (None: OS entropy)."""
+  first, second = noise_rng(seed).spawn(2)
+  return first, second
 
 
 def clopper_pearson_upper(failures: int, trials: int, confidence: float) -> float:

@@ -32,7 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy.noise import EXAMPLE_KEY_STREAM, generator, noise_rng
+
+
+def run_key(noise_seed: int | None) -> jax.Array:
+  """The run's secret key of per-example randomness (None: from OS entropy)."""
+  return secret_key(noise_seed, (EXAMPLE_KEY_STREAM,))
 
 
 def secret_key(noise_seed: int | None, stream: tuple[int, ...]) -> jax.Array:

@@ -72,6 +72,20 @@ def noise_rng(seed: int | None, stream: tuple[int, ...] = ()) -> np.random.SeedS
   return np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in stream))
 
 
+def release_streams(seed: int | None, names) -> dict:
+  """One independent stream per one-shot release of a run (its children 0, 1, ... in
+  the order of `names`)."""
+  names = list(names)
+  return dict(zip(names, noise_rng(seed).spawn(len(names))))
+
+
+def poisson_selection(seed: int | None, num_rows: int, rate: float) -> np.ndarray:
+  """The rows a secret Poisson draw of rate `rate` includes (DPAgg-TI's subsample):
+  each row independently, from the run's selection stream."""
+  rng = generator(noise_rng(seed, (SELECTION_STREAM,)))
+  return np.flatnonzero(rng.random(num_rows) < rate)
+
+
 def generator(seeds: np.random.SeedSequence) -> np.random.Generator:
   return np.random.Generator(np.random.PCG64DXSM(seeds))
 

@@ -13,7 +13,8 @@ import functools
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import accounting, subsampled
 from vpntk_jax.privacy.ledger import PrivacyLedger, ReleaseRecord
-from vpntk_jax.privacy.noise import Lattice
+from vpntk_jax.privacy.noise import DP_SGD_STREAM, Lattice, generator, noise_rng
+from vpntk_jax.privacy.release import release_statistic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,21 +52,13 @@ class ReleasePlan:
     """Noise std of release `name` before the lattice's (at most 1/1024) share."""
     return self.sensitivity * self.sigmas[name]
 
-  def record(self, name: str, *, shape, sha256: str, notes: str,
-             lattice: Lattice | None = None,
-             num_examples_source: str | None = None) -> ReleaseRecord:
-    """The ledger record of release `name`, once its array (digest `sha256`) exists.
-
-    With the lattice it was drawn on, the record's sensitivity is the lattice's
-    (the exact one plus the rounding's share), which its noise was scaled to.
-    """
-    return ReleaseRecord.make(
-        name, sensitivity=lattice.effective_sensitivity if lattice else self.sensitivity,
-        sigma=self.sigmas[name], adjacency=self.adjacency, accountant=self.accountant,
-        epsilon=self.epsilon, delta=self.delta, num_private_examples=self.num_examples,
-        noise_seed=self.noise_seed, shape=shape, sha256=sha256, notes=notes,
-        granularity=lattice.granularity if lattice else None,
-        num_examples_source=num_examples_source)
+  def release(self, name: str, statistic, *, stream, notes: str,
+              num_examples_source: str | None = None):
+    """Release `name` of `statistic` (noise from `stream`): (noisy array, its record)."""
+    return release_statistic(name, statistic, sensitivity=self.sensitivity,
+                             sigma=self.sigmas[name], stream=stream, budget=self,
+                             num_examples=self.num_examples, notes=notes,
+                             num_examples_source=num_examples_source)
 
   def empty_ledger(self, prior: PrivacyLedger | None = None) -> PrivacyLedger:
     """A ledger for this budget that keeps charging every release of `prior` (a run
@@ -155,6 +148,17 @@ class DpSgdPlan:
     return subsampled.dp_sgd_event(self.noise_multiplier, self.sampling_rate, steps,
                                    adjacency=self.adjacency, num_examples=self.num_examples,
                                    max_batch=self.max_batch)
+
+  def chunk_generators(self, start: int) -> tuple:
+    """The Poisson batches' and the noise's generators of the chunk starting at step
+    `start` (None noise seed: fresh OS entropy, so a resumed chunk draws anew)."""
+    batches, noise = noise_rng(self.noise_seed, (DP_SGD_STREAM, start)).spawn(2)
+    return generator(batches), generator(noise)
+
+  def example_key(self):
+    """The run's secret key of per-example randomness (`example_keys`)."""
+    from vpntk_jax.privacy import example_keys  # pylint: disable=g-import-not-at-top  (JAX)
+    return example_keys.run_key(self.noise_seed)
 
   def chunk_record(self, start: int, end: int, *, lattice: Lattice, num_params: int,
                    redone: bool) -> ReleaseRecord:

@@ -10,7 +10,9 @@ import warnings
 import numpy as np
 
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.privacy.ledger import ReleaseRecord
 from vpntk_jax.privacy.noise import Lattice, generator, noise_rng  # noqa: F401  (re-exported)
+
 
 def gaussian_release(statistic, *, sensitivity: float, sigma: float,
                      rng: np.random.Generator) -> tuple[np.ndarray, Lattice | None]:
@@ -40,6 +42,49 @@ def gaussian_release(statistic, *, sensitivity: float, sigma: float,
     return statistic.astype(np.float32), None
   lattice = Lattice.for_release(sensitivity, statistic.size)
   return lattice.release(statistic, sigma, rng), lattice
+
+
+def release_statistic(name: str, statistic, *, sensitivity: float, sigma: float,
+                      stream: np.random.SeedSequence, budget, num_examples: int, notes: str,
+                      num_examples_source: str | None = None,
+                      **mechanism) -> tuple[np.ndarray, ReleaseRecord]:
+  """The Gaussian mechanism on `statistic` (lattice noise from `stream`) and the ledger
+  record that describes it: the one way every one-shot release is made.
+
+  `budget`: anything with epsilon, delta, accountant, adjacency and noise_seed (a
+  run's config or a calibrated plan); `num_examples`: the public count the record
+  states; `mechanism`: the record's fields for a release that is not a plain
+  Gaussian (a subsampled one's dp_event, say).
+  """
+  noisy, lattice = gaussian_release(statistic, sensitivity=sensitivity, sigma=sigma,
+                                    rng=generator(stream))
+  return noisy, release_record(name, noisy, lattice, sigma=sigma, budget=budget,
+                               num_examples=num_examples, notes=notes,
+                               num_examples_source=num_examples_source, **mechanism)
+
+
+def noisy_count(count: int, *, sigma: float, stream: np.random.SeedSequence
+                ) -> tuple[np.ndarray, Lattice]:
+  """A count (sensitivity 1 under add/remove) released with noise multiplier `sigma`:
+  the (1,) float32 release and its lattice, for `release_record` once the record's
+  other facts are known."""
+  return gaussian_release(np.asarray([count], np.float64), sensitivity=1.0, sigma=sigma,
+                          rng=generator(stream))
+
+
+def release_record(name: str, noisy: np.ndarray, lattice: Lattice, *, sigma: float, budget,
+                   num_examples: int, notes: str, num_examples_source: str | None = None,
+                   **mechanism) -> ReleaseRecord:
+  """The ledger record of `noisy`, drawn on `lattice` with noise multiplier `sigma`
+  (arguments as `release_statistic`). Its sensitivity is the lattice's, which the
+  noise was scaled to."""
+  return ReleaseRecord.make(
+      name, sensitivity=lattice.effective_sensitivity, sigma=sigma,
+      adjacency=budget.adjacency, accountant=budget.accountant, epsilon=budget.epsilon,
+      delta=budget.delta, num_private_examples=num_examples, noise_seed=budget.noise_seed,
+      shape=noisy.shape, sha256=array_digest(noisy), granularity=lattice.granularity,
+      num_examples_source=num_examples_source,
+      notes=f"{notes}; noise on a lattice of step {lattice.granularity:.3g}", **mechanism)
 
 
 def array_digest(array: np.ndarray) -> str:

@@ -31,10 +31,9 @@ from vpntk_jax.diffusion.train import pretrain_edm
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models import unet
 from vpntk_jax.privacy import PrivacyLedger
-from vpntk_jax.privacy.ledger import ReleaseRecord
-from vpntk_jax.privacy.noise import generator, noise_rng
+from vpntk_jax.privacy.noise import release_streams
 from vpntk_jax.privacy.plan import DpSgdPlan, check_fixed_releases, new_ledger
-from vpntk_jax.privacy.release import array_digest, gaussian_release
+from vpntk_jax.privacy.release import release_statistic
 from vpntk_jax.privacy import subsampled
 from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
                                  QUERY_SELECTION, TRAIN_LOG)
@@ -227,19 +226,15 @@ class DiffusionRecipe(Recipe):
       return {}, ledger
     settings = self.query.settings
     sensitivity = semantic_query.histogram_sensitivity(settings.top_k, config.adjacency)
-    stream = noise_rng(config.noise_seed).spawn(1)[0]
-    noisy, lattice = gaussian_release(statistic, sensitivity=sensitivity,
-                                      sigma=settings.noise_multiplier, rng=generator(stream))
-    record = ReleaseRecord.make(
-        semantic_query.RELEASE_NAME, sensitivity=lattice.effective_sensitivity,
-        sigma=settings.noise_multiplier, adjacency=config.adjacency,
-        accountant=config.accountant, epsilon=config.epsilon, delta=config.delta,
-        num_private_examples=public_count(config, private), noise_seed=config.noise_seed,
-        shape=noisy.shape, sha256=array_digest(noisy), granularity=lattice.granularity,
+    noisy, record = release_statistic(
+        semantic_query.RELEASE_NAME, statistic, sensitivity=sensitivity,
+        sigma=settings.noise_multiplier,
+        stream=release_streams(config.noise_seed, [semantic_query.RELEASE_NAME])[
+            semantic_query.RELEASE_NAME],
+        budget=config, num_examples=public_count(config, private),
         num_examples_source=mean_embedding.count_source(config),
         notes=f"semantic query: top-{settings.top_k} votes of the public classifier per "
-              f"private image, (private classes x public classes); noise on a lattice of "
-              f"step {lattice.granularity:.3g}")
+              f"private image, (private classes x public classes)")
     say(f"released the semantic query histogram {noisy.shape}: sensitivity "
         f"{record.sensitivity:.3g}, noise std {record.noise_std:.3g}", quiet)
     return {QUERY_ARRAY: noisy}, ledger.add(record)

@@ -20,8 +20,9 @@ from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.plan import ReleasePlan
-from vpntk_jax.privacy.noise import generator, noise_rng
-from vpntk_jax.privacy.release import array_digest, gaussian_release
+from vpntk_jax.privacy.noise import release_streams
+from vpntk_jax.privacy.release import noisy_count as noisy_count_release
+from vpntk_jax.privacy.release import release_record
 from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, TRAIN_LOG
 from vpntk_jax.log import Progress, say
@@ -118,22 +119,25 @@ def release_embedding(features: FeatureMap, private: ImageDataset, total: jax.Ar
   `show_private` prints exact private diagnostics to the terminal (marked).
   """
   scales = release_scales(config)
-  # One independent noise stream per release.
-  streams = dict(zip(scales, noise_rng(config.noise_seed).spawn(len(scales))))
+  streams = release_streams(config.noise_seed, scales)
   records, arrays = [], {}
   noisy_count = None
   t0 = time.perf_counter()
   if counts_privately(config):
-    # Its sigma does not depend on the count, only its sensitivity (1) does.
+    # Its sigma does not depend on the count, only its sensitivity (1) does; its
+    # record states the count the mean then divides by, so it is made below.
     sigma = release_plan(config, 1, features.norm_bound).sigmas[COUNT_RELEASE_NAME]
-    noisy_count, lattice = gaussian_release(np.asarray([len(private.labels)], np.float64),
-                                            sensitivity=1.0, sigma=sigma,
-                                            rng=generator(streams[COUNT_RELEASE_NAME]))
+    noisy_count, count_lattice = noisy_count_release(len(private.labels), sigma=sigma,
+                                                     stream=streams[COUNT_RELEASE_NAME])
     arrays[RELEASE_ARRAYS[COUNT_RELEASE_NAME]] = noisy_count
-    records.append((COUNT_RELEASE_NAME, noisy_count, lattice,
-                    "the number of private examples, which the mean divides by"))
   m = divisor(config, private, noisy_count)
   plan = release_plan(config, m, features.norm_bound)
+  notes = f"{config.method} features; per-example norm <= {features.norm_bound}"
+  if noisy_count is not None:
+    records.append(release_record(
+        COUNT_RELEASE_NAME, noisy_count, count_lattice, sigma=plan.sigmas[COUNT_RELEASE_NAME],
+        budget=plan, num_examples=m, num_examples_source=count_source(config),
+        notes=f"{notes}; the number of private examples, which the mean divides by"))
   for warning in release_warnings(m, config):
     say(f"WARNING: {warning}", quiet=False)
   # Divided as a JAX array, then in float64 on the host: the lattice rounding
@@ -144,18 +148,15 @@ def release_embedding(features: FeatureMap, private: ImageDataset, total: jax.Ar
   for name in (RELEASE_NAME, VALIDATION_RELEASE_NAME):
     if name not in scales:
       continue
-    noisy, lattice = gaussian_release(exact, sensitivity=plan.sensitivity,
-                                      sigma=plan.sigmas[name], rng=generator(streams[name]))
-    arrays[RELEASE_ARRAYS[name]] = noisy
-    records.append((name, noisy, lattice, "training target" if name == RELEASE_NAME else
-                    "model selection only (noise x{:g})".format(scales[name])))
+    purpose = ("training target" if name == RELEASE_NAME else
+               "model selection only (noise x{:g})".format(scales[name]))
+    arrays[RELEASE_ARRAYS[name]], record = plan.release(
+        name, exact, stream=streams[name], notes=f"{notes}; {purpose}",
+        num_examples_source=count_source(config))
+    records.append(record)
   ledger = plan.empty_ledger(prior)
-  for name, noisy, lattice, purpose in records:
-    ledger = ledger.add(plan.record(
-        name, shape=noisy.shape, sha256=array_digest(noisy), lattice=lattice,
-        num_examples_source=count_source(config),
-        notes=f"{config.method} features; per-example norm <= {features.norm_bound}; "
-              f"{purpose}; noise on a lattice of step {lattice.granularity:.3g}"))
+  for record in records:
+    ledger = ledger.add(record)
   # What the ledger records: the lattice's sensitivity and the noise drawn with it.
   say(f"released the embedding ({exact.shape[0]:,} x {exact.shape[1]}) in "
        f"{time.perf_counter() - t0:.1f} s: " +

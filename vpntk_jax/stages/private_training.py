@@ -27,7 +27,6 @@ import optax
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy import example_keys
-from vpntk_jax.privacy.noise import DP_SGD_STREAM, EXAMPLE_KEY_STREAM, generator, noise_rng
 from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
 from vpntk_jax.training import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
@@ -75,7 +74,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
     # With truncated batches every batch has the same padded shape, so a step's time
     # says nothing about the realised (private under add/remove) batch size.
     bucket = padding_bucket(plan.max_batch, mesh)
-    base_key = example_keys.secret_key(plan.noise_seed, (EXAMPLE_KEY_STREAM,))
+    base_key = plan.example_key()
     if log_path is not None:
       start_csv_log(log_path, LOG_HEADER, start)
     t0 = time.perf_counter()
@@ -86,9 +85,7 @@ def train_with_dp_sgd(state: TrainState, private: ImageDataset, plan: DpSgdPlan,
       end = min(chunk_start + checkpoint_every, plan.steps)
       charge(plan.chunk_record(chunk_start, end, lattice=lattice,
                                num_params=num_params, redone=chunk_start < charged))
-      batch_stream, noise_stream = noise_rng(plan.noise_seed,
-                                             (DP_SGD_STREAM, chunk_start)).spawn(2)
-      batch_rng, noise = generator(batch_stream), generator(noise_stream)
+      batch_rng, noise = plan.chunk_generators(chunk_start)
       for step in range(chunk_start, end):
         indices, mask = dp_sgd.poisson_batch(batch_rng, len(labels), plan.sampling_rate,
                                              plan.max_batch, bucket=bucket)

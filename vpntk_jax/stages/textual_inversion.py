@@ -35,11 +35,10 @@ from vpntk_jax.diffusion import edm, inversion
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models import unet
 from vpntk_jax.privacy import PrivacyLedger, subsampled
-from vpntk_jax.privacy.ledger import ReleaseRecord
 from vpntk_jax.privacy import example_keys
-from vpntk_jax.privacy.noise import EXAMPLE_KEY_STREAM, SELECTION_STREAM, generator, noise_rng
+from vpntk_jax.privacy.noise import poisson_selection, release_streams
 from vpntk_jax.privacy.plan import DpSgdPlan, new_ledger
-from vpntk_jax.privacy.release import array_digest, gaussian_release
+from vpntk_jax.privacy.release import release_statistic
 from vpntk_jax.stages import mean_embedding
 from vpntk_jax.stages.diffusion import DiffusionRecipe, DiffusionSampler, public_count
 from vpntk_jax.training.samplers import TrainState
@@ -208,8 +207,7 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
           private=True)  # under add/remove the count is private: never in log.txt
       return super().private_statistic(private, config, mesh=mesh, quiet=quiet)
     # The selection is part of the mechanism: secret, never stored or logged.
-    rng = generator(noise_rng(config.noise_seed, (SELECTION_STREAM,)))
-    rows = np.flatnonzero(rng.random(len(private.labels)) < self.sampling_rate)
+    rows = poisson_selection(config.noise_seed, len(private.labels), self.sampling_rate)
     say(f"textual inversion of a Poisson sample (rate {self.sampling_rate:g}) of the private "
         f"images", quiet)
     return self.features.labelled_sum(private.images[rows], private.labels[rows], rows,
@@ -225,21 +223,18 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
     expected = plan.expected_batch_size
     # House units: noise std / the L2 sensitivity of the sum, 1 (add/remove) or 2.
     sensitivity = subsampled.event_multiplier(1.0, config.adjacency) / expected
-    stream = noise_rng(config.noise_seed).spawn(1)[0]
-    noisy, lattice = gaussian_release(np.asarray(statistic, np.float64) / expected,
-                                      sensitivity=sensitivity, sigma=plan.noise_multiplier,
-                                      rng=generator(stream))
-    record = ReleaseRecord.make(
-        SUBSAMPLED_RELEASE_NAME, sensitivity=lattice.effective_sensitivity,
-        sigma=plan.noise_multiplier, adjacency=config.adjacency, accountant=config.accountant,
-        epsilon=config.epsilon, delta=config.delta, num_private_examples=plan.num_examples,
-        noise_seed=config.noise_seed, shape=noisy.shape, sha256=array_digest(noisy),
-        granularity=lattice.granularity, num_examples_source=mean_embedding.count_source(config),
+    noisy, record = release_statistic(
+        SUBSAMPLED_RELEASE_NAME, np.asarray(statistic, np.float64) / expected,
+        sensitivity=sensitivity, sigma=plan.noise_multiplier,
+        stream=release_streams(config.noise_seed, [SUBSAMPLED_RELEASE_NAME])[
+            SUBSAMPLED_RELEASE_NAME],
+        budget=config, num_examples=plan.num_examples,
+        num_examples_source=mean_embedding.count_source(config),
         mechanism=SUBSAMPLED_MECHANISM, dp_event=subsampled.event_to_json(plan.event(1)),
         sampling_rate=plan.sampling_rate, steps=1, clip_norm=1.0,
         notes=f"DPAgg-TI: labelled sum of unit textual-inversion tokens over a Poisson sample "
               f"(rate {plan.sampling_rate:.6g}), divided by the expected count "
-              f"{expected:.6g}; noise on a lattice of step {lattice.granularity:.3g}")
+              f"{expected:.6g}")
     say(f"released the token aggregate {noisy.shape}: subsampled Gaussian, noise multiplier "
         f"{plan.noise_multiplier:.4g}", quiet)
     return {self.release_arrays(config)[SUBSAMPLED_RELEASE_NAME]: noisy}, new_ledger(
@@ -330,7 +325,7 @@ def build_aggregate(config, image_shape, num_classes: int) -> AggregateTokenReci
                       "--public-num-examples N: the expected sample size divides by N")
   features = TokenFeatures(unet.token_apply_fn(public.model), public.params, public.tokens,
                            options.inversion,
-                           key=example_keys.secret_key(config.noise_seed, (EXAMPLE_KEY_STREAM,)),
+                           key=example_keys.run_key(config.noise_seed),
                            given=given)
   return AggregateTokenRecipe(features, token_sampler(public, options.sampling, num_classes),
                               sampling_rate=float(options.sampling_rate))
