@@ -378,9 +378,9 @@ def _settings_reference() -> list[str]:
   from vpntk_jax import methods, settings  # pylint: disable=g-import-not-at-top
   from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
   parts = ["", "## Settings", "",
-           "Each declared setting of `vpntk synthesize` (`vpntk_jax.settings.setting`), as "
-           "`--config.FIELD=VALUE` sets it, with its flag and default. Fields not listed "
-           "are set the same way (`--config.train.schedule=constant`).", ""]
+           "Every field of `vpntk synthesize`'s config, as `--config.FIELD=VALUE` sets it "
+           "(these apply last), with its flag, help and default where it declares them "
+           "(`vpntk_jax.settings.setting`); the rest are rarely needed.", ""]
   parts += settings.reference(RunConfig(), skip=("options",))
   for name in methods.names():
     lines = settings.reference(methods.get(name).options(), "options.")

@@ -151,14 +151,22 @@ def _metavar(d: Declared) -> str:
 
 
 def reference(config: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
-  """Markdown lines listing the declared fields of `config` (nested blocks included,
-  fields in `skip` left out): their --config name, flag, default and help."""
+  """Markdown lines listing every field of `config`, nested blocks included (fields
+  in `skip` left out): its --config name, and the flag, help and default declared;
+  a field without a flag is set only as --config.FIELD=VALUE."""
   lines = []
-  for d in declared(config, prefix):
-    if d.path.split(".", 1)[0] in skip:
+  hints = config_files.type_hints(type(config))
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if f.name in skip:
       continue
+    if _METADATA not in f.metadata and dataclasses.is_dataclass(value):
+      lines += reference(value, f"{prefix}{f.name}.")
+      continue
+    if _METADATA not in f.metadata:
+      lines.append(f"- `--config.{prefix}{f.name}` = `{value!r}`")
+      continue
+    d = Declared(prefix + f.name, f.metadata[_METADATA], value, hints.get(f.name))
     flag = f" `{d.setting.flag}`" if d.setting.flag else ""
-    default = shown_default(d)
-    default = f" (default {default})" if default is not None else ""
-    lines.append(f"- `--config.{d.path}`{flag}: {d.setting.help}{default}")
+    lines.append(f"- `--config.{d.path}`{flag}: {help_text(d).replace('%%', '%')}")
   return lines
