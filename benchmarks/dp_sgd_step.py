@@ -1,4 +1,4 @@
-"""One DP-SGD step (training.dp_sgd) against a non-private step and a per-example
+"""One DP-SGD step (privacy.dp_sgd) against a non-private step and a per-example
 Python loop (one jax.grad call per example, the reference implementations'
 style), on the same model and batch, in one process.
 
@@ -38,7 +38,7 @@ from flax import linen as nn
 
 from vpntk_jax.privacy import release
 from vpntk_jax.privacy.noise import generator, noise_rng
-from vpntk_jax.training import dp_sgd
+from vpntk_jax.privacy import dp_sgd
 from benchmarks.timing import median_seconds
 
 SHAPE = (28, 28, 1)

@@ -11,7 +11,7 @@ from rederive import rederive_epsilon
 from vpntk_jax import cli
 from vpntk_jax.privacy import subsampled
 from vpntk_jax.privacy.release import array_digest
-from vpntk_jax.training import dp_sgd
+from vpntk_jax.privacy import dp_sgd
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 EPSILON = 10.0

@@ -17,7 +17,7 @@ from scipy import stats
 
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.privacy import accounting, noise, release, subsampled
-from vpntk_jax.training import dp_sgd
+from vpntk_jax.privacy import dp_sgd
 
 DIM = 6
 ROWS = 64

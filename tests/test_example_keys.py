@@ -21,7 +21,7 @@ from vpntk_jax.methods.dpagg_ti import InversionConfig
 from vpntk_jax.models import unet
 from vpntk_jax.privacy import example_keys
 from vpntk_jax.stages import textual_inversion as ti
-from vpntk_jax.training import dp_sgd
+from vpntk_jax.privacy import dp_sgd
 
 # Float32 sums over rows in another order: rounding only.
 ROUNDING = 1e-4

@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
     # neighbouring lattice point, so the sums differ by at most one unit per real row.
     import optax
     from vpntk_jax.privacy.noise import generator, noise_rng
-    from vpntk_jax.training import dp_sgd
+    from vpntk_jax.privacy import dp_sgd
     def loss(p, example, key):
       x, y = example
       logit = jnp.tanh(x @ p["w1"]) @ p["w2"]

@@ -1,6 +1,6 @@
 """Non-private training of an EDM model (public pretraining): one jitted Optax step.
 
-The DP-SGD engine (`vpntk_jax.training.dp_sgd`) clips and noises the
+The DP-SGD engine (`vpntk_jax.privacy.dp_sgd`) clips and noises the
 gradients of `edm.per_example_loss`; this step takes the gradient of
 `edm.batch_loss`, the mean of the same losses (the same draws, one flat batch);
 `pretrain_edm` runs it as a checkpointed, resumable loop.

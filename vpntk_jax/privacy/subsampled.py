@@ -111,7 +111,7 @@ def check_noise_multiplier(noise_multiplier: Any) -> float:
 
 def check_clip_norm(clip_norm: Any) -> float:
   """A clip norm in [1e-30, 1e30]: > 0, and inside float32's normal range with room for
-  the clipping's rounding analysis (`training.dp_sgd`)."""
+  the clipping's rounding analysis (`privacy.dp_sgd`)."""
   c = _as_float(clip_norm, "clip_norm")
   if not (math.isfinite(c) and 1e-30 <= c <= 1e30):
     raise ConfigError(f"clip_norm must be finite, > 0 and in [1e-30, 1e30], got {clip_norm!r}")
@@ -153,7 +153,7 @@ def dp_sgd_event(noise_multiplier: float, sampling_rate: float, steps: int, *,
 
   Poisson batches: SelfComposed(PoissonSampled(q, Gaussian(z)), steps). With
   `max_batch` (batches cut to a uniformly random subset of max_batch when the
-  Poisson draw is larger, `training.dp_sgd.poisson_batch`):
+  Poisson draw is larger, `privacy.dp_sgd.poisson_batch`):
   SelfComposed(TruncatedSubsampledGaussian(num_examples, q, max_batch, z), steps),
   which accounts for the truncation (arXiv 2508.15089; PLD only).
   """

@@ -39,7 +39,7 @@ from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
                                  QUERY_SELECTION, TRAIN_LOG)
 from vpntk_jax.stages import mean_embedding, private_training, semantic_query
 from vpntk_jax.stages.recipe import Recipe
-from vpntk_jax.training import dp_sgd
+from vpntk_jax.privacy import dp_sgd
 from vpntk_jax.training.samplers import TrainState
 from vpntk_jax.log import say
 

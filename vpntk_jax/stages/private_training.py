@@ -28,7 +28,7 @@ from vpntk_jax.data import ImageDataset
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy import example_keys
 from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
-from vpntk_jax.training import dp_sgd
+from vpntk_jax.privacy import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
 from vpntk_jax.training.samplers import TrainState
