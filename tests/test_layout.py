@@ -52,3 +52,32 @@ def test_no_import_cycles():
     if m not in state:
       visit(m, [m])
   assert not cycles, "\n".join(cycles)
+
+
+# What draws a release's noise or writes a ledger record: only privacy/ may use it.
+_MECHANISM_NAMES = {"noise_rng", "generator", "gaussian_release", "ReleaseRecord", "Lattice",
+                    "secret_key", "lattice_grad_sum", "release_record", "noisy_count"}
+
+
+def test_noise_draws_and_ledger_records_are_made_only_under_privacy():
+  """Stages ask privacy/ to release a statistic or run a step (a plan, release_statistic,
+  the DP-SGD step); none draws noise, picks a noise stream or builds a record itself."""
+  found = []
+  for root, _, files in os.walk(PACKAGE):
+    if os.path.relpath(root, PACKAGE).split(os.sep)[0] == "privacy":
+      continue
+    for f in files:
+      if not f.endswith(".py"):
+        continue
+      path = os.path.join(root, f)
+      with open(path) as handle:
+        tree = ast.parse(handle.read())
+      for node in ast.walk(tree):
+        if (isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("vpntk_jax.privacy")):
+          found += [f"{path}: imports {a.name}" for a in node.names
+                    if a.name in _MECHANISM_NAMES or a.name == "noise"]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("spawn", "SeedSequence")):
+          found.append(f"{path}:{node.lineno}: calls .{node.func.attr}()")
+  assert not found, "\n".join(found)

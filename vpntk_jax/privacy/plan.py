@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
+
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import accounting, subsampled
 from vpntk_jax.privacy.ledger import PrivacyLedger, ReleaseRecord
 from vpntk_jax.privacy.noise import DP_SGD_STREAM, Lattice, generator, noise_rng
-from vpntk_jax.privacy.release import release_statistic
+from vpntk_jax.privacy.release import (gaussian_release, release_record, release_statistic,
+                                       released_count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,16 @@ class ReleasePlan:
                              sigma=self.sigmas[name], stream=stream, budget=self,
                              num_examples=self.num_examples, notes=notes,
                              num_examples_source=num_examples_source)
+
+  def release_count(self, name: str, count: int, *, stream, notes: str,
+                    num_examples_source: str | None = None):
+    """Release `name` of a count (sensitivity 1): (noisy (1,) array, its record), which
+    states the count the release stands for (`release.released_count`)."""
+    noisy, lattice = gaussian_release(np.asarray([count], np.float64), sensitivity=1.0,
+                                      sigma=self.sigmas[name], rng=generator(stream))
+    return noisy, release_record(name, noisy, lattice, sigma=self.sigmas[name], budget=self,
+                                 num_examples=released_count(noisy), notes=notes,
+                                 num_examples_source=num_examples_source)
 
   def empty_ledger(self, prior: PrivacyLedger | None = None) -> PrivacyLedger:
     """A ledger for this budget that keeps charging every release of `prior` (a run

@@ -63,13 +63,9 @@ def release_statistic(name: str, statistic, *, sensitivity: float, sigma: float,
                                num_examples_source=num_examples_source, **mechanism)
 
 
-def noisy_count(count: int, *, sigma: float, stream: np.random.SeedSequence
-                ) -> tuple[np.ndarray, Lattice]:
-  """A count (sensitivity 1 under add/remove) released with noise multiplier `sigma`:
-  the (1,) float32 release and its lattice, for `release_record` once the record's
-  other facts are known."""
-  return gaussian_release(np.asarray([count], np.float64), sensitivity=1.0, sigma=sigma,
-                          rng=generator(stream))
+def released_count(noisy: np.ndarray) -> int:
+  """The public count a noisy count release stands for: rounded, at least 1."""
+  return max(1, int(np.rint(float(np.asarray(noisy).ravel()[0]))))
 
 
 def release_record(name: str, noisy: np.ndarray, lattice: Lattice, *, sigma: float, budget,

@@ -21,8 +21,7 @@ from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy import diagnostics
 from vpntk_jax.privacy.plan import ReleasePlan
 from vpntk_jax.privacy.noise import release_streams
-from vpntk_jax.privacy.release import noisy_count as noisy_count_release
-from vpntk_jax.privacy.release import release_record
+from vpntk_jax.privacy.release import released_count
 from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.run_files import CHECKPOINTS, SELECTION, SELECTION_CHECKPOINTS, TRAIN_LOG
 from vpntk_jax.log import Progress, say
@@ -101,7 +100,7 @@ def divisor(config, private: ImageDataset, noisy_count: np.ndarray | None) -> in
   """The public count the mean divides by: m under replace-one (public there), the
   declared count, or the released noisy count rounded (at least 1)."""
   if noisy_count is not None:
-    return max(1, int(np.rint(float(noisy_count[0]))))
+    return released_count(noisy_count)
   return config.public_num_examples or len(private.labels)
 
 
@@ -123,21 +122,17 @@ def release_embedding(features: FeatureMap, private: ImageDataset, total: jax.Ar
   records, arrays = [], {}
   noisy_count = None
   t0 = time.perf_counter()
+  notes = f"{config.method} features; per-example norm <= {features.norm_bound}"
   if counts_privately(config):
-    # Its sigma does not depend on the count, only its sensitivity (1) does; its
-    # record states the count the mean then divides by, so it is made below.
-    sigma = release_plan(config, 1, features.norm_bound).sigmas[COUNT_RELEASE_NAME]
-    noisy_count, count_lattice = noisy_count_release(len(private.labels), sigma=sigma,
-                                                     stream=streams[COUNT_RELEASE_NAME])
+    # Its sigma does not depend on the count, only its sensitivity (1) does.
+    noisy_count, record = release_plan(config, 1, features.norm_bound).release_count(
+        COUNT_RELEASE_NAME, len(private.labels), stream=streams[COUNT_RELEASE_NAME],
+        num_examples_source=count_source(config),
+        notes=f"{notes}; the number of private examples, which the mean divides by")
     arrays[RELEASE_ARRAYS[COUNT_RELEASE_NAME]] = noisy_count
+    records.append(record)
   m = divisor(config, private, noisy_count)
   plan = release_plan(config, m, features.norm_bound)
-  notes = f"{config.method} features; per-example norm <= {features.norm_bound}"
-  if noisy_count is not None:
-    records.append(release_record(
-        COUNT_RELEASE_NAME, noisy_count, count_lattice, sigma=plan.sigmas[COUNT_RELEASE_NAME],
-        budget=plan, num_examples=m, num_examples_source=count_source(config),
-        notes=f"{notes}; the number of private examples, which the mean divides by"))
   for warning in release_warnings(m, config):
     say(f"WARNING: {warning}", quiet=False)
   # Divided as a JAX array, then in float64 on the host: the lattice rounding
