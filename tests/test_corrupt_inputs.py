@@ -54,11 +54,14 @@ def test_resume_from_a_corrupt_checkpoint_exits_2_and_leaves_the_ledger(method, 
                    "--quiet"]) == 0
   step = out / "checkpoints" / "2"
   _truncate_largest_file(step)
-  ledger = (out / "privacy.json").read_bytes()
+  ledger, config = (out / "privacy.json").read_bytes(), (out / "config.json").read_bytes()
   capsys.readouterr()
-  assert cli.main(["synthesize", "--out", str(out), "--resume", "--quiet"]) == 2
+  # Resumed with a post-processing setting changed: still nothing rewritten.
+  assert cli.main(["synthesize", "--out", str(out), "--resume", "--num-synthetic", "12",
+                   "--quiet"]) == 2
   _assert_one_clean_error(capsys.readouterr().err, f"the checkpoint in {step} is corrupt")
   assert (out / "privacy.json").read_bytes() == ledger
+  assert (out / "config.json").read_bytes() == config
 
 
 @pytest.mark.parametrize("command", ["export", "evaluate"])

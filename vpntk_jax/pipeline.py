@@ -37,8 +37,10 @@ from vpntk_jax.privacy import audit as audit_lib
 from vpntk_jax.privacy import diagnostics
 from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
                                open_run_dir, read_synthetic, staging_path)
-from vpntk_jax.run_files import CONFIG, LOG_TXT, PRIVACY, PUBLIC, RELEASE, SYNTHETIC
+from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOG_TXT, PRETRAIN_CHECKPOINTS, PRIVACY,
+                                 PUBLIC, RELEASE, SELECTION_CHECKPOINTS, SYNTHETIC)
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
+from vpntk_jax.training.checkpoints import check_readable
 from vpntk_jax.log import run_log, say
 
 
@@ -169,6 +171,10 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     check_reusable_release(reuse_release, config, release_arrays)
   public_spec = (describe_public_models(config, public_models, private)
                  if public_models is not None else None)
+  if resume:
+    # A damaged checkpoint fails here, before config.json takes the resumed settings.
+    for name in (CHECKPOINTS, PRETRAIN_CHECKPOINTS, SELECTION_CHECKPOINTS):
+      check_readable(os.path.join(out, name))
   quiet = quiet or not distributed.is_primary()
 
   with contextlib.ExitStack() as cleanup:

@@ -184,6 +184,21 @@ def _restore(manager: ocp.CheckpointManager, directory: str, step: int,
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def check_readable(directory: str) -> None:
+  """Reads every array of each step kept in `directory` (none there: nothing to
+  check), so a resumed run finds a damaged checkpoint before it writes anything; a
+  damaged one is a DataError naming it."""
+  if not os.path.isdir(directory):
+    return
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  try:
+    for step in manager.all_steps():
+      with reading_checkpoint(os.path.join(os.path.abspath(directory), str(step))):
+        manager.restore(step, args=ocp.args.StandardRestore())
+  finally:
+    manager.close()
+
+
 def record_selection(path: str, step: int, distance: float, best_step: int | None) -> None:
   """Adds one checkpoint's validation distance to the selection record (JSON)."""
   record = {"metric": "squared distance between the synthetic embedding and the validation "
