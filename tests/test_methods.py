@@ -23,8 +23,13 @@ PACKAGE = os.path.join(REPO, "vpntk_jax")
 
 
 def test_registry_finds_every_method_module():
-  assert methods.names() == ("dp-mepf", "dp-merf", "dp-ntk", "dpagg-ti", "dpdm", "dpsgd-ti",
-                             "privimage", "vp-ntk")
+  # Every public module in methods/ is a method, by file name: a new method is
+  # one file and no list here (docs/adding_a_method.md).
+  modules = sorted(f[:-3].replace("_", "-") for f in os.listdir(os.path.join(PACKAGE, "methods"))
+                   if f.endswith(".py") and not f.startswith("_") and f != "base.py")
+  assert methods.names() == tuple(modules)
+  assert {"dp-mepf", "dp-merf", "dp-ntk", "dpagg-ti", "dpdm", "dpsgd-ti", "privimage",
+          "vp-ntk"} <= set(modules)
   assert methods.get("dp-merf") is dp_merf.METHOD
   for bad in ("dp_ntk", "base", "", "nope"):
     with pytest.raises(ConfigError, match="unknown method .*available: dp-mepf, dp-merf"):
