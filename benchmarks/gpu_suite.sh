@@ -10,7 +10,7 @@
 #   ti_throughput  per-image textual inversion, vmapped chunk against a per-image loop
 #   a.     benchmarks.dp_sgd_step at the GPU size: the DP step against a non-private step
 #          and a per-example loop, and the DP step's seconds and peak memory per batch
-#   b.     benchmarks.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
+#   b.     experiments.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
 #
 #   bash benchmarks/gpu_suite.sh                      # there (docs/gpu.md): carry [".gpu"]
 #   bash benchmarks/gpu_suite.sh --dry-run            # here: every part but b at its
@@ -176,7 +176,7 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   if [ "$DRY" = 1 ]; then
     a_args="--model convnet --quick --batch 8 --batches 8"  # the UNet under DP-SGD: tests/test_diffusion_methods.py
   else
-    a_args=$("$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" --bench-args)
+    a_args=$("$PYTHON" -m experiments.privimage_gpu "${SCALE[@]}" --bench-args)
   fi
   # shellcheck disable=SC2086  # the arguments are words
   timeout --kill-after=15 "$CAP_A" "$PYTHON" -m benchmarks.dp_sgd_step $a_args \
@@ -193,7 +193,7 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   # What the budget leaves, keeping 15 s for the summary; a few runs' worth at least.
   local left=$((BUDGET - SECONDS - 15))
   [ "$left" -ge 120 ] || left=120
-  timeout --kill-after=15 $((left + 45)) "$PYTHON" -m benchmarks.privimage_gpu "${SCALE[@]}" \
+  timeout --kill-after=15 $((left + 45)) "$PYTHON" -m experiments.privimage_gpu "${SCALE[@]}" \
     --budget "$left" --dp-steps auto --step-json "$OUT/dp_sgd_step.json" \
     --json "$OUT/privimage_gpu.json"
   rc_b=$?

@@ -68,9 +68,9 @@ def inversion_settings(steps: int = 40, learning_rate: float = 0.05):
 
 
 def dp_sgd_settings():
-  from vpntk_jax.methods import _diffusion  # pylint: disable=import-outside-toplevel
-  return _diffusion.DpSgdConfig(steps=100, batch_size=64, clip_norm=0.01, multiplicity=2,
-                                learning_rate=0.05, ema_decay=0.9, checkpoint_every=50)
+  from vpntk_jax.blocks import DpSgdConfig  # pylint: disable=import-outside-toplevel
+  return DpSgdConfig(steps=100, batch_size=64, clip_norm=0.01, multiplicity=2,
+                     learning_rate=0.05, ema_decay=0.9, checkpoint_every=50)
 
 
 def read_results() -> dict:
@@ -89,7 +89,7 @@ def save_result(key: str, value) -> None:
 
 
 def make_public_models() -> None:
-  from vpntk_jax.methods._diffusion import PublicPretrainConfig  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.blocks import PublicPretrainConfig  # pylint: disable=import-outside-toplevel
   from vpntk_jax.public.diffusion import pretrain_diffusion  # pylint: disable=import-outside-toplevel
   settings = PublicPretrainConfig(steps=1000, batch_size=128, learning_rate=1e-3,
                                   checkpoint_every=250)

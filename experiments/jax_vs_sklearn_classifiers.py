@@ -15,6 +15,7 @@ Seconds include fitting and predicting (and, for JAX, compiling in seed 0).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from benchmarks.output import emit
+from vpntk_jax import io_utils
 from vpntk_jax.data import load_dataset
 from vpntk_jax.evaluation import classifiers as sk
 from vpntk_jax.evaluation import jax_classifiers as jc
@@ -117,7 +118,9 @@ def main(argv=None) -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} "
                        f"on {jax.default_backend()}",
             "summary": summaries, "agreement": agreement, "runs": runs}
-  emit(result, args.json)
+  print(json.dumps(result, indent=2))
+  if args.json:
+    io_utils.write_json_atomic(args.json, result)
   return result
 
 

@@ -21,9 +21,8 @@ delta = 1 / (N ln N).
 
 import math
 
-from vpntk_jax.blocks import DataConfig
+from vpntk_jax.blocks import DataConfig, DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig
 from vpntk_jax.config import RunConfig
-from vpntk_jax.methods import _diffusion
 from vpntk_jax.methods import privimage
 
 NUM_PRIVATE = 50000
@@ -37,10 +36,8 @@ def get_config() -> RunConfig:
       options=privimage.Options(
           public_model="public/imagenet32_classifier",
           query=privimage.QueryConfig(top_k=5, noise_multiplier=50.0, per_class=5),
-          model=_diffusion.DiffusionModelConfig(size="reference", sample_steps=18,
-                                                sample_batch=2000),
-          pretrain=_diffusion.PublicPretrainConfig(steps=50000, batch_size=1024,
-                                                   learning_rate=3e-4, checkpoint_every=2000),
-          dp_sgd=_diffusion.DpSgdConfig(steps=1800, batch_size=4096, clip_norm=1e-3,
-                                        multiplicity=32, learning_rate=3e-4,
-                                        microbatch=16, checkpoint_every=100)))
+          model=DiffusionModelConfig(size="reference", sample_steps=18, sample_batch=2000),
+          pretrain=PublicPretrainConfig(steps=50000, batch_size=1024, learning_rate=3e-4,
+                                        checkpoint_every=2000),
+          dp_sgd=DpSgdConfig(steps=1800, batch_size=4096, clip_norm=1e-3, multiplicity=32,
+                             learning_rate=3e-4, microbatch=16, checkpoint_every=100)))

@@ -18,9 +18,8 @@ about 10 s. The GPU scale is benchmarks/gpu_suite.sh.
 
 import math
 
-from vpntk_jax.blocks import DataConfig
+from vpntk_jax.blocks import DataConfig, DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig
 from vpntk_jax.config import RunConfig
-from vpntk_jax.methods import _diffusion
 from vpntk_jax.methods import privimage
 
 PRIVATE = "data/fashion_split/private.npz"
@@ -31,11 +30,11 @@ NUM_PRIVATE = 55000
 RESULTS = "experiments/results/privimage_fashion.json"
 RUNS = "runs/privimage_cpu"
 
-MODEL = _diffusion.DiffusionModelConfig(size="tiny", sample_steps=18, sample_batch=1000)
-PRETRAIN = _diffusion.PublicPretrainConfig(steps=1000, batch_size=128, learning_rate=1e-3,
-                                           checkpoint_every=250)
-DP_SGD = _diffusion.DpSgdConfig(steps=300, batch_size=128, clip_norm=1e-3, multiplicity=2,
-                                learning_rate=1e-3, checkpoint_every=50)
+MODEL = DiffusionModelConfig(size="tiny", sample_steps=18, sample_batch=1000)
+PRETRAIN = PublicPretrainConfig(steps=1000, batch_size=128, learning_rate=1e-3,
+                                checkpoint_every=250)
+DP_SGD = DpSgdConfig(steps=300, batch_size=128, clip_norm=1e-3, multiplicity=2,
+                     learning_rate=1e-3, checkpoint_every=50)
 
 
 def get_config() -> RunConfig:

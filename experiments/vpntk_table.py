@@ -41,8 +41,8 @@ from vpntk_jax import pipeline, public, training
 from vpntk_jax.blocks import DataConfig, PretrainConfig, TrainConfig
 from vpntk_jax.data import resize_dataset
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.run_dir import RunDir
 from vpntk_jax.stages import evaluation, synthesis
+from vpntk_jax.staging import RunDir
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "vpntk_fashion.json")
 VARIANTS = {

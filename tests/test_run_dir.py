@@ -6,7 +6,7 @@ from vpntk_jax import cli
 from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.errors import RunDirError
 from vpntk_jax.public import pretrain
-from vpntk_jax.run_dir import check_replaceable
+from vpntk_jax.staging import check_replaceable
 from vpntk_jax.run_files import CONFIG, RUN_DIR_NAMES
 
 

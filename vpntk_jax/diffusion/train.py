@@ -54,7 +54,7 @@ def pretrain_edm(apply_fn: Callable, params, images: np.ndarray, labels: np.ndar
   """Non-private EDM training on public images, checkpointed in `checkpoint_dir` and
   resumed from it; returns the EMA weights.
 
-  settings: a `methods._diffusion.PublicPretrainConfig` (steps, batch_size,
+  settings: a `blocks.PublicPretrainConfig` (steps, batch_size,
   learning_rate, multiplicity, ema_decay, checkpoint_every). log_path: a CSV of
   (step, mean loss since the last row, seconds) at every checkpoint.
   """

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from vpntk_jax.blocks import check_integer
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods import _diffusion
 from vpntk_jax.settings import setting
 
 
@@ -22,8 +22,8 @@ class SamplingConfig:
   sample_batch: int = 500
 
   def validate(self) -> "SamplingConfig":
-    _diffusion.check_integer(self.sample_steps, "sampling.sample_steps")
-    _diffusion.check_integer(self.sample_batch, "sampling.sample_batch")
+    check_integer(self.sample_steps, "sampling.sample_steps")
+    check_integer(self.sample_batch, "sampling.sample_batch")
     if isinstance(self.guidance_scale, bool) or not isinstance(
         self.guidance_scale, (int, float)) or not (math.isfinite(self.guidance_scale)
                                                    and self.guidance_scale >= 0):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from vpntk_jax.blocks import check_integer, check_positive
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods import _diffusion, _inversion
+from vpntk_jax.methods import _inversion
 from vpntk_jax.methods.base import Method
 from vpntk_jax.settings import setting
 
@@ -24,8 +25,8 @@ class InversionConfig:
 
   def validate(self) -> "InversionConfig":
     for name in ("steps", "multiplicity", "chunk_size"):
-      _diffusion.check_integer(getattr(self, name), f"inversion.{name}")
-    _diffusion.check_positive(self.learning_rate, "inversion.learning_rate")
+      check_integer(getattr(self, name), f"inversion.{name}")
+    check_positive(self.learning_rate, "inversion.learning_rate")
     return self
 
 

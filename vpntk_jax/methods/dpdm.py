@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from vpntk_jax.blocks import DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig
 from vpntk_jax.methods import _diffusion
 from vpntk_jax.methods.base import Method
 from vpntk_jax.settings import setting
@@ -19,9 +20,9 @@ class Options:
   # same dataset); False: every label the null class.
   pretrain_conditional: bool = setting(False, "pretrain with the public pool's labels",
                                        flag="--pretrain-conditional")
-  model: _diffusion.DiffusionModelConfig = _diffusion.DiffusionModelConfig()
-  pretrain: _diffusion.PublicPretrainConfig = _diffusion.PublicPretrainConfig()
-  dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig()
+  model: DiffusionModelConfig = DiffusionModelConfig()
+  pretrain: PublicPretrainConfig = PublicPretrainConfig()
+  dp_sgd: DpSgdConfig = DpSgdConfig()
 
   def validate(self) -> "Options":
     for block in (self.model, self.pretrain, self.dp_sgd):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from vpntk_jax.blocks import DpSgdConfig
 from vpntk_jax.methods import _diffusion, _inversion
 from vpntk_jax.methods.base import Method
 
@@ -14,7 +15,7 @@ class Options:
   """The public diffusion model, DP-SGD on the tokens, sampling."""
   diffusion_model: str | None = _inversion.diffusion_model_setting()
   # Tokens are O(1) and their gradients small: a larger step and clip than the UNet's.
-  dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig(
+  dp_sgd: DpSgdConfig = DpSgdConfig(
       steps=100, batch_size=64, clip_norm=0.01, learning_rate=0.05)
   sampling: _inversion.SamplingConfig = _inversion.SamplingConfig()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from vpntk_jax.blocks import (DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig,
+                              check_integer, check_positive)
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import _diffusion
 from vpntk_jax.methods import base
@@ -24,8 +26,8 @@ class QueryConfig:
 
   def validate(self) -> "QueryConfig":
     for name in ("top_k", "per_class"):
-      _diffusion.check_integer(getattr(self, name), f"query.{name}")
-    _diffusion.check_positive(self.noise_multiplier, "query.noise_multiplier")
+      check_integer(getattr(self, name), f"query.{name}")
+    check_positive(self.noise_multiplier, "query.noise_multiplier")
     return self
 
 
@@ -38,9 +40,9 @@ class Options:
   public_data: str | None = _diffusion.public_data_setting(
       none="the data --public-model's classifier was trained on")
   query: QueryConfig = QueryConfig()
-  model: _diffusion.DiffusionModelConfig = _diffusion.DiffusionModelConfig()
-  pretrain: _diffusion.PublicPretrainConfig = _diffusion.PublicPretrainConfig()
-  dp_sgd: _diffusion.DpSgdConfig = _diffusion.DpSgdConfig()
+  model: DiffusionModelConfig = DiffusionModelConfig()
+  pretrain: PublicPretrainConfig = PublicPretrainConfig()
+  dp_sgd: DpSgdConfig = DpSgdConfig()
 
   def validate(self) -> "Options":
     if not self.public_model:

@@ -26,7 +26,7 @@ from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
 from vpntk_jax.models.vgg import KIND as VGG19_KIND, VGG19Features
-from vpntk_jax.run_dir import RunDir, check_replaceable, is_nonempty_dir, stage
+from vpntk_jax.staging import RunDir, check_replaceable, is_nonempty_dir, stage
 from vpntk_jax.training.checkpoints import reading_checkpoint
 
 PUBLIC_JSON = "public.json"

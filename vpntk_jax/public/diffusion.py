@@ -26,13 +26,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vpntk_jax import io_utils
+from vpntk_jax.blocks import PublicPretrainConfig
 from vpntk_jax.data import load_dataset, resize_dataset
 from vpntk_jax.data.schema import public_schema, with_public_schema
 from vpntk_jax.errors import ConfigError, MissingSplitError, RunDirError
 from vpntk_jax.models import unet
 from vpntk_jax.public.artefact import shape_difference, stored_shapes, tree_shapes
 from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, TRAIN_LOG
-from vpntk_jax.run_dir import check_replaceable, is_nonempty_dir, stage
+from vpntk_jax.staging import check_replaceable, is_nonempty_dir, stage
 from vpntk_jax.training.checkpoints import reading_checkpoint
 from vpntk_jax.log import say
 
@@ -123,7 +124,6 @@ def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: 
   split or stored class names (`schema.public_schema`); a label outside them is
   refused, a class without images is kept."""
   from vpntk_jax.diffusion.train import pretrain_edm  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.methods._diffusion import PublicPretrainConfig  # pylint: disable=g-import-not-at-top
   settings = (settings or PublicPretrainConfig()).validate()
   data = resize_dataset(load_dataset(source, "train"), image_size)
   test = None

@@ -102,7 +102,7 @@ class DiffusionRecipe(Recipe):
   """One optional one-shot release (the semantic query), public pretraining, DP-SGD
   fine-tuning, and a Heun sampler; see `stages.recipe`."""
   model: unet.UNet
-  options: Any  # the method's block: model, pretrain, dp_sgd (methods._diffusion)
+  options: Any  # the method's block: model, pretrain, dp_sgd (vpntk_jax.blocks)
   sampler: DiffusionSampler
   pool: ImageDataset | None
   query: SemanticQuery | None

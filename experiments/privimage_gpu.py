@@ -1,10 +1,11 @@
 """PrivImage and DPDM on FashionMNIST at GPU scale, epsilon 1 and 10, within a time budget.
 
-    python -m benchmarks.privimage_gpu --json gpu_out/privimage_gpu.json     # the GPU scale
-    python -m benchmarks.privimage_gpu --smoke --json gpu_out/privimage_gpu.json  # CPU check
-    python -m benchmarks.privimage_gpu --dp-steps auto --step-json gpu_out/dp_sgd_step.json
+    python -m experiments.privimage_gpu --json gpu_out/privimage_gpu.json     # the GPU scale
+    python -m experiments.privimage_gpu --smoke --json gpu_out/privimage_gpu.json  # CPU check
+    python -m experiments.privimage_gpu --dp-steps auto --step-json gpu_out/dp_sgd_step.json
 
-benchmarks/gpu_suite.sh runs it (docs/gpu.md). The runs are
+benchmarks/gpu_suite.sh runs it (docs/gpu.md); it lives here, beside the configs it
+scales, since benchmarks/ imports nothing of experiments/. The runs are
 experiments/privimage_fashion.py's CPU-scale configs (`variants()`: "privimage",
 "dpdm") with the fields of a `Scale` replaced, so everything not named here (the
 query, clip norm, learning rate, accounting, data, classifiers) is the CPU
@@ -337,7 +338,7 @@ class Child:
 
 
 def _child_argv(args, *extra) -> list:
-  return [sys.executable, "-m", "benchmarks.privimage_gpu",
+  return [sys.executable, "-m", "experiments.privimage_gpu",
           *(["--smoke"] if args.smoke else []), *extra]
 
 
