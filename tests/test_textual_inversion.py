@@ -150,11 +150,17 @@ def aggregate_run(data, public_model, tmp_path_factory):
   return out
 
 
-def test_a_validation_release_nothing_reads_is_refused(data, public_model, tmp_path, capsys):
+@pytest.mark.parametrize("extra,field", [
+    (["--validation-noise-scale", "10"], "validation_noise_scale"),  # a release nothing reads
+    (["--train-steps", "5"], "train.steps"),
+    (["--loss", "mmd"], "loss"),
+])
+def test_generator_settings_dpagg_ti_does_not_read_are_refused(data, public_model, tmp_path,
+                                                                capsys, extra, field):
   out = tmp_path / "run"
-  assert cli.main(_args("dpagg-ti", data, out, public_model,
-                        "--validation-noise-scale", "10")) == 2
-  assert "nothing would read it" in capsys.readouterr().err and not out.exists()
+  assert cli.main(_args("dpagg-ti", data, out, public_model, *extra)) == 2
+  err = capsys.readouterr().err
+  assert f"would not read {field}" in err and not out.exists()
 
 
 def test_dpagg_ti_releases_the_labelled_token_sum_once(aggregate_run):

@@ -35,8 +35,9 @@ from vpntk_jax.features.ntk_map import NTKFeatureMap
 from vpntk_jax.privacy import PrivacyLedger, read_ledger, write_ledger
 from vpntk_jax.privacy import audit as audit_lib
 from vpntk_jax.privacy import diagnostics
-from vpntk_jax.run_dir import (RunDir, check_reusable_release, load_config, load_release, lock,
-                               open_run_dir, read_synthetic, staging_path)
+from vpntk_jax.run_dir import (check_reusable_release, load_config, load_release, lock,
+                               open_run_dir, read_synthetic)
+from vpntk_jax.staging import RunDir, staging_path
 from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOG_TXT, PRETRAIN_CHECKPOINTS, PRIVACY,
                                  PUBLIC, RELEASE, SELECTION_CHECKPOINTS, SYNTHETIC)
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
@@ -121,16 +122,27 @@ def describe_public_models(config: RunConfig, models, private: ImageDataset) -> 
                   "needing, the privacy guarantee"}
 
 
+def unused_settings(config: RunConfig) -> list[str]:
+  """The shared settings this config sets away from their defaults although its method
+  does not read them (`Method.reads_setting`), as dotted field names."""
+  default = dataclasses.replace(RunConfig(), method=config.method, options=config.options)
+  changed = [f"train.{f.name}" for f in dataclasses.fields(config.train)
+             if getattr(config.train, f.name) != getattr(default.train, f.name)]
+  changed += [name for name in ("loss", "cosine_weight", "validation_noise_scale")
+              if getattr(config, name) != getattr(default, name)]
+  return [name for name in changed if not config.method_spec.reads_setting(name)]
+
+
 def preflight(recipe, private: ImageDataset, test: ImageDataset, config: RunConfig, *,
               mesh=None) -> None:
   """What can fail, checked before anything is drawn or written: every release is
   read by something, the method's own checks (its budget: DP-SGD calibrated, fixed
   noise within epsilon; memory), and synthesis built from shapes alone."""
-  if (config.validation_noise_scale is not None
-      and not config.method_spec.reads_setting("validation_noise_scale")):
-    raise ConfigError(f"--validation-noise-scale: {config.method} trains no generator whose "
-                      f"checkpoints a validation release would select, so nothing would read "
-                      f"it (budget spent for nothing). Leave it unset")
+  unused = unused_settings(config)
+  if unused:
+    raise ConfigError(f"{config.method} trains no generator, so it would not read "
+                      f"{', '.join(unused)} (a validation release would be budget spent for "
+                      f"nothing): leave them at their defaults")
   recipe.preflight(private, config, mesh=mesh)
   synthesis.check_output(recipe, test.num_classes, test.image_shape, config)
 
