@@ -215,8 +215,8 @@ def test_a_conditional_pretraining_needs_the_private_classes(data, pool20, tmp_p
 
 def test_a_batch_the_device_cannot_hold_is_refused_naming_the_settings(data, tmp_path, capsys,
                                                                       monkeypatch):
-  from vpntk_jax.stages import diffusion
-  monkeypatch.setattr(diffusion, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
+  from vpntk_jax.stages import private_training
+  monkeypatch.setattr(private_training, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
   out = tmp_path / "run"
   assert cli.main(_args("dpdm", data, out)) == 2
   err = capsys.readouterr().err

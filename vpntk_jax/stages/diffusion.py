@@ -14,14 +14,12 @@ query's fixed noise and the T steps composed in one accountant
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vpntk_jax import distributed
 from vpntk_jax import io_utils
@@ -35,11 +33,9 @@ from vpntk_jax.privacy.noise import release_streams
 from vpntk_jax.privacy.plan import DpSgdPlan, check_fixed_releases, new_ledger
 from vpntk_jax.privacy.release import release_statistic
 from vpntk_jax.privacy import subsampled
-from vpntk_jax.run_files import (CHECKPOINTS, DP_SGD_LOG, PRETRAIN_CHECKPOINTS,
-                                 QUERY_SELECTION, TRAIN_LOG)
+from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, QUERY_SELECTION, TRAIN_LOG
 from vpntk_jax.stages import mean_embedding, private_training, semantic_query
 from vpntk_jax.stages.recipe import Recipe
-from vpntk_jax.privacy import dp_sgd
 from vpntk_jax.training.samplers import TrainState
 from vpntk_jax.log import say
 
@@ -91,12 +87,6 @@ def load_pool(source: str, image_shape, *, what: str) -> ImageDataset:
   return pool
 
 
-def public_count(config, private: ImageDataset) -> int:
-  """N of the sampling rate: declared under add/remove (required there), else the
-  private set's size, which replace-one neighbours share."""
-  return mean_embedding.divisor(config, private, None)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DiffusionRecipe(Recipe):
   """One optional one-shot release (the semantic query), public pretraining, DP-SGD
@@ -106,6 +96,7 @@ class DiffusionRecipe(Recipe):
   sampler: DiffusionSampler
   pool: ImageDataset | None
   query: SemanticQuery | None
+  dp: private_training.DpSgdTraining  # the fine-tuning (`unet_dp_sgd`)
   # Without a query: pretrain with the pool's labels (True) or the null class.
   pool_labels: bool = False
 
@@ -117,57 +108,23 @@ class DiffusionRecipe(Recipe):
   def num_classes(self) -> int:
     return self.model.config.num_classes
 
+  @property
+  def other_sigmas(self) -> tuple[float, ...]:
+    """The fixed-noise releases DP-SGD shares the budget with: the query's, if any."""
+    return (self.query.settings.noise_multiplier,) if self.query is not None else ()
+
   def plan(self, config, private: ImageDataset) -> DpSgdPlan:
-    dp = self.options.dp_sgd
-    others = (self.query.settings.noise_multiplier,) if self.query is not None else ()
-    return DpSgdPlan.calibrate(
-        epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
-        adjacency=config.adjacency, num_examples=public_count(config, private),
-        expected_batch_size=dp.batch_size, steps=dp.steps, clip_norm=dp.clip_norm,
-        other_sigmas=others, max_batch=dp.max_batch, noise_seed=config.noise_seed)
+    return self.dp.plan(config, private, self.other_sigmas)
 
   def preflight(self, private: ImageDataset, config, *, mesh=None) -> None:
-    dp = self.options.dp_sgd
     if self.query is not None:
       # The query's noise is fixed, not calibrated: its epsilon must fit the budget,
       # and leave room for DP-SGD when there are steps.
       check_fixed_releases({"the semantic query (--query-noise "
                             f"{self.query.settings.noise_multiplier:g})":
                             self.query.settings.noise_multiplier}, config,
-                           room_left=dp.steps > 0)
-    if dp.steps == 0:
-      return
-    n = public_count(config, private)
-    if dp.batch_size > n:
-      raise ConfigError(f"dp_sgd.batch_size {dp.batch_size} exceeds the {n} examples the "
-                        f"sampling rate divides by: the rate must be in (0, 1]")
-    self.plan(config, private)  # an infeasible budget fails here, before anything is written
-    self.check_memory(mesh)
-
-  def check_memory(self, mesh=None) -> None:
-    """Refuses a DP-SGD batch a device cannot hold, from the compiled step's own
-    memory analysis of one device's share of a batch 4 standard deviations above
-    the expected size (on one device, the steps of that size reuse the compilation)."""
-    dp = self.options.dp_sgd
-    if dp.microbatch is not None and dp_sgd.BUCKET % dp.microbatch:
-      raise ConfigError(f"dp_sgd.microbatch must divide {dp_sgd.BUCKET} (batches are padded "
-                        f"to multiples of it per device), got {dp.microbatch}")
-    expected = dp.batch_size
-    devices = mesh.size if mesh is not None else 1
-    rows = dp_sgd.bucket_size(dp.max_batch if dp.max_batch is not None
-                              else math.ceil(expected + 4 * math.sqrt(expected)),
-                              private_training.padding_bucket(None, mesh)) // devices
-    example = (np.zeros(self.model.config.image_shape, np.uint8), np.zeros((), np.int32))
-    need = dp_sgd.step_memory_bytes(self.dp_loss_fn, self.dp_params_template(), example, rows, dp.clip_norm,
-                                    microbatch=dp.microbatch)
-    have = device_memory_bytes()
-    if need is not None and have is not None and need > 0.9 * have:
-      raise ConfigError(
-          f"a DP-SGD batch of {rows} padded rows per device (dp_sgd.batch_size {expected}, "
-          f"multiplicity {dp.multiplicity}) needs about {need / 2**30:.1f} GiB of "
-          f"{jax.devices()[0].device_kind} memory; {have / 2**30:.1f} GiB are available. "
-          f"Set dp_sgd.microbatch (e.g. 16), or lower dp_sgd.batch_size or "
-          f"dp_sgd.multiplicity")
+                           room_left=self.dp.settings.steps > 0)
+    self.dp.check(private, config, other_sigmas=self.other_sigmas, mesh=mesh)
 
   def abstract_state(self, config, num_classes: int) -> TrainState:
     del num_classes
@@ -175,30 +132,6 @@ class DiffusionRecipe(Recipe):
                             jax.random.key(config.seed))
     return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
                       model_state=params, opt_state=())
-
-  def dp_params_template(self):
-    """Parameters shaped like those DP-SGD trains (for the memory check)."""
-    return unet.init_params(self.model, jax.random.key(0))
-
-  @functools.cached_property
-  def dp_optimizer(self) -> optax.GradientTransformation:
-    """DP-SGD's Adam: one object, whose state post_process starts and whose jitted
-    update the steps compile once."""
-    return optax.adam(self.options.dp_sgd.learning_rate)
-
-  @functools.cached_property
-  def dp_loss_fn(self):
-    """The loss of one private example (image, label) for DP-SGD; one function per
-    recipe, so the memory check's compilation is the steps' own."""
-    dp, apply_fn = self.options.dp_sgd, self.apply_fn
-    num_classes, label_dropout = self.num_classes, self.model.config.label_dropout
-
-    def loss_fn(params, example, key):
-      image, label = example
-      return edm.per_example_loss(params, apply_fn, image, label, key,
-                                  multiplicity=dp.multiplicity, num_classes=num_classes,
-                                  label_dropout=label_dropout)
-    return loss_fn
 
   def release_arrays(self, config) -> dict[str, str]:
     del config
@@ -231,7 +164,7 @@ class DiffusionRecipe(Recipe):
         sigma=settings.noise_multiplier,
         stream=release_streams(config.noise_seed, [semantic_query.RELEASE_NAME])[
             semantic_query.RELEASE_NAME],
-        budget=config, num_examples=public_count(config, private),
+        budget=config, num_examples=private_training.public_count(config, private),
         num_examples_source=mean_embedding.count_source(config),
         notes=f"semantic query: top-{settings.top_k} votes of the public classifier per "
               f"private image, (private classes x public classes)")
@@ -248,7 +181,7 @@ class DiffusionRecipe(Recipe):
     if images is not None and self.options.pretrain.steps > 0:
       params = self.pretrain(params, images, labels, config, run, quiet=quiet)
     return TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
-                      opt_state=self.dp_optimizer.init(params))
+                      opt_state=self.dp.optimizer.init(params))
 
   def public_training_set(self, release, run) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The public images pretraining uses, with their labels; (None, None) without a pool."""
@@ -281,34 +214,23 @@ class DiffusionRecipe(Recipe):
   def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
                        ledger: PrivacyLedger, charge, mesh=None,
                        quiet: bool = False) -> TrainState:
-    dp = self.options.dp_sgd
-    if dp.steps == 0:
-      say("no DP-SGD steps: the model is the public pretraining's (a public-only baseline)",
-          quiet)
-      return state
-    return private_training.train_with_dp_sgd(
-        state, private, self.plan(config, private), loss_fn=self.dp_loss_fn,
-        optimizer=self.dp_optimizer, ema_decay=dp.ema_decay,
-        checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
-        ledger=ledger, charge=charge, microbatch=dp.microbatch, mesh=mesh,
-        log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
+    return self.dp.train(state, private, config, run, ledger=ledger, charge=charge,
+                         other_sigmas=self.other_sigmas, mesh=mesh, quiet=quiet)
 
 
-def device_memory_bytes() -> int | None:
-  """Memory of the first device: the accelerator's limit, or the host's available
-  memory on the CPU; None where neither is known."""
-  device = jax.devices()[0]
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  if stats and stats.get("bytes_limit"):
-    return int(stats["bytes_limit"])
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
+def unet_dp_sgd(model: unet.UNet, apply_fn, settings) -> private_training.DpSgdTraining:
+  """DP-SGD of a whole UNet: the EDM loss of one private example (its label dropped
+  to the null class at the model's rate), `settings` a blocks.DpSgdConfig."""
+  num_classes, label_dropout = model.config.num_classes, model.config.label_dropout
+
+  def loss_fn(params, example, key):
+    image, label = example
+    return edm.per_example_loss(params, apply_fn, image, label, key,
+                                multiplicity=settings.multiplicity, num_classes=num_classes,
+                                label_dropout=label_dropout)
+  return private_training.DpSgdTraining(
+      settings, loss_fn, lambda: unet.init_params(model, jax.random.key(0)),
+      tuple(model.config.image_shape))
 
 
 def write_selection(path: str, selection: np.ndarray, pool: ImageDataset, num_classes: int,
@@ -379,4 +301,5 @@ def build(config, image_shape, num_classes: int, *, pool_source: str | None,
                         f"{num_classes * query_settings.per_class}")
     query = SemanticQuery(classifier, pool, query_settings)
   return DiffusionRecipe(model=model, options=options, sampler=sampler, pool=pool, query=query,
+                         dp=unet_dp_sgd(model, sampler.apply_fn, options.dp_sgd),
                          pool_labels=pool_labels)

@@ -17,6 +17,9 @@ add/remove they depend on N; with `max_batch` every batch is padded alike.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import time
 from typing import Any, Callable
 
@@ -24,10 +27,13 @@ import jax
 import numpy as np
 import optax
 
+from vpntk_jax import distributed
 from vpntk_jax.data import ImageDataset
+from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy import example_keys
 from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
+from vpntk_jax.run_files import CHECKPOINTS, DP_SGD_LOG
 from vpntk_jax.privacy import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
@@ -111,3 +117,109 @@ def padding_bucket(max_batch: int | None, mesh=None) -> int:
   base = dp_sgd.BUCKET * (mesh.size if mesh is not None else 1)
   return dp_sgd.bucket_size(max_batch, base) if max_batch is not None else base
 
+
+def public_count(config, private: ImageDataset) -> int:
+  """N of the sampling rate: declared under add/remove (required there), else the
+  private set's size, which replace-one neighbours share."""
+  return config.public_num_examples or len(private.labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DpSgdTraining:
+  """DP-SGD on the private set, a part a recipe composes: its settings (a
+  `blocks.DpSgdConfig`), the loss of one example, and the parameters it trains.
+
+  The recipe supplies the start state (post-processing: public pretraining or the
+  initial tokens) and whatever fixed-noise releases the steps share the budget
+  with (`other_sigmas`); the part calibrates, checks and runs the steps.
+  """
+  settings: Any  # blocks.DpSgdConfig
+  loss_fn: Callable  # (params, (image, label), key) -> the loss of ONE example
+  params_template: Callable[[], Any]  # parameters shaped like those trained
+  example_shape: tuple[int, int, int]  # one private image
+
+  @functools.cached_property
+  def optimizer(self) -> optax.GradientTransformation:
+    """DP-SGD's Adam: one object, whose state the start state holds and whose jitted
+    update the steps compile once."""
+    return optax.adam(self.settings.learning_rate)
+
+  def plan(self, config, private: ImageDataset, other_sigmas: tuple = ()) -> DpSgdPlan:
+    dp = self.settings
+    return DpSgdPlan.calibrate(
+        epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
+        adjacency=config.adjacency, num_examples=public_count(config, private),
+        expected_batch_size=dp.batch_size, steps=dp.steps, clip_norm=dp.clip_norm,
+        other_sigmas=other_sigmas, max_batch=dp.max_batch, noise_seed=config.noise_seed)
+
+  def check(self, private: ImageDataset, config, *, other_sigmas: tuple = (),
+            mesh=None) -> None:
+    """Before anything is written: the rate, the calibration (an infeasible budget
+    fails here) and the device's memory."""
+    dp = self.settings
+    if dp.steps == 0:
+      return
+    n = public_count(config, private)
+    if dp.batch_size > n:
+      raise ConfigError(f"dp_sgd.batch_size {dp.batch_size} exceeds the {n} examples the "
+                        f"sampling rate divides by: the rate must be in (0, 1]")
+    self.plan(config, private, other_sigmas)
+    self.check_memory(mesh)
+
+  def check_memory(self, mesh=None) -> None:
+    """Refuses a DP-SGD batch a device cannot hold, from the compiled step's own
+    memory analysis of one device's share of a batch 4 standard deviations above
+    the expected size (on one device, the steps of that size reuse the compilation)."""
+    dp = self.settings
+    if dp.microbatch is not None and dp_sgd.BUCKET % dp.microbatch:
+      raise ConfigError(f"dp_sgd.microbatch must divide {dp_sgd.BUCKET} (batches are padded "
+                        f"to multiples of it per device), got {dp.microbatch}")
+    expected = dp.batch_size
+    devices = mesh.size if mesh is not None else 1
+    rows = dp_sgd.bucket_size(dp.max_batch if dp.max_batch is not None
+                              else math.ceil(expected + 4 * math.sqrt(expected)),
+                              padding_bucket(None, mesh)) // devices
+    example = (np.zeros(self.example_shape, np.uint8), np.zeros((), np.int32))
+    need = dp_sgd.step_memory_bytes(self.loss_fn, self.params_template(), example, rows,
+                                    dp.clip_norm, microbatch=dp.microbatch)
+    have = device_memory_bytes()
+    if need is not None and have is not None and need > 0.9 * have:
+      raise ConfigError(
+          f"a DP-SGD batch of {rows} padded rows per device (dp_sgd.batch_size {expected}, "
+          f"multiplicity {dp.multiplicity}) needs about {need / 2**30:.1f} GiB of "
+          f"{jax.devices()[0].device_kind} memory; {have / 2**30:.1f} GiB are available. "
+          f"Set dp_sgd.microbatch (e.g. 16), or lower dp_sgd.batch_size or "
+          f"dp_sgd.multiplicity")
+
+  def train(self, state: TrainState, private: ImageDataset, config, run, *,
+            ledger: PrivacyLedger, charge, other_sigmas: tuple = (), mesh=None,
+            quiet: bool = False) -> TrainState:
+    """The steps from `state` (params trained, model_state their EMA), charged as
+    they go; no steps: `state` as it is."""
+    dp = self.settings
+    if dp.steps == 0:
+      say("no DP-SGD steps: the model is the public start (a public-only baseline)", quiet)
+      return state
+    return train_with_dp_sgd(
+        state, private, self.plan(config, private, other_sigmas), loss_fn=self.loss_fn,
+        optimizer=self.optimizer, ema_decay=dp.ema_decay,
+        checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
+        ledger=ledger, charge=charge, microbatch=dp.microbatch, mesh=mesh,
+        log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
+
+
+def device_memory_bytes() -> int | None:
+  """Memory of the first device: the accelerator's limit, or the host's available
+  memory on the CPU; None where neither is known."""
+  device = jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None

@@ -24,6 +24,8 @@ the diffusion family (`stages.diffusion`) has both kinds.
 
 from __future__ import annotations
 
+from vpntk_jax.privacy.plan import new_ledger
+
 
 class Recipe:
   """Defaults for the stages a recipe may not have."""
@@ -31,6 +33,21 @@ class Recipe:
   def preflight(self, private, config, *, mesh=None) -> None:
     """Nothing to check beyond the config's own validation."""
     del private, config, mesh
+
+  def release_arrays(self, config) -> dict[str, str]:
+    """No one-shot release."""
+    del config
+    return {}
+
+  def private_statistic(self, private, config, *, mesh=None, quiet=False):
+    """No one-shot release: no statistic."""
+    del private, config, mesh, quiet
+
+  def release(self, statistic, private, config, *, prior=None, quiet=False,
+              show_private=False):
+    """No one-shot release: the run's empty ledger (still charging `prior`'s records)."""
+    del statistic, private, quiet, show_private
+    return {}, new_ledger(config, prior)
 
   def abstract_state(self, config, num_classes: int):
     """The TrainState post-processing returns, as shapes (jax.ShapeDtypeStruct)."""

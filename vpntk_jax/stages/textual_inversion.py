@@ -22,7 +22,6 @@ charging and checkpoints as PrivImage's fine-tuning.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
@@ -39,8 +38,10 @@ from vpntk_jax.privacy import example_keys
 from vpntk_jax.privacy.noise import poisson_selection, release_streams
 from vpntk_jax.privacy.plan import DpSgdPlan, new_ledger
 from vpntk_jax.privacy.release import release_statistic
-from vpntk_jax.stages import mean_embedding
-from vpntk_jax.stages.diffusion import DiffusionRecipe, DiffusionSampler, public_count
+from vpntk_jax.stages import mean_embedding, private_training
+from vpntk_jax.stages.diffusion import DiffusionSampler
+from vpntk_jax.stages.private_training import public_count
+from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.training.samplers import TrainState
 from vpntk_jax.log import say
 
@@ -253,40 +254,51 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DpSgdTokenRecipe(DiffusionRecipe):
-  """DP-SGD-TI: DPDM's DP-SGD with the class tokens as the only parameters."""
-  public_tokens: np.ndarray | None = None
-  unet_params: Any = None
-  token_classes: int = 1  # the private classes, one token each
+class DpSgdTokenRecipe(Recipe):
+  """DP-SGD-TI: no one-shot release; the class tokens, started at the public mean
+  token, are the only parameters DP-SGD trains (`token_dp_sgd`); the token sampler."""
+  sampler: TokenSampler
+  dp: private_training.DpSgdTraining
+  initial_tokens: np.ndarray  # (classes, token_dim)
 
-  def initial_tokens(self) -> np.ndarray:
-    c = self.token_classes
-    return np.tile(np.mean(self.public_tokens[:-1], axis=0, keepdims=True), (c, 1))
-
-  def dp_params_template(self):
-    return jnp.asarray(self.initial_tokens())
+  def preflight(self, private: ImageDataset, config, *, mesh=None) -> None:
+    self.dp.check(private, config, mesh=mesh)
 
   def abstract_state(self, config, num_classes: int) -> TrainState:
-    return abstract_token_state(self.token_classes, self.public_tokens)
-
-  @functools.cached_property
-  def dp_loss_fn(self):
-    dp, apply_fn = self.options.dp_sgd, self.apply_fn
-    unet_params, null = self.unet_params, jnp.asarray(self.public_tokens[-1])
-
-    def loss_fn(tokens, example, key):
-      image, label = example
-      params = {"unet": unet_params, "tokens": jnp.concatenate([tokens, null[None]])}
-      return edm.per_example_loss(params, apply_fn, image, label, key,
-                                  multiplicity=dp.multiplicity)
-    return loss_fn
+    del config, num_classes
+    tokens = jax.ShapeDtypeStruct(self.initial_tokens.shape, np.float32)
+    return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=tokens,
+                      model_state=tokens, opt_state=())
 
   def post_process(self, release, num_classes: int, config, run, *, mesh=None,
                    quiet: bool = False) -> TrainState:
     del release, num_classes, config, run, mesh, quiet
-    tokens = jnp.asarray(self.initial_tokens())
+    tokens = jnp.asarray(self.initial_tokens)
     return TrainState(step=np.asarray(0, np.int32), params=tokens, model_state=tokens,
-                      opt_state=self.dp_optimizer.init(tokens))
+                      opt_state=self.dp.optimizer.init(tokens))
+
+  def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
+                       ledger: PrivacyLedger, charge, mesh=None,
+                       quiet: bool = False) -> TrainState:
+    return self.dp.train(state, private, config, run, ledger=ledger, charge=charge,
+                         mesh=mesh, quiet=quiet)
+
+
+def token_dp_sgd(public, settings, initial_tokens: np.ndarray
+                 ) -> private_training.DpSgdTraining:
+  """DP-SGD of class tokens on the frozen public UNet (`public`, a
+  public.diffusion.PublicDiffusion): the EDM loss of one private example conditioned
+  on its class's token; `settings` a blocks.DpSgdConfig."""
+  apply_fn = unet.token_apply_fn(public.model)
+  unet_params, null = public.params, jnp.asarray(public.tokens[-1])
+
+  def loss_fn(tokens, example, key):
+    image, label = example
+    params = {"unet": unet_params, "tokens": jnp.concatenate([tokens, null[None]])}
+    return edm.per_example_loss(params, apply_fn, image, label, key,
+                                multiplicity=settings.multiplicity)
+  return private_training.DpSgdTraining(settings, loss_fn, lambda: jnp.asarray(initial_tokens),
+                                        tuple(public.config.image_shape))
 
 
 def abstract_token_state(num_classes: int, public_tokens: np.ndarray) -> TrainState:
@@ -337,7 +349,7 @@ def build_dp_sgd(config, image_shape, num_classes: int) -> DpSgdTokenRecipe:
   public = load_diffusion_model(config.options.diffusion_model)
   check_public_model(public, image_shape)
   diffusion.check_dp_sgd_config(config)
-  return DpSgdTokenRecipe(model=public.model, options=config.options,
-                          sampler=token_sampler(public, config.options.sampling, num_classes),
-                          pool=None, query=None, public_tokens=public.tokens,
-                          unet_params=public.params, token_classes=num_classes)
+  # One token per private class, each the public model's mean label token.
+  initial = np.tile(np.mean(public.tokens[:-1], axis=0, keepdims=True), (num_classes, 1))
+  return DpSgdTokenRecipe(token_sampler(public, config.options.sampling, num_classes),
+                          token_dp_sgd(public, config.options.dp_sgd, initial), initial)
