@@ -67,6 +67,11 @@ def release_scales(config) -> dict[str, float]:
   return scales
 
 
+def release_arrays(config) -> dict[str, str]:
+  """Ledger name -> release.npz array name of what this config releases."""
+  return {name: RELEASE_ARRAYS[name] for name in release_scales(config)}
+
+
 def release_plan(config, num_examples: int, norm_bound: float) -> ReleasePlan:
   """The plan the run releases with, and that `vpntk audit` audits; `num_examples`
   is the public count the mean divides by (`divisor`)."""
@@ -210,8 +215,7 @@ class MeanEmbeddingRecipe(Recipe):
                                model_state=model_state, opt_state=())
 
   def release_arrays(self, config) -> dict[str, str]:
-    """Ledger name -> release.npz array name of what this config releases."""
-    return {name: RELEASE_ARRAYS[name] for name in release_scales(config)}
+    return release_arrays(config)
 
   def private_statistic(self, private: ImageDataset, config, *, mesh=None,
                         quiet: bool = False) -> jax.Array:

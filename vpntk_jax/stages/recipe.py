@@ -24,6 +24,7 @@ the diffusion family (`stages.diffusion`) has both kinds.
 
 from __future__ import annotations
 
+from vpntk_jax.errors import ConfigError
 from vpntk_jax.privacy.plan import new_ledger
 
 
@@ -33,6 +34,12 @@ class Recipe:
   def preflight(self, private, config, *, mesh=None) -> None:
     """Nothing to check beyond the config's own validation."""
     del private, config, mesh
+
+  def check_auditable(self, config) -> None:
+    """`vpntk audit` re-runs a one-release mean embedding (the recipe's `features`) on
+    neighbouring sets; a recipe without one cannot be audited."""
+    raise ConfigError(f"vpntk audit audits one-release mean embeddings; {config.method} "
+                      f"releases through DP-SGD, whose accounting it does not test")
 
   def release_arrays(self, config) -> dict[str, str]:
     """No one-shot release."""

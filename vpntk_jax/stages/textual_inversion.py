@@ -159,8 +159,12 @@ class TokenFeatures:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
-  """DPAgg-TI: one release of the per-image tokens' labelled sum (see the module doc)."""
+class AggregateTokenRecipe(Recipe):
+  """DPAgg-TI: one release of the per-image tokens' labelled sum (see the module doc):
+  the one-release family's statistic and release (`stages.mean_embedding`) of the
+  token features, or one subsampled Gaussian step; the centroids condition `sampler`."""
+  features: TokenFeatures
+  sampler: TokenSampler
   sampling_rate: float = 1.0
 
   @property
@@ -199,14 +203,15 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
     if self.subsampled:
       return {SUBSAMPLED_RELEASE_NAME: mean_embedding.RELEASE_ARRAYS[
           mean_embedding.RELEASE_NAME]}
-    return super().release_arrays(config)
+    return mean_embedding.release_arrays(config)
 
   def private_statistic(self, private: ImageDataset, config, *, mesh=None,
                         quiet: bool = False):
     if not self.subsampled:
       say(f"textual inversion of {len(private.labels)} private images", quiet,
           private=True)  # under add/remove the count is private: never in log.txt
-      return super().private_statistic(private, config, mesh=mesh, quiet=quiet)
+      return mean_embedding.private_embedding_sum(self.features, private, mesh=mesh,
+                                                  quiet=quiet)
     # The selection is part of the mechanism: secret, never stored or logged.
     rows = poisson_selection(config.noise_seed, len(private.labels), self.sampling_rate)
     say(f"textual inversion of a Poisson sample (rate {self.sampling_rate:g}) of the private "
@@ -218,8 +223,9 @@ class AggregateTokenRecipe(mean_embedding.MeanEmbeddingRecipe):
               prior: PrivacyLedger | None = None, quiet: bool = False,
               show_private: bool = False):
     if not self.subsampled:
-      return super().release(statistic, private, config, prior=prior, quiet=quiet,
-                             show_private=show_private)
+      return mean_embedding.release_embedding(self.features, private, statistic, config,
+                                              prior=prior, quiet=quiet,
+                                              show_private=show_private)
     plan = self.plan(config, private)
     expected = plan.expected_batch_size
     # House units: noise std / the L2 sensitivity of the sum, 1 (add/remove) or 2.
