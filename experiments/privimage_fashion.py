@@ -89,7 +89,7 @@ def query_check(epsilon: float = 1.0) -> dict:
   recipe.preflight(private, config)
   release, ledger = recipe.release(recipe.private_statistic(private, config), private, config)
   selection = semantic_query.select_public_classes(release["query_histogram"], 1)[:, 0]
-  names = recipe.query.pool.class_names
+  names = recipe.start.pool.class_names
   own = int(np.sum(selection == np.arange(test.num_classes)))
   return {"epsilon": epsilon, "query_epsilon_alone": ledger.total_epsilon(),
           "dp_sgd_noise_multiplier": recipe.plan(config, private).noise_multiplier,

@@ -33,9 +33,9 @@ class Options:
 def build(config, image_shape, num_classes, public_models):
   del public_models
   from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
-  return diffusion.build(config, image_shape, num_classes,
-                         pool_source=config.options.public_data,
-                         pool_labels=config.options.pretrain_conditional)
+  return diffusion.build(config, image_shape, num_classes, lambda: diffusion.pool_start(
+      config.options.public_data, image_shape, num_classes,
+      conditional=config.options.pretrain_conditional))
 
 
 METHOD = Method(

@@ -65,9 +65,9 @@ def pool_source(options: Options, public_models) -> str:
 
 def build(config, image_shape, num_classes, public_models):
   from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
-  return diffusion.build(config, image_shape, num_classes,
-                         pool_source=pool_source(config.options, public_models),
-                         query_settings=config.options.query, classifier=public_models)
+  return diffusion.build(config, image_shape, num_classes, lambda: diffusion.query_start(
+      pool_source(config.options, public_models), image_shape, num_classes,
+      config.options.query, public_models, method=config.method))
 
 
 METHOD = Method(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -66,13 +66,100 @@ class DiffusionSampler:
     return (x + 1.0) * 0.5, model_state
 
 
+class PublicStart:
+  """Where the diffusion model starts before DP-SGD, a part a recipe composes. This
+  base is the start from scratch: no one-shot release, nothing to pretrain on."""
+  other_sigmas: tuple[float, ...] = ()  # fixed-noise releases DP-SGD shares the budget with
+
+  def check_budget(self, config, *, dp_steps: int) -> None:
+    del config, dp_steps
+
+  def release_arrays(self) -> dict[str, str]:
+    return {}
+
+  def private_statistic(self, private: ImageDataset, num_classes: int, *, quiet: bool):
+    del private, num_classes, quiet
+
+  def release(self, statistic, private: ImageDataset, config, *, prior, quiet: bool):
+    del statistic, private, quiet
+    return {}, new_ledger(config, prior)
+
+  def training_set(self, release, run, model_config) -> tuple:
+    """The public images pretraining uses and their labels; (None, None): none."""
+    del release, run, model_config
+    return None, None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class SemanticQuery:
-  """PrivImage's query: the public classifier, the pool it classifies into, and
-  the query's settings (`methods.privimage.QueryConfig`)."""
+class PoolStart(PublicStart):
+  """DPDM's start: pretraining on a whole public pool, with its labels (`conditional`:
+  they are the private classes) or every label the null class."""
+  pool: ImageDataset
+  conditional: bool
+
+  def training_set(self, release, run, model_config) -> tuple:
+    del release, run
+    if self.conditional:
+      return self.pool.images, self.pool.labels.astype(np.int32)
+    return self.pool.images, np.full(len(self.pool), model_config.null_label, np.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SemanticQuery(PublicStart):
+  """PrivImage's start: the public classifier votes which pool classes resemble each
+  private class (one noisy histogram); pretraining on the selected classes,
+  relabelled (post-processing). `settings`: `methods.privimage.QueryConfig`."""
   classifier: Any  # public.PublicModels with a ConvExtractor classifier
   pool: ImageDataset
   settings: Any
+
+  @property
+  def other_sigmas(self) -> tuple[float, ...]:
+    return (self.settings.noise_multiplier,)
+
+  def check_budget(self, config, *, dp_steps: int) -> None:
+    # The query's noise is fixed, not calibrated: its epsilon must fit the budget,
+    # and leave room for DP-SGD when there are steps.
+    check_fixed_releases({f"the semantic query (--query-noise "
+                          f"{self.settings.noise_multiplier:g})":
+                          self.settings.noise_multiplier}, config, room_left=dp_steps > 0)
+
+  def release_arrays(self) -> dict[str, str]:
+    return {semantic_query.RELEASE_NAME: QUERY_ARRAY}
+
+  def private_statistic(self, private: ImageDataset, num_classes: int, *, quiet: bool):
+    from vpntk_jax import public  # pylint: disable=g-import-not-at-top
+    say(f"semantic query: classifying the private images into {self.pool.num_classes} "
+        f"public classes", quiet)
+    logits = public.classifier_logits(self.classifier, private.images)
+    votes = semantic_query.top_k_classes(logits, self.settings.top_k)
+    return semantic_query.vote_histogram(private.labels, votes, num_classes,
+                                         self.pool.num_classes)
+
+  def release(self, statistic, private: ImageDataset, config, *, prior, quiet: bool):
+    settings = self.settings
+    sensitivity = semantic_query.histogram_sensitivity(settings.top_k, config.adjacency)
+    noisy, record = release_statistic(
+        semantic_query.RELEASE_NAME, statistic, sensitivity=sensitivity,
+        sigma=settings.noise_multiplier,
+        stream=release_streams(config.noise_seed, [semantic_query.RELEASE_NAME])[
+            semantic_query.RELEASE_NAME],
+        budget=config, num_examples=private_training.public_count(config, private),
+        num_examples_source=mean_embedding.count_source(config),
+        notes=f"semantic query: top-{settings.top_k} votes of the public classifier per "
+              f"private image, (private classes x public classes)")
+    say(f"released the semantic query histogram {noisy.shape}: sensitivity "
+        f"{record.sensitivity:.3g}, noise std {record.noise_std:.3g}", quiet)
+    return {QUERY_ARRAY: noisy}, new_ledger(config, prior).add(record)
+
+  def training_set(self, release, run, model_config) -> tuple:
+    selection = semantic_query.select_public_classes(release[QUERY_ARRAY],
+                                                     self.settings.per_class)
+    if distributed.is_primary():
+      write_selection(run.file(QUERY_SELECTION), selection, self.pool,
+                      model_config.num_classes, self.settings)
+    rows, labels = semantic_query.relabel_public(self.pool.labels, selection)
+    return self.pool.images[rows], labels
 
 
 def load_pool(source: str, image_shape, *, what: str) -> ImageDataset:
@@ -89,16 +176,14 @@ def load_pool(source: str, image_shape, *, what: str) -> ImageDataset:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DiffusionRecipe(Recipe):
-  """One optional one-shot release (the semantic query), public pretraining, DP-SGD
-  fine-tuning, and a Heun sampler; see `stages.recipe`."""
+  """A class-conditional EDM UNet: a public start (`PublicStart`: from scratch, a pool,
+  or PrivImage's query and its selection), DP-SGD fine-tuning (`dp`), and a Heun
+  sampler; see `stages.recipe`."""
   model: unet.UNet
   options: Any  # the method's block: model, pretrain, dp_sgd (vpntk_jax.blocks)
   sampler: DiffusionSampler
-  pool: ImageDataset | None
-  query: SemanticQuery | None
+  start: PublicStart
   dp: private_training.DpSgdTraining  # the fine-tuning (`unet_dp_sgd`)
-  # Without a query: pretrain with the pool's labels (True) or the null class.
-  pool_labels: bool = False
 
   @property
   def apply_fn(self):
@@ -108,23 +193,12 @@ class DiffusionRecipe(Recipe):
   def num_classes(self) -> int:
     return self.model.config.num_classes
 
-  @property
-  def other_sigmas(self) -> tuple[float, ...]:
-    """The fixed-noise releases DP-SGD shares the budget with: the query's, if any."""
-    return (self.query.settings.noise_multiplier,) if self.query is not None else ()
-
   def plan(self, config, private: ImageDataset) -> DpSgdPlan:
-    return self.dp.plan(config, private, self.other_sigmas)
+    return self.dp.plan(config, private, self.start.other_sigmas)
 
   def preflight(self, private: ImageDataset, config, *, mesh=None) -> None:
-    if self.query is not None:
-      # The query's noise is fixed, not calibrated: its epsilon must fit the budget,
-      # and leave room for DP-SGD when there are steps.
-      check_fixed_releases({"the semantic query (--query-noise "
-                            f"{self.query.settings.noise_multiplier:g})":
-                            self.query.settings.noise_multiplier}, config,
-                           room_left=self.dp.settings.steps > 0)
-    self.dp.check(private, config, other_sigmas=self.other_sigmas, mesh=mesh)
+    self.start.check_budget(config, dp_steps=self.dp.settings.steps)
+    self.dp.check(private, config, other_sigmas=self.start.other_sigmas, mesh=mesh)
 
   def abstract_state(self, config, num_classes: int) -> TrainState:
     del num_classes
@@ -135,70 +209,29 @@ class DiffusionRecipe(Recipe):
 
   def release_arrays(self, config) -> dict[str, str]:
     del config
-    return {semantic_query.RELEASE_NAME: QUERY_ARRAY} if self.query is not None else {}
+    return self.start.release_arrays()
 
   def private_statistic(self, private: ImageDataset, config, *, mesh=None,
                         quiet: bool = False):
     del config, mesh
-    if self.query is None:
-      return None
-    from vpntk_jax import public  # pylint: disable=g-import-not-at-top
-    say(f"semantic query: classifying the private images into {self.query.pool.num_classes} "
-        f"public classes", quiet)
-    logits = public.classifier_logits(self.query.classifier, private.images)
-    votes = semantic_query.top_k_classes(logits, self.query.settings.top_k)
-    return semantic_query.vote_histogram(private.labels, votes, self.num_classes,
-                                         self.query.pool.num_classes)
+    return self.start.private_statistic(private, self.num_classes, quiet=quiet)
 
   def release(self, statistic, private: ImageDataset, config, *,
               prior: PrivacyLedger | None = None, quiet: bool = False,
               show_private: bool = False):
     del show_private
-    ledger = new_ledger(config, prior)
-    if self.query is None:
-      return {}, ledger
-    settings = self.query.settings
-    sensitivity = semantic_query.histogram_sensitivity(settings.top_k, config.adjacency)
-    noisy, record = release_statistic(
-        semantic_query.RELEASE_NAME, statistic, sensitivity=sensitivity,
-        sigma=settings.noise_multiplier,
-        stream=release_streams(config.noise_seed, [semantic_query.RELEASE_NAME])[
-            semantic_query.RELEASE_NAME],
-        budget=config, num_examples=private_training.public_count(config, private),
-        num_examples_source=mean_embedding.count_source(config),
-        notes=f"semantic query: top-{settings.top_k} votes of the public classifier per "
-              f"private image, (private classes x public classes)")
-    say(f"released the semantic query histogram {noisy.shape}: sensitivity "
-        f"{record.sensitivity:.3g}, noise std {record.noise_std:.3g}", quiet)
-    return {QUERY_ARRAY: noisy}, ledger.add(record)
+    return self.start.release(statistic, private, config, prior=prior, quiet=quiet)
 
   def post_process(self, release: dict[str, np.ndarray], num_classes: int, config, run, *,
                    mesh=None, quiet: bool = False) -> TrainState:
     """The selection (PrivImage) and public pretraining; returns the DP-SGD start."""
     del num_classes, mesh
-    images, labels = self.public_training_set(release, run)
+    images, labels = self.start.training_set(release, run, self.model.config)
     params = unet.init_params(self.model, jax.random.key(config.seed))
     if images is not None and self.options.pretrain.steps > 0:
       params = self.pretrain(params, images, labels, config, run, quiet=quiet)
     return TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
                       opt_state=self.dp.optimizer.init(params))
-
-  def public_training_set(self, release, run) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The public images pretraining uses, with their labels; (None, None) without a pool."""
-    if self.query is not None:
-      selection = semantic_query.select_public_classes(release[QUERY_ARRAY],
-                                                       self.query.settings.per_class)
-      if distributed.is_primary():
-        write_selection(run.file(QUERY_SELECTION), selection, self.query.pool,
-                        self.num_classes, self.query.settings)
-      rows, labels = semantic_query.relabel_public(self.query.pool.labels, selection)
-      return self.query.pool.images[rows], labels
-    if self.pool is not None:
-      if self.pool_labels:
-        return self.pool.images, self.pool.labels.astype(np.int32)
-      # The pool's classes are not the private ones: pretrain unconditionally.
-      return self.pool.images, np.full(len(self.pool), self.model.config.null_label, np.int32)
-    return None, None
 
   def pretrain(self, params, images: np.ndarray, labels: np.ndarray, config, run, *,
                quiet: bool = False):
@@ -215,7 +248,7 @@ class DiffusionRecipe(Recipe):
                        ledger: PrivacyLedger, charge, mesh=None,
                        quiet: bool = False) -> TrainState:
     return self.dp.train(state, private, config, run, ledger=ledger, charge=charge,
-                         other_sigmas=self.other_sigmas, mesh=mesh, quiet=quiet)
+                         other_sigmas=self.start.other_sigmas, mesh=mesh, quiet=quiet)
 
 
 def unet_dp_sgd(model: unet.UNet, apply_fn, settings) -> private_training.DpSgdTraining:
@@ -265,10 +298,45 @@ def check_dp_sgd_config(config) -> None:
       adjacency=config.adjacency, accountant=config.accountant)
 
 
-def build(config, image_shape, num_classes: int, *, pool_source: str | None,
-          query_settings=None, classifier=None, pool_labels: bool = False) -> DiffusionRecipe:
-  """The recipe for `config` (a privimage or dpdm run); checks everything it can
-  without the private data."""
+def pool_start(source: str | None, image_shape, num_classes: int, *,
+               conditional: bool = False) -> PublicStart:
+  """DPDM's start: pretraining on the pool `source` (None: from scratch)."""
+  if source is None:
+    if conditional:
+      raise ConfigError("a conditional pretraining needs a public pool (--public-data)")
+    return PublicStart()
+  pool = load_pool(source, image_shape, what="public pool")
+  if conditional and pool.num_classes > num_classes:
+    raise ConfigError(f"a conditional pretraining uses the pool's labels as private "
+                      f"classes: {source} has {pool.num_classes} classes, the run "
+                      f"{num_classes}")
+  return PoolStart(pool, conditional)
+
+
+def query_start(source: str | None, image_shape, num_classes: int, settings, classifier,
+                *, method: str) -> SemanticQuery:
+  """PrivImage's start: the query of `classifier` into the pool `source`."""
+  if source is None:
+    raise ConfigError(f"{method} needs a public pool (--public-data)")
+  pool = load_pool(source, image_shape, what="public pool")
+  if pool.num_classes != classifier.num_classes:
+    raise ConfigError(f"the public pool {source} has {pool.num_classes} classes; the "
+                      f"public classifier {classifier.path} was trained on "
+                      f"{classifier.num_classes}: the query votes in the classifier's "
+                      f"classes, so they must be the pool's")
+  semantic_query.check_top_k(settings.top_k, pool.num_classes)
+  if num_classes * settings.per_class > pool.num_classes:
+    raise ConfigError(f"the public pool has {pool.num_classes} classes; {num_classes} "
+                      f"private classes x {settings.per_class} each need "
+                      f"{num_classes * settings.per_class}")
+  return SemanticQuery(classifier=classifier, pool=pool, settings=settings)
+
+
+def build(config, image_shape, num_classes: int, start: Callable[[], PublicStart]
+          ) -> DiffusionRecipe:
+  """The recipe of a privimage or dpdm run from its public start (`pool_start`,
+  `query_start`; called after the config's own DP-SGD checks); checks everything it
+  can without the private data."""
   check_dp_sgd_config(config)
   options = config.options
   model_config = unet.unet_config(options.model.size, image_shape, num_classes,
@@ -277,29 +345,5 @@ def build(config, image_shape, num_classes: int, *, pool_source: str | None,
   sampler = DiffusionSampler(unet.make_apply_fn(model), tuple(image_shape),
                              options.model.sample_steps, float(options.model.guidance_scale),
                              model_config.null_label, options.model.sample_batch)
-  pool = load_pool(pool_source, image_shape, what="public pool") if pool_source else None
-  if pool_labels:
-    if pool is None:
-      raise ConfigError("a conditional pretraining needs a public pool (--public-data)")
-    if pool.num_classes > num_classes:
-      raise ConfigError(f"a conditional pretraining uses the pool's labels as private "
-                        f"classes: {pool_source} has {pool.num_classes} classes, the run "
-                        f"{num_classes}")
-  query = None
-  if query_settings is not None:
-    if pool is None:
-      raise ConfigError(f"{config.method} needs a public pool (--public-data)")
-    if pool.num_classes != classifier.num_classes:
-      raise ConfigError(f"the public pool {pool_source} has {pool.num_classes} classes; the "
-                        f"public classifier {classifier.path} was trained on "
-                        f"{classifier.num_classes}: the query votes in the classifier's "
-                        f"classes, so they must be the pool's")
-    semantic_query.check_top_k(query_settings.top_k, pool.num_classes)
-    if num_classes * query_settings.per_class > pool.num_classes:
-      raise ConfigError(f"the public pool has {pool.num_classes} classes; {num_classes} "
-                        f"private classes x {query_settings.per_class} each need "
-                        f"{num_classes * query_settings.per_class}")
-    query = SemanticQuery(classifier, pool, query_settings)
-  return DiffusionRecipe(model=model, options=options, sampler=sampler, pool=pool, query=query,
-                         dp=unet_dp_sgd(model, sampler.apply_fn, options.dp_sgd),
-                         pool_labels=pool_labels)
+  return DiffusionRecipe(model=model, options=options, sampler=sampler, start=start(),
+                         dp=unet_dp_sgd(model, sampler.apply_fn, options.dp_sgd))
