@@ -90,7 +90,7 @@ def save_result(key: str, value) -> None:
 
 def make_public_models() -> None:
   from vpntk_jax.blocks import PublicPretrainConfig  # pylint: disable=import-outside-toplevel
-  from vpntk_jax.public.diffusion import pretrain_diffusion  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.public.diffusion_model import pretrain_diffusion  # pylint: disable=import-outside-toplevel
   settings = PublicPretrainConfig(steps=1000, batch_size=128, learning_rate=1e-3,
                                   checkpoint_every=250)
   for out, excluded in ((CONCEPT_MODEL, (CONCEPT,)), (FULL_MODEL, ())):
@@ -174,7 +174,7 @@ def choose_guidance() -> float:
   results = read_results()
   if "guidance" in results:
     return results["guidance"]["chosen"]
-  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=import-outside-toplevel
   public, judge = load_diffusion_model(CONCEPT_MODEL), Judge()
   with np.load(PUBLIC_FASHION) as z:
     images = z["images"][z["labels"] == GUIDE_CLASS][:100]
@@ -209,7 +209,7 @@ def concept_config(method: str, epsilon: float, seed: int, guidance: float, **op
 
 def run_concept(seeds, epsilons) -> None:
   from vpntk_jax import pipeline  # pylint: disable=import-outside-toplevel
-  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=import-outside-toplevel
   guidance = choose_guidance()
   public, judge = load_diffusion_model(CONCEPT_MODEL), Judge()
   with np.load(CONCEPT_DATA) as z:
@@ -265,7 +265,7 @@ def run_concept(seeds, epsilons) -> None:
 def run_long_inversion(seed: int = 0) -> None:
   """The non-private centroid (NOT PRIVATE) with 5x the inversion steps and twice the
   learning rate: whether longer inversion lifts the ceiling."""
-  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=import-outside-toplevel
   key = f"non-private-centroid-200-steps-lr0.1/seed{seed}"
   results = read_results().get("concept", {})
   if key in results:
@@ -288,7 +288,7 @@ def public_token_rates() -> None:
   """How often the pool classifier recognises the concept model's own classes, sampled
   from their own label tokens (200 images each, the chosen guidance): what the
   public model can render at all."""
-  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=import-outside-toplevel
   if "public_token_rates" in read_results():
     return
   guidance = choose_guidance()

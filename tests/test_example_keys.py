@@ -164,7 +164,7 @@ def aggregate_audit_config(tmp_path_factory):
   from vpntk_jax.blocks import DataConfig
   from vpntk_jax.config import RunConfig
   from vpntk_jax.methods import dpagg_ti
-  from vpntk_jax.public import diffusion as public_diffusion
+  from vpntk_jax.public import diffusion_model as public_diffusion
   root = tmp_path_factory.mktemp("audit")
   model, params = _perturbed_unet()
   os.makedirs(root / "public")

@@ -15,7 +15,7 @@ from vpntk_jax import cli
 from vpntk_jax.diffusion import inversion
 from vpntk_jax.models import unet
 from vpntk_jax.privacy.release import array_digest
-from vpntk_jax.public import diffusion as public_diffusion
+from vpntk_jax.public import diffusion_model as public_diffusion
 from vpntk_jax.stages import textual_inversion as ti
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"

@@ -255,7 +255,7 @@ def _fraction(value, name: str) -> None:
 
 # The diffusion family's blocks (PrivImage, DPDM, the token methods' DP-SGD, and
 # `vpntk pretrain-diffusion`): the model, its public pretraining, its DP-SGD fine-tuning.
-# `stages.diffusion` builds the recipe from them.
+# `stages.diffusion_recipe` builds the recipe from them.
 
 UNET_SIZES = ("tiny", "cpu", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
 

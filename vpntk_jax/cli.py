@@ -342,7 +342,7 @@ def _pretrain(args, dotted: dict) -> dict:
 def _pretrain_diffusion(args) -> dict:
   import dataclasses  # pylint: disable=g-import-not-at-top
   from vpntk_jax.blocks import PublicPretrainConfig, UNET_SIZES  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.public.diffusion import pretrain_diffusion  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.public.diffusion_model import pretrain_diffusion  # pylint: disable=g-import-not-at-top
   from vpntk_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if args.unet_size not in UNET_SIZES:
     raise ConfigError(f"--unet-size must be one of {', '.join(UNET_SIZES)}, got {args.unet_size!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from vpntk_jax.blocks import DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig
-from vpntk_jax.methods import _diffusion
+from vpntk_jax.methods import _diffusion_family
 from vpntk_jax.methods.base import Method
 from vpntk_jax.settings import setting
 
@@ -15,7 +15,7 @@ from vpntk_jax.settings import setting
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The optional public pool and the diffusion model's training."""
-  public_data: str | None = _diffusion.public_data_setting(none="none, no pretraining")
+  public_data: str | None = _diffusion_family.public_data_setting(none="none, no pretraining")
   # The pool's labels must then be the private classes (e.g. a public part of the
   # same dataset); False: every label the null class.
   pretrain_conditional: bool = setting(False, "pretrain with the public pool's labels",
@@ -32,10 +32,11 @@ class Options:
 
 def build(config, image_shape, num_classes, public_models):
   del public_models
-  from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
-  return diffusion.build(config, image_shape, num_classes, lambda: diffusion.pool_start(
-      config.options.public_data, image_shape, num_classes,
-      conditional=config.options.pretrain_conditional))
+  from vpntk_jax.stages import diffusion_recipe  # pylint: disable=g-import-not-at-top
+  return diffusion_recipe.build(
+      config, image_shape, num_classes, lambda: diffusion_recipe.pool_start(
+          config.options.public_data, image_shape, num_classes,
+          conditional=config.options.pretrain_conditional))
 
 
 METHOD = Method(
@@ -43,7 +44,7 @@ METHOD = Method(
     "public pretraining)", options=Options, build=build,
     trains_generator=False,
     # Pretraining needs the public pool.
-    training_logs=lambda options: _diffusion.training_logs(
+    training_logs=lambda options: _diffusion_family.training_logs(
         options, pretrains=bool(options.public_data)),
     post_processing=frozenset({"model.sample_steps", "model.guidance_scale",
                                "model.sample_batch"}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from vpntk_jax.blocks import DpSgdConfig
-from vpntk_jax.methods import _diffusion, _inversion
+from vpntk_jax.methods import _diffusion_family, _inversion
 from vpntk_jax.methods.base import Method
 
 
@@ -37,4 +37,4 @@ METHOD = Method(
     "(DPAgg-TI's baseline)", options=Options, build=build,
     post_processing=_inversion.SAMPLING_FIELDS, trains_generator=False,
     # The public diffusion model is given, not pretrained here: DP-SGD's log only.
-    training_logs=lambda options: _diffusion.training_logs(options, pretrains=False))
+    training_logs=lambda options: _diffusion_family.training_logs(options, pretrains=False))

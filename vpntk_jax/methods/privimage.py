@@ -9,7 +9,7 @@ import dataclasses
 from vpntk_jax.blocks import (DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig,
                               check_integer, check_positive)
 from vpntk_jax.errors import ConfigError
-from vpntk_jax.methods import _diffusion
+from vpntk_jax.methods import _diffusion_family
 from vpntk_jax.methods import base
 from vpntk_jax.methods.base import Method
 from vpntk_jax.settings import setting
@@ -37,7 +37,7 @@ class Options:
   # `vpntk pretrain --extractor-only` on the pool: its classifier scores the private images.
   public_model: str | None = base.public_model_setting()
   check_public_overlap: bool = base.check_public_overlap_setting()
-  public_data: str | None = _diffusion.public_data_setting(
+  public_data: str | None = _diffusion_family.public_data_setting(
       none="the data --public-model's classifier was trained on")
   query: QueryConfig = QueryConfig()
   model: DiffusionModelConfig = DiffusionModelConfig()
@@ -64,10 +64,11 @@ def pool_source(options: Options, public_models) -> str:
 
 
 def build(config, image_shape, num_classes, public_models):
-  from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
-  return diffusion.build(config, image_shape, num_classes, lambda: diffusion.query_start(
-      pool_source(config.options, public_models), image_shape, num_classes,
-      config.options.query, public_models, method=config.method))
+  from vpntk_jax.stages import diffusion_recipe  # pylint: disable=g-import-not-at-top
+  return diffusion_recipe.build(
+      config, image_shape, num_classes, lambda: diffusion_recipe.query_start(
+          pool_source(config.options, public_models), image_shape, num_classes,
+          config.options.query, public_models, method=config.method))
 
 
 METHOD = Method(
@@ -75,7 +76,7 @@ METHOD = Method(
     "classes -> DP-SGD fine-tuning", options=Options, build=build,
     needs_public_models=True, trains_generator=False,
     # The query's selection from the pool is always there to pretrain on.
-    training_logs=lambda options: _diffusion.training_logs(options, pretrains=True),
+    training_logs=lambda options: _diffusion_family.training_logs(options, pretrains=True),
     # Only what is done with the released histogram: the selection and pretraining
     # count as post-processing, but the DP-SGD steps are a mechanism, so their
     # settings are not.

@@ -4,7 +4,7 @@ artefact.py   the public-model directory (public.json + models/): load, save, ch
               the public classifier's logits
 pretrain.py   `vpntk pretrain`: an extractor (and a generator) trained on public data
 overlap.py    the check that no public training image is also a private one
-diffusion.py  `vpntk pretrain-diffusion`: a public diffusion model (diffusion.json +
+diffusion_model.py  `vpntk pretrain-diffusion`: a public diffusion model (diffusion.json +
               models/) for the token methods
 """
 

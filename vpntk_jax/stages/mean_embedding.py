@@ -81,6 +81,14 @@ def release_plan(config, num_examples: int, norm_bound: float) -> ReleasePlan:
                               adjacency=config.adjacency, noise_seed=config.noise_seed)
 
 
+def check_release_plan(features: FeatureMap, private: ImageDataset, config) -> None:
+  """Calibrates the run's releases before anything is written: a budget no noise can
+  meet fails here, not after the run directory is opened. (The noise multipliers do
+  not depend on the count the mean divides by, so the public one stands in for a
+  count that is released.)"""
+  release_plan(config, divisor(config, private, None), features.norm_bound)
+
+
 def private_embedding_sum(features: FeatureMap, private: ImageDataset, *, mesh=None,
                           quiet: bool = False) -> jax.Array:
   """The exact (P, C) labelled embedding sum of the private set. Never stored.
@@ -205,6 +213,10 @@ class MeanEmbeddingRecipe(Recipe):
   def check_auditable(self, config) -> None:
     """`vpntk audit` re-runs this release on neighbouring sets: always possible here."""
     del config
+
+  def preflight(self, private: ImageDataset, config, *, mesh=None) -> None:
+    del mesh
+    check_release_plan(self.features, private, config)
 
   def abstract_state(self, config, num_classes: int):
     del num_classes

@@ -19,7 +19,7 @@ In order:
                                      can build synthesis before anything is spent
 
 The one-release family (`stages.mean_embedding`) has no many-step mechanism;
-the diffusion family (`stages.diffusion`) has both kinds.
+the diffusion family (`stages.diffusion_recipe`) has both kinds.
 """
 
 from __future__ import annotations

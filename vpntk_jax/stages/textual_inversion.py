@@ -39,7 +39,7 @@ from vpntk_jax.privacy.noise import poisson_selection, release_streams
 from vpntk_jax.privacy.plan import DpSgdPlan, new_ledger
 from vpntk_jax.privacy.release import release_statistic
 from vpntk_jax.stages import mean_embedding, private_training
-from vpntk_jax.stages.diffusion import DiffusionSampler
+from vpntk_jax.stages.diffusion_recipe import DiffusionSampler
 from vpntk_jax.stages.private_training import public_count
 from vpntk_jax.stages.recipe import Recipe
 from vpntk_jax.training.samplers import TrainState
@@ -198,6 +198,8 @@ class AggregateTokenRecipe(Recipe):
                       "that image's token; give at least 2 (a few hundred for a useful one)")
     if self.subsampled:
       self.plan(config, private)  # an infeasible budget fails here
+    else:
+      mean_embedding.check_release_plan(self.features, private, config)
 
   def release_arrays(self, config) -> dict[str, str]:
     if self.subsampled:
@@ -293,7 +295,7 @@ class DpSgdTokenRecipe(Recipe):
 def token_dp_sgd(public, settings, initial_tokens: np.ndarray
                  ) -> private_training.DpSgdTraining:
   """DP-SGD of class tokens on the frozen public UNet (`public`, a
-  public.diffusion.PublicDiffusion): the EDM loss of one private example conditioned
+  public.diffusion_model.PublicDiffusion): the EDM loss of one private example conditioned
   on its class's token; `settings` a blocks.DpSgdConfig."""
   apply_fn = unet.token_apply_fn(public.model)
   unet_params, null = public.params, jnp.asarray(public.tokens[-1])
@@ -315,7 +317,7 @@ def abstract_token_state(num_classes: int, public_tokens: np.ndarray) -> TrainSt
 
 
 def token_sampler(public, settings, num_classes: int) -> TokenSampler:
-  """The Heun sampler of the public model `public` (a `public.diffusion.PublicDiffusion`)
+  """The Heun sampler of the public model `public` (a `public.diffusion_model.PublicDiffusion`)
   conditioned on `num_classes` tokens; `settings` a `methods._inversion.SamplingConfig`."""
   return TokenSampler(unet.token_apply_fn(public.model), tuple(public.config.image_shape),
                       settings.sample_steps, float(settings.guidance_scale), num_classes,
@@ -331,7 +333,7 @@ def check_public_model(public, image_shape) -> None:
 
 
 def build_aggregate(config, image_shape, num_classes: int) -> AggregateTokenRecipe:
-  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=g-import-not-at-top
   options = config.options
   public = load_diffusion_model(options.diffusion_model)
   check_public_model(public, image_shape)
@@ -350,11 +352,11 @@ def build_aggregate(config, image_shape, num_classes: int) -> AggregateTokenReci
 
 
 def build_dp_sgd(config, image_shape, num_classes: int) -> DpSgdTokenRecipe:
-  from vpntk_jax.public.diffusion import load_diffusion_model  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.stages import diffusion  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.stages import diffusion_recipe  # pylint: disable=g-import-not-at-top
   public = load_diffusion_model(config.options.diffusion_model)
   check_public_model(public, image_shape)
-  diffusion.check_dp_sgd_config(config)
+  diffusion_recipe.check_dp_sgd_config(config)
   # One token per private class, each the public model's mean label token.
   initial = np.tile(np.mean(public.tokens[:-1], axis=0, keepdims=True), (num_classes, 1))
   return DpSgdTokenRecipe(token_sampler(public, config.options.sampling, num_classes),

@@ -1,7 +1,7 @@
 """What the diffusion-family methods (PrivImage, DPDM, DP-SGD-TI) share beyond their
 blocks: the logs a run writes and the public pool's setting. JAX-free. The blocks
 themselves (model, public pretraining, DP-SGD) are in `vpntk_jax.blocks`, where
-`vpntk pretrain-diffusion` and `public.diffusion` read them too."""
+`vpntk pretrain-diffusion` and `public.diffusion_model` read them too."""
 
 from __future__ import annotations
 
