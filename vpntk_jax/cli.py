@@ -166,8 +166,6 @@ def _add_synthesize(sub, method: str | None) -> argparse.ArgumentParser:
 
 def _parser(method: str | None = None) -> argparse.ArgumentParser:
   """The command line; `synthesize` and `audit` show `method`'s own settings."""
-  from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
-  METHODS = methods.names()
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
   _add_synthesize(sub, method)

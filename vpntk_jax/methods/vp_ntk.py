@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from vpntk_jax.blocks import IMAGE_PROMPTS, PromptConfig
+from vpntk_jax.blocks import PromptConfig
 from vpntk_jax.errors import ConfigError
 from vpntk_jax.methods import base
 from vpntk_jax.methods.base import PUBLIC_MODEL_LEGACY_FIELDS, Method
