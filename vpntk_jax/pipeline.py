@@ -370,8 +370,12 @@ def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,
   data, _ = load_private_and_test(config)
   images, labels = data.images[:num_examples].copy(), data.labels[:num_examples].copy()
   shifted = neighbour == "shifted"
-  by_class = lambda imgs, lbls: (imgs, lbls) if not shifted else (
-      imgs[np.argsort(lbls, kind="stable")], lbls[np.argsort(lbls, kind="stable")])
+
+  def by_class(imgs, lbls):
+    if not shifted:
+      return imgs, lbls
+    order = np.argsort(lbls, kind="stable")
+    return imgs[order], lbls[order]
   images, labels = by_class(images, labels)
   recipe = build_recipe(config, data.image_shape, data.num_classes, load_public_models(config))
   recipe.check_auditable(config)

@@ -34,6 +34,7 @@ from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy import example_keys
 from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
 from vpntk_jax.run_files import CHECKPOINTS, DP_SGD_LOG
+from vpntk_jax.stages import mean_embedding
 from vpntk_jax.privacy import dp_sgd
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
@@ -120,8 +121,9 @@ def padding_bucket(max_batch: int | None, mesh=None) -> int:
 
 def public_count(config, private: ImageDataset) -> int:
   """N of the sampling rate: declared under add/remove (required there), else the
-  private set's size, which replace-one neighbours share."""
-  return config.public_num_examples or len(private.labels)
+  private set's size, which replace-one neighbours share (the mean embedding's divisor
+  without a released count)."""
+  return mean_embedding.divisor(config, private, None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

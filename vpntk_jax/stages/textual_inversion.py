@@ -250,7 +250,7 @@ class AggregateTokenRecipe(Recipe):
         config, prior).add(record)
 
   def abstract_state(self, config, num_classes: int) -> TrainState:
-    return abstract_token_state(num_classes, self.features.public_tokens)
+    return abstract_token_state((num_classes, self.features.public_tokens.shape[1]))
 
   def post_process(self, release: dict[str, np.ndarray], num_classes: int, config, run, *,
                    mesh=None, quiet: bool = False) -> TrainState:
@@ -274,9 +274,7 @@ class DpSgdTokenRecipe(Recipe):
 
   def abstract_state(self, config, num_classes: int) -> TrainState:
     del config, num_classes
-    tokens = jax.ShapeDtypeStruct(self.initial_tokens.shape, np.float32)
-    return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=tokens,
-                      model_state=tokens, opt_state=())
+    return abstract_token_state(self.initial_tokens.shape)
 
   def post_process(self, release, num_classes: int, config, run, *, mesh=None,
                    quiet: bool = False) -> TrainState:
@@ -309,9 +307,9 @@ def token_dp_sgd(public, settings, initial_tokens: np.ndarray
                                         tuple(public.config.image_shape))
 
 
-def abstract_token_state(num_classes: int, public_tokens: np.ndarray) -> TrainState:
-  """A token sampler's state as shapes: one token per class."""
-  tokens = jax.ShapeDtypeStruct((num_classes, public_tokens.shape[1]), np.float32)
+def abstract_token_state(shape: tuple[int, int]) -> TrainState:
+  """A token sampler's state as shapes: (classes, token_dim) tokens."""
+  tokens = jax.ShapeDtypeStruct(tuple(shape), np.float32)
   return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=tokens,
                     model_state=tokens, opt_state=())
 
