@@ -35,6 +35,7 @@ from dp_accounting import gaussian_mechanism
 from dp_accounting.pld import pld_privacy_accountant
 
 from vpntk_jax.errors import ConfigError
+from vpntk_jax.privacy import calibration
 from vpntk_jax.privacy.parameters import (ACCOUNTANTS, ADJACENCIES, _as_count, _as_float,
                                           _check_delta, check_accountant, check_adjacency,
                                           check_epsilon_delta)
@@ -154,31 +155,12 @@ def epsilon_of(sigmas: Sequence[float], delta: float, *, accountant: str = "pld"
 
 
 def _smallest_feasible(eps_fn: Callable[[float], float], epsilon: float, start: float) -> float:
-  """Smallest x >= start (to `_SIGMA_RTOL`) with eps_fn(x) <= epsilon; assumes eps_fn decreases.
-
-  `start` is the exact optimum (or an accountant's closed form), so the search only
-  steps upwards: it never returns less noise than the exact bound, and the returned
-  value has been checked with `eps_fn` itself.
-  """
-  if eps_fn(start) <= epsilon:
-    return start
-  # Accountants are at most slightly looser than `start`, so try tiny steps first.
-  lower, step = start, 1e-9
-  upper = start * (1.0 + step)
-  while eps_fn(upper) > epsilon:
-    if step > 1e3:
-      raise ConfigError(f"no noise multiplier reaches epsilon {epsilon:g} with this "
-                        f"accountant (searched up to {upper:.4g}); at a tiny delta use the "
-                        f"pld or analytic accountant, or a larger delta")
-    lower, step = upper, step * 8.0
-    upper = start * (1.0 + step)
-  while upper - lower > _SIGMA_RTOL * upper:
-    middle = 0.5 * (lower + upper)
-    if eps_fn(middle) <= epsilon:
-      upper = middle
-    else:
-      lower = middle
-  return upper
+  """Smallest x >= start (to `_SIGMA_RTOL`) with eps_fn(x) <= epsilon; `start` is the
+  exact optimum or an accountant's closed form, so the search only steps upwards."""
+  return calibration.smallest_feasible_from(
+      eps_fn, epsilon, start, _SIGMA_RTOL,
+      too_far=f"no noise multiplier reaches epsilon {epsilon:g} with this accountant; at a "
+              f"tiny delta use the pld or analytic accountant, or a larger delta")
 
 
 def _exact_sigma(epsilon: float, delta: float) -> float:

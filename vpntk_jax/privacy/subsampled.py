@@ -56,6 +56,7 @@ from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.privacy import calibration
 from vpntk_jax.privacy.parameters import (_as_count, _as_float, _check_delta, check_accountant,
                                           check_adjacency, check_epsilon_delta)
 
@@ -67,7 +68,6 @@ _PLD_MIN_EPSILON_SCALE = 1e-2
 _PLD_COARSE_INTERVAL = 1e-2
 # Relative precision of the noise multiplier search.
 _SIGMA_RTOL = 1e-4
-_SIGMA_SEARCH_RANGE = (1e-3, 1e6)
 
 NEIGHBORING_RELATIONS = {
     "add_remove": NeighboringRelation.ADD_OR_REMOVE_ONE,
@@ -305,68 +305,6 @@ def epsilon_of(noise_multiplier: float, delta: float, *, sampling_rate: float, s
                        discretization=discretization)
 
 
-def _bracket(feasible, start: float) -> tuple[float, float]:
-  """(lo, hi) with feasible(hi) and not feasible(lo), hi / lo <= 2 (or 1 + a step)."""
-  low_bound, high_bound = _SIGMA_SEARCH_RANGE
-  lo = hi = start
-  if feasible(hi):
-    while True:
-      lo = hi / 2.0
-      if lo < low_bound:
-        raise ConfigError(f"the budget is met with a noise multiplier below {low_bound:g}: "
-                          f"check sampling_rate and steps")
-      if not feasible(lo):
-        return lo, hi
-      hi = lo
-  while True:
-    lo, hi = hi, hi * 2.0
-    if hi > high_bound:
-      raise ConfigError(f"no noise multiplier up to {high_bound:g} meets the budget")
-    if feasible(hi):
-      return lo, hi
-
-
-def _smallest_feasible(eps, epsilon: float, lo: float, hi: float, rtol: float) -> float:
-  """Shrinks (lo, hi), eps(lo) > epsilon >= eps(hi), to hi / lo - 1 <= rtol; returns hi.
-
-  Illinois regula falsi on log epsilon against log sigma (nearly linear); after
-  each step a probe just across the nearer end (0.9 rtol away) usually closes
-  the bracket at once.
-  """
-  tol = math.log1p(rtol)
-  a, b = math.log(lo), math.log(hi)
-  # A grid can round a tiny epsilon to 0; the floor keeps the log finite (and such
-  # a sigma feasible).
-  f = lambda x: math.log(max(eps(math.exp(x)), 1e-300) / epsilon)
-  fa, fb = f(a), f(b)
-  side = 0
-  while b - a > tol:
-    width = b - a
-    c = b - fb * (b - a) / (fb - fa) if fa != fb else 0.5 * (a + b)
-    margin = min(0.5 * width, 0.25 * tol)
-    c = min(max(c, a + margin), b - margin)
-    fc = f(c)
-    if fc <= 0:
-      b, fb = c, fc
-      if side == 1:
-        fa *= 0.5
-      side = 1
-    else:
-      a, fa = c, fc
-      if side == -1:
-        fb *= 0.5
-      side = -1
-    if b - a <= tol:
-      break
-    probe = b - 0.9 * tol if fc <= 0 else a + 0.9 * tol
-    fp = f(probe)
-    if fp <= 0:
-      b, fb = probe, fp
-    else:
-      a, fa = probe, fp
-  return math.exp(b)
-
-
 def calibrate_noise_multiplier(
     epsilon: float, delta: float, *, sampling_rate: float, steps: int, adjacency: str,
     other_sigmas: Sequence[float] = (), accountant: str = "pld",
@@ -411,13 +349,13 @@ def calibrate_noise_multiplier(
     # Far from the target a grid sized for it would be needlessly fine (slow), so
     # the bracketing evaluations size their own.
     rough = eps_fn(coarse, None)
-    lo, hi = _bracket(lambda s: rough(s) <= epsilon, 1.0)
-    guess = _smallest_feasible(eps_fn(coarse, epsilon), epsilon, lo, hi, max(rtol, 1e-3))
-    lo, hi = _bracket(lambda s: fine(s) <= epsilon, guess) if fine(guess) > epsilon else (
-        _bracket_below(fine, epsilon, guess, rtol))
+    lo, hi = calibration.bracket(lambda s: rough(s) <= epsilon, 1.0)
+    guess = calibration.smallest_feasible(eps_fn(coarse, epsilon), epsilon, lo, hi, max(rtol, 1e-3))
+    lo, hi = calibration.bracket(lambda s: fine(s) <= epsilon, guess) if fine(guess) > epsilon else (
+        calibration.bracket_below(fine, epsilon, guess))
   else:
-    lo, hi = _bracket(lambda s: fine(s) <= epsilon, 1.0)
-  hi = _smallest_feasible(fine, epsilon, lo, hi, rtol)
+    lo, hi = calibration.bracket(lambda s: fine(s) <= epsilon, 1.0)
+  hi = calibration.smallest_feasible(fine, epsilon, lo, hi, rtol)
   # The public epsilon_of picks its own grid; make sure it agrees.
   for _ in range(100):
     if epsilon_of(hi, delta, accountant=accountant, discretization=discretization,
@@ -425,20 +363,6 @@ def calibrate_noise_multiplier(
       return hi
     hi *= 1.0 + rtol
   raise ConfigError(f"calibration did not converge for epsilon {epsilon:g}")  # pragma: no cover
-
-
-def _bracket_below(eps, epsilon: float, hi: float, rtol: float) -> tuple[float, float]:
-  """(lo, hi) below a feasible hi, in steps growing from 1% (the coarse grid's answer
-  is usually within a fraction of a percent of the fine one's)."""
-  step = 1e-2
-  while True:
-    lo = hi * (1.0 - step)
-    if lo < _SIGMA_SEARCH_RANGE[0]:
-      raise ConfigError(f"the budget is met with a noise multiplier below "
-                        f"{_SIGMA_SEARCH_RANGE[0]:g}: check sampling_rate and steps")
-    if eps(lo) > epsilon:
-      return lo, hi
-    hi, step = lo, min(0.5, 4.0 * step)
 
 
 # --- serialisation ------------------------------------------------------------------
