@@ -100,7 +100,8 @@ def test_attention_is_per_example():
 # between the shapes only in the first and last convs.
 @pytest.mark.parametrize("size,low,high,shape", [
     ("tiny", 0, 30_000, (28, 28, 1)), ("small", 150_000, 300_000, (32, 32, 3)),
-    ("reference", 1_300_000, 1_700_000, (28, 28, 1))])
+    ("reference", 1_300_000, 1_700_000, (28, 28, 1)), ("fast", 600_000, 900_000, (28, 28, 1)),
+    ("gpu", 10_000_000, 20_000_000, (32, 32, 3))])
 def test_sizes_and_output_shapes(size, low, high, shape):
   model = unet.UNet(unet.unet_config(size, shape, 10))
   out, variables = jax.eval_shape(
@@ -113,6 +114,21 @@ def test_sizes_and_output_shapes(size, low, high, shape):
 def test_resolution_must_halve_evenly():
   model = unet.UNet(unet.unet_config("small", (29, 29, 1), 10))
   with pytest.raises(ValueError, match="divisible by 2"):
+    jax.eval_shape(lambda k: unet.init_params(model, k), jax.random.key(0))
+
+
+def test_patches_fold_and_unfold_exactly():
+  x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+  folded = unet.space_to_depth(x, 2)
+  assert folded.shape == (2, 2, 3, 12)
+  # One folded pixel is its 2x2 block, row by row, channels innermost.
+  np.testing.assert_array_equal(folded[1, 1, 2], x[1, 2:4, 4:6].reshape(-1))
+  np.testing.assert_array_equal(unet.depth_to_space(folded, 2), x)
+
+
+def test_patched_unet_needs_sides_divisible_by_patch_and_levels():
+  model = unet.UNet(unet.unet_config("fast", (30, 30, 1), 10))
+  with pytest.raises(ValueError, match="divisible by 4"):
     jax.eval_shape(lambda k: unet.init_params(model, k), jax.random.key(0))
 
 

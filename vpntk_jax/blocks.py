@@ -261,14 +261,15 @@ def _fraction(value, name: str) -> None:
 # `vpntk pretrain-diffusion`): the model, its public pretraining, its DP-SGD fine-tuning.
 # `stages.diffusion_recipe` builds the recipe from them.
 
-UNET_SIZES = ("tiny", "cpu", "small", "reference")  # models.unet.UNET_SIZES, without importing JAX
+UNET_SIZES = ("tiny", "cpu", "fast", "small", "reference", "gpu")  # models.unet.UNET_SIZES, without importing JAX
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionModelConfig:
   """The class-conditional EDM UNet and how synthesis samples it."""
-  size: str = setting("small", "UNet size: tiny (tests), cpu (CPU-scale runs), small, "
-                      "reference (PrivImage's 1.5M)", flag="--unet-size", choices=UNET_SIZES)
+  size: str = setting("fast", "UNet size: tiny (tests), cpu, fast (CPU runs, 2x2 patches), "
+                      "small, reference (PrivImage's 1.5M), gpu", flag="--unet-size",
+                      choices=UNET_SIZES)
   # P(label -> null class) in training, so classifier-free guidance can run.
   label_dropout: float = 0.1
   sample_steps: int = setting(18, "Heun steps per synthesis", flag="--synthesis-steps",

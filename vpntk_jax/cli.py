@@ -198,7 +198,9 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   d.add_argument("--data", required=True, help="public dataset (any data source; its train split)")
   d.add_argument("--image-size", type=int, default=28)
   settings.add_flag(d, next(c for c in pretrain if c.path == "data.classes"), "classes")
-  d.add_argument("--unet-size", default="cpu", help="tiny, cpu, small or reference (default cpu)")
+  from vpntk_jax.blocks import DiffusionModelConfig  # pylint: disable=g-import-not-at-top
+  settings.add_flag(d, next(c for c in settings.flagged(DiffusionModelConfig())
+                            if c.path == "size"), "unet_size")
   # PublicPretrainConfig's fields, whose own flags are the methods' (--pretrain-steps).
   for name, flag, text in (("steps", "--steps", "training steps"),
                            ("batch_size", "--batch-size", "batch")):
@@ -340,14 +342,12 @@ def _pretrain(args, dotted: dict) -> dict:
 
 def _pretrain_diffusion(args) -> dict:
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.blocks import PublicPretrainConfig, UNET_SIZES  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.blocks import DiffusionModelConfig, PublicPretrainConfig  # pylint: disable=g-import-not-at-top
   from vpntk_jax.public.diffusion_model import pretrain_diffusion  # pylint: disable=g-import-not-at-top
-  from vpntk_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  if args.unet_size not in UNET_SIZES:
-    raise ConfigError(f"--unet-size must be one of {', '.join(UNET_SIZES)}, got {args.unet_size!r}")
+  size = args.unet_size or DiffusionModelConfig().size
   changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size))
              if v is not None}
-  model = pretrain_diffusion(args.data, args.out, size=args.unet_size, image_size=args.image_size,
+  model = pretrain_diffusion(args.data, args.out, size=size, image_size=args.image_size,
                              settings=dataclasses.replace(PublicPretrainConfig(), **changes),
                              seed=args.seed, exclude_classes=tuple(args.exclude_classes),
                              classes=args.classes, force=args.force, quiet=args.quiet)

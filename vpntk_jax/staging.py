@@ -82,9 +82,12 @@ def make_dir(path: str) -> None:
     raise RunDirError(f"cannot create the directory {path}: {e.strerror or e}") from None
 
 
-def stage(out: str) -> RunDir:
-  """A fresh staging directory beside `out`, to be swapped in by `finish()`."""
+def stage(out: str, *, resume: bool = False) -> RunDir:
+  """A fresh staging directory beside `out`, to be swapped in by `finish()`; with
+  `resume`, an interrupted one left there is kept (its checkpoints resume)."""
   staging = staging_path(out)
+  if resume and os.path.isdir(staging):
+    return RunDir(out, staging)
   if os.path.exists(staging):
     shutil.rmtree(staging)
   make_dir(staging)

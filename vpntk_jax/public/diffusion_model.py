@@ -110,11 +110,11 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
   return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
 
 
-def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: int = 28,
+def pretrain_diffusion(source: str, out: str, *, size: str = "fast", image_size: int = 28,
                        settings=None, label_dropout: float = 0.1, seed: int = 0,
                        exclude_classes: tuple[int, ...] = (),
                        classes: tuple[str, ...] | None = None, force: bool = False,
-                       quiet: bool = False) -> PublicDiffusion:
+                       resume: bool = False, quiet: bool = False) -> PublicDiffusion:
   """Trains a class-conditional EDM UNet on the train split of public data `source`
   (without the classes `exclude_classes`, which are dropped and the rest
   relabelled 0..K-1 in order) and saves it in `out`, built beside it and swapped in
@@ -122,7 +122,8 @@ def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: 
 
   Its classes are `classes` (--classes) if given, else those of the source's test
   split or stored class names (`schema.public_schema`); a label outside them is
-  refused, a class without images is kept."""
+  refused, a class without images is kept. With `resume`, an interrupted training
+  (its checkpoints in `out`.partial) continues where it stopped."""
   from vpntk_jax.diffusion.train import pretrain_edm  # pylint: disable=g-import-not-at-top
   settings = (settings or PublicPretrainConfig()).validate()
   data = resize_dataset(load_dataset(source, "train"), image_size)
@@ -151,7 +152,7 @@ def pretrain_diffusion(source: str, out: str, *, size: str = "cpu", image_size: 
       raise RunDirError(f"{out} exists and is not empty; use --force to replace it or "
                         f"another --out")
     check_replaceable(out, DIFFUSION_DIR_NAMES, DIFFUSION_JSON, "a public diffusion model")
-  run = stage(out)
+  run = stage(out, resume=resume)
   t0 = time.perf_counter()
   config = unet.unet_config(size, data.image_shape, len(kept), label_dropout=label_dropout)
   model = unet.UNet(config)

@@ -1,0 +1,81 @@
+"""Public models that travel with the package, each checked against its sha256 list.
+
+`vpntk_jax/public_models/NAME/` holds a public diffusion model directory
+(`public.diffusion_model`'s layout) and SHA256SUMS, one line per file
+("<sha256>  <relative path>"), written when the model is shipped
+(`python -m experiments.public_diffusion --ship`). Loading a shipped model
+re-hashes every file and refuses one that differs or is missing, so a run
+never starts from weights other than the recorded ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+from vpntk_jax.errors import ConfigError
+
+SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "public_models")
+SUMS = "SHA256SUMS"
+# The 30-class public pool (FashionMNIST's public part, MNIST, sklearn digits), 28x28x1.
+POOL_MODEL = "fashion_pool"
+
+
+def shipped_path(name: str) -> str:
+  return os.path.join(SHIPPED_ROOT, name)
+
+
+def _files(root: str) -> list[str]:
+  found = []
+  for folder, _, names in os.walk(root):
+    found += [os.path.relpath(os.path.join(folder, n), root) for n in names if n != SUMS]
+  return sorted(found)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def sums(root: str) -> dict[str, str]:
+  return {rel: _sha256(os.path.join(root, rel)) for rel in _files(root)}
+
+
+def check(root: str) -> str:
+  """`root` if its files are exactly those its SHA256SUMS lists, with those hashes."""
+  listing = os.path.join(root, SUMS)
+  if not os.path.isfile(listing):
+    raise ConfigError(f"{root}: no {SUMS}; a shipped model is checked against it")
+  expected = {}
+  with open(listing) as f:
+    for line in f:
+      digest, _, rel = line.rstrip("\n").partition("  ")
+      expected[rel] = digest
+  actual = sums(root)
+  if actual != expected:
+    differ = sorted(k for k in expected.keys() | actual.keys()
+                    if expected.get(k) != actual.get(k))
+    raise ConfigError(f"the shipped model in {root} does not match its {SUMS} "
+                      f"({', '.join(differ[:5])}); reinstall the package")
+  return root
+
+
+def ship(source: str, name: str) -> str:
+  """Copies the model directory `source` to the package as `name`, with its SHA256SUMS."""
+  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=g-import-not-at-top
+  load_diffusion_model(source)  # refuses an unfinished or foreign directory
+  target = shipped_path(name)
+  staging = target + ".partial"
+  shutil.rmtree(staging, ignore_errors=True)
+  shutil.copytree(source, staging, ignore=shutil.ignore_patterns("pretrain_checkpoints"))
+  with open(os.path.join(staging, SUMS), "w") as f:
+    f.writelines(f"{digest}  {rel}\n" for rel, digest in sums(staging).items())
+  if os.path.exists(target):
+    shutil.rmtree(target)
+  os.replace(staging, target)
+  return target
