@@ -44,6 +44,16 @@ def _names(value: str) -> tuple[str, ...]:
   return names(value)
 
 
+def _version() -> str:
+  """The installed package's version, from its metadata (importing the package
+  would import nothing heavy either, but the metadata is what pip installed)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version("vpntk_jax")
+  except metadata.PackageNotFoundError:
+    return "unknown (vpntk_jax is not installed; run pip install -e .)"
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
   # Flags and their short metavars fit left of the help: one line per setting.
   return argparse.HelpFormatter(prog, max_help_position=28)
@@ -180,6 +190,7 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
   from vpntk_jax.blocks import PublicPretrainConfig  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
+  p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
   sub = p.add_subparsers(dest="command", required=True)
   _add_synthesize(sub, method)
 
@@ -470,7 +481,13 @@ def main(argv: list[str] | None = None) -> int:
   except VpntkError as e:
     print(f"vpntk: error: {e}", file=sys.stderr)
     return 2
-  args = _parser(_method_in(argv)).parse_args(argv)
+  method = _method_in(argv)
+  if method is not None:
+    from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
+    if method not in methods.names():
+      print(f"vpntk: error: {methods.unknown_method(method)}", file=sys.stderr)
+      return 2
+  args = _parser(method).parse_args(argv)
   if dotted and args.command not in ("synthesize", "pretrain"):
     print(f"vpntk: error: --config.FIELD overrides apply to synthesize and pretrain, not "
           f"{args.command}", file=sys.stderr)
