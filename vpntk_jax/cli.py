@@ -285,11 +285,31 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
                       "default) or float32 (the float32 sampler it replaced)")
   _add_method_flags(a, method)
 
-  v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
-  v.add_argument("--epsilon", type=float, required=True)
+  v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per "
+                                     "accountant; with --steps, DP-SGD's noise or epsilon",
+                     formatter_class=_formatter,
+                     epilog="One release: --epsilon and --delta. DP-SGD: --steps, --delta, "
+                            "the sampling rate, and one of --epsilon, --noise-multiplier, "
+                            "--sigma (docs/method.md explains z and sigma).")
+  v.add_argument("--epsilon", type=float,
+                 help="the budget (required for one release; for DP-SGD, find the noise)")
   v.add_argument("--delta", type=float, required=True)
-  v.add_argument("--num-examples", type=int, help="m: also print the noise std per adjacency")
+  v.add_argument("--num-examples", type=int, metavar="N",
+                 help="one release: m, also print the noise std per adjacency; DP-SGD: "
+                      "the dataset size that --batch-size divides")
   v.add_argument("--json", action="store_true", help="print one JSON object")
+  g = v.add_argument_group("DP-SGD (Poisson-subsampled Gaussian)")
+  g.add_argument("--steps", type=int, metavar="T", help="DP-SGD steps (selects DP-SGD)")
+  g.add_argument("--sampling-rate", type=float, metavar="Q",
+                 help="each example's chance to join a batch")
+  g.add_argument("--batch-size", type=int, metavar="B",
+                 help="or the expected batch: q = B / N (with --num-examples N)")
+  g.add_argument("--noise-multiplier", type=float, metavar="Z",
+                 help="find epsilon for noise std Z x clip norm (Opacus, jax_privacy)")
+  g.add_argument("--sigma", type=float, metavar="S",
+                 help="find epsilon for noise std S x L2 sensitivity (this library)")
+  g.add_argument("--adjacency", choices=("add_remove", "replace_one"),
+                 help="neighbouring datasets (default: both)")
   return p
 
 
@@ -364,6 +384,31 @@ def _pretrain_diffusion(args) -> dict:
                              classes=args.classes, force=args.force, quiet=args.quiet)
   return {"out": args.out, "classes": model.spec["class_names"],
           "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
+
+
+def _privacy(args) -> str:
+  """`vpntk privacy`: one release's sigma per accountant, or with --steps DP-SGD's."""
+  dp_sgd = ("steps", "sampling_rate", "batch_size", "noise_multiplier", "sigma", "adjacency")
+  if args.steps is None:
+    given = [f"--{k.replace('_', '-')}" for k in dp_sgd if getattr(args, k) is not None]
+    if given:
+      raise ConfigError(f"{', '.join(given)}: DP-SGD settings; name its --steps T too")
+    if args.epsilon is None:
+      raise ConfigError("one release needs --epsilon (or, for DP-SGD, give --steps)")
+    from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
+    table = accounting.sigma_table(args.epsilon, args.delta, args.num_examples)
+    return json.dumps(table) if args.json else accounting.format_sigma_table(table)
+  import logging  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.privacy import dp_sgd_budget  # pylint: disable=g-import-not-at-top
+  # dp-accounting's RDP accountant logs each order it drops while the search probes
+  # small noise; the answer already accounts for that.
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  table = dp_sgd_budget.dp_sgd_table(
+      args.delta, steps=args.steps, sampling_rate=args.sampling_rate,
+      batch_size=args.batch_size, num_examples=args.num_examples, epsilon=args.epsilon,
+      noise_multiplier=args.noise_multiplier, sigma=args.sigma,
+      adjacencies=(args.adjacency,) if args.adjacency else dp_sgd_budget.ADJACENCIES)
+  return json.dumps(table) if args.json else dp_sgd_budget.format_dp_sgd_table(table)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict:
@@ -538,9 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                                       private_diagnostics=args.private_diagnostics),
                        indent=2))
     elif args.command == "privacy":
-      from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
-      table = accounting.sigma_table(args.epsilon, args.delta, args.num_examples)
-      print(json.dumps(table) if args.json else accounting.format_sigma_table(table))
+      print(_privacy(args))
   except VpntkError as e:
     print(f"vpntk: error: {e}", file=sys.stderr)
     return 2
