@@ -563,8 +563,10 @@ def main(argv: list[str] | None = None) -> int:
                        indent=2))
     elif args.command == "export":
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
-      print(json.dumps(export.export_run(args.run_dir, args.out, fmt=args.fmt,
-                                         force=args.force), indent=2))
+      summary = export.export_run(args.run_dir, args.out, fmt=args.fmt, force=args.force)
+      print(json.dumps(summary, indent=2))
+      for warning in summary["warnings"]:
+        print(f"vpntk: warning: {warning}", file=sys.stderr)
     elif args.command == "to-npy":
       print(json.dumps(_to_npy(args), indent=2))
     elif args.command == "check-features":
