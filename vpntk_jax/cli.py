@@ -225,10 +225,17 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   r = sub.add_parser("report", help="write report.md and report.html for a run")
   r.add_argument("run_dir")
 
-  e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz on the real test set")
-  e.add_argument("run_dir")
+  e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz, or any synthetic set "
+                                      "(e.g. DPImageBench's gen.npz), on the real test set")
+  e.add_argument("run_dir", metavar="RUN_OR_SOURCE",
+                 help="a run directory, or a data source holding a synthetic set: "
+                      "dpimagebench:PATH, a gen.npz, a DPImageBench run folder, ...")
   e.add_argument("--test-data", metavar="SOURCE",
-                 help="evaluate on this test set (same classes and image shape as the run's)")
+                 help="evaluate on this test set (same classes and image shape as the run's; "
+                      "required for a source that is not a run)")
+  e.add_argument("--out", metavar="DIR",
+                 help="for a source that is not a run: write metrics.json into DIR "
+                      "(default: print only)")
   _add_settings(e, _EVALUATE_SETTINGS)
   e.add_argument("--quiet", action="store_true")
 
@@ -384,6 +391,23 @@ def _pretrain_diffusion(args) -> dict:
                              classes=args.classes, force=args.force, quiet=args.quiet)
   return {"out": args.out, "classes": model.spec["class_names"],
           "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
+
+
+def _evaluate(args) -> dict:
+  """`vpntk evaluate`: a run directory (it has config.json), else a synthetic set
+  named as a data source and scored against --test-data."""
+  import os  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.run_files import CONFIG  # pylint: disable=g-import-not-at-top
+  if os.path.isfile(os.path.join(args.run_dir, CONFIG)):
+    if args.out is not None:
+      raise ConfigError(f"{args.run_dir} is a run: its metrics.json is rewritten in place; "
+                        f"--out is for a synthetic set that is not a run")
+    return pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
+                                 overrides=_shared_overrides(args), quiet=args.quiet)
+  return pipeline.evaluate_source(args.run_dir, test_source=args.test_data,
+                                  overrides=_shared_overrides(args), out=args.out,
+                                  quiet=args.quiet)
 
 
 def _privacy(args) -> str:
@@ -556,11 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"outputs in {summary['run_dir']}: report.html, samples.png, synthetic.npz, "
               f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
-      from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
-                                             overrides=_shared_overrides(args),
-                                             quiet=args.quiet),
-                       indent=2))
+      print(json.dumps(_evaluate(args), indent=2))
     elif args.command == "export":
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
       summary = export.export_run(args.run_dir, args.out, fmt=args.fmt, force=args.force)
