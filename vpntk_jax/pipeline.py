@@ -272,7 +272,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       state = jax.device_get(state)  # synthesis runs on the primary's devices only
     synthesis.save_loss_curve(run)
     images, labels = synthesis.synthesize(recipe.sampler, state, test.num_classes, config, run,
-                                          quiet=quiet)
+                                          quiet=quiet, class_names=test.class_names)
     lap("synthesize")
     metrics = evaluation.evaluate(images, labels, test, config, run, public_models=public_models,
                                   quiet=quiet)
