@@ -11,7 +11,8 @@ from PIL import Image
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation import DEFAULT_CLASSIFIERS, balanced_subsample, evaluate_synthetic
 from vpntk_jax.evaluation.cnn import fit_predict_cnn, max_pool_2x2
-from vpntk_jax.visualize import BACKGROUND, PAD, sample_grid, save_loss_curve, save_png
+from vpntk_jax.visualize import (BACKGROUND, PAD, labelled_sample_grid, render_loss_curve,
+                                 sample_grid, save_loss_curve, save_png, save_sample_grid)
 
 # Few epochs suffice on 8x8 digits; kept fixed so the test stays fast and honest.
 CNN_EPOCHS = 15
@@ -115,6 +116,48 @@ def test_sample_grid_rows_hold_their_class():
       assert np.all(block == expected), (k, j)
   assert np.all(grid[:PAD] == BACKGROUND)
   assert np.all(grid[:, PAD + 28 : PAD + cell] == BACKGROUND)
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (8, 3)])
+def test_labelled_sample_grid_names_each_row(tmp_path, size, channels):
+  labels = np.repeat(np.arange(3), 4)
+  images = np.full((12, size, size, channels), 128, np.uint8)
+  names = ("T-shirt/top", "Trouser", "Ankle boot")
+  plain = sample_grid(images, labels, 3, per_class=4)
+  grid = labelled_sample_grid(images, labels, names, per_class=4)
+  scale = grid.shape[0] // plain.shape[0]
+  assert grid.shape[0] == plain.shape[0] * scale and grid.shape[-1] == channels
+  assert scale * (size + PAD) >= 14  # tall enough for a line of text
+  # The images sit unchanged (enlarged by a whole factor) right of a names column ...
+  margin = grid.shape[1] - plain.shape[1] * scale
+  np.testing.assert_array_equal(
+      grid[:, margin:], np.repeat(np.repeat(plain, scale, axis=0), scale, axis=1))
+  # ... whose ink lies in every row's band, and only there.
+  ink = (grid[:, :margin] < 100).any(axis=(1, 2))
+  cell = (size + PAD) * scale
+  assert all(ink[k * cell:(k + 1) * cell + PAD * scale].any() for k in range(3))
+  assert not ink[3 * cell + PAD * scale:].any()
+  other = labelled_sample_grid(images, labels, ("a", "b", "c"), per_class=4)
+  assert other.shape[1] < grid.shape[1]  # the column fits the longest name
+  # save_sample_grid labels the rows only where the names match the classes.
+  save_sample_grid(tmp_path / "named.png", images, labels, 3, per_class=4, class_names=names)
+  save_sample_grid(tmp_path / "plain.png", images, labels, 3, per_class=4, class_names=names[:2])
+  with Image.open(tmp_path / "named.png") as a, Image.open(tmp_path / "plain.png") as b:
+    assert a.size == (grid.shape[1], grid.shape[0]) and b.size == plain.shape[1::-1]
+
+
+@pytest.mark.parametrize("points", [1, 2])
+def test_a_short_loss_log_is_written_out_not_plotted(points):
+  steps, losses = np.arange(points) * 10, np.array([0.5, 0.25][:points])
+  rgb = render_loss_curve(steps, losses).astype(int)
+  blue = (rgb[..., 2] > 150) & (rgb[..., 0] < 100) & (rgb[..., 1] < 100)
+  assert not blue.any()  # no dot, no two-point "curve"
+  dark = rgb.sum(axis=-1) < 100
+  assert dark[:, 80].sum() < 50  # no log10 axis either
+  assert dark[40:120].sum() > 100  # the values, as text
+  longer = render_loss_curve(np.arange(3), np.array([0.5, 0.25, 0.2])).astype(int)
+  assert ((longer[..., 2] > 150) & (longer[..., 0] < 100)).any()
+  assert (longer.sum(axis=-1) < 100)[30:360, 80].mean() > 0.9  # the axis of a real curve
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -9,20 +9,22 @@ import numpy as np
 import pytest
 
 from vpntk_jax import cli
+from vpntk_jax import export
 from vpntk_jax.blocks import DataConfig
 from vpntk_jax.config import RunConfig
 
 
-def _run_dir(tmp_path, shape=(28, 28, 1), n=30, source="fashion_mnist"):
+def _run_dir(tmp_path, shape=(28, 28, 1), n=30, source="fashion_mnist", labels=None,
+             **config):
   run = tmp_path / "run"
   run.mkdir()
   (run / "config.json").write_text(json.dumps(
-      RunConfig(data=DataConfig(source=source), epsilon=10.0).to_json()))
+      RunConfig(data=DataConfig(source=source), epsilon=10.0, **config).to_json()))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, *shape), np.uint8)
   images[0] = 0
   images[1] = 255
-  labels = (np.arange(n) % 10).astype(np.int32)
+  labels = (np.arange(n) % 10).astype(np.int32) if labels is None else labels
   np.savez(run / "synthetic.npz", images=images, labels=labels)
   return run, images, labels
 
@@ -71,3 +73,49 @@ def test_export_of_a_run_without_synthetic_data_is_an_error(tmp_path, capsys):
   (run / "synthetic.npz").unlink()
   assert cli.main(["export", str(run), "--out", str(tmp_path / "bench")]) == 2
   assert "synthetic.npz" in capsys.readouterr().err and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("method, named", [("dp-merf", "DP-MERF"), ("dp-ntk", "DP-NTK"),
+                                           ("vp-ntk", "vp-ntk")])
+def test_the_eval_hint_names_the_run_s_own_method(tmp_path, capsys, method, named):
+  run, _, _ = _run_dir(tmp_path, method=method)
+  assert cli.main(["export", str(run), "--out", str(tmp_path / "bench")]) == 0
+  captured = capsys.readouterr()
+  summary = json.loads(captured.out)
+  assert f"eval.py --method {named} --data_name fmnist_28" in summary["evaluate_with"]
+  # A method DPImageBench does not have: say which config eval.py will look for.
+  no_such_method = [w for w in summary["warnings"] if "has no method" in w]
+  assert bool(no_such_method) == (method == "vp-ntk")
+  assert all(f"vpntk: warning: {w}" in captured.err for w in summary["warnings"])
+
+
+def test_a_missing_class_is_an_error_before_anything_is_written(tmp_path, capsys):
+  labels = (np.arange(30) % 9).astype(np.int32)  # class 9 of FashionMNIST's 10 absent
+  run, _, _ = _run_dir(tmp_path, labels=labels)
+  out = tmp_path / "bench"
+  assert cli.main(["export", str(run), "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "no image of class(es) [9] of 10" in err and "Traceback" not in err
+  assert not out.exists()
+
+
+def test_a_gap_in_the_classes_of_an_unknown_source_is_an_error(tmp_path, capsys):
+  labels = np.array([0, 2] * 15, np.int32)
+  run, _, _ = _run_dir(tmp_path, labels=labels, source=str(tmp_path / "own.npz"))
+  assert cli.main(["export", str(run), "--out", str(tmp_path / "bench")]) == 2
+  assert "class(es) [1] of 3" in capsys.readouterr().err
+
+
+def test_split_and_delta_unlike_dpimagebench_s_are_warned(tmp_path, capsys):
+  run, _, _ = _run_dir(tmp_path)  # delta 1e-5, the default
+  assert cli.main(["export", str(run), "--out", str(tmp_path / "a")]) == 0
+  warnings = json.loads(capsys.readouterr().out)["warnings"]
+  assert any("55,000 of fmnist's 60,000" in w for w in warnings)
+  assert any("delta is 1e-05" in w and "1.666e-06" in w for w in warnings)
+  (tmp_path / "run").rename(tmp_path / "old")
+  bench_delta = export.dpimagebench_delta(55000)
+  run, _, _ = _run_dir(tmp_path, delta=bench_delta)
+  assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+  warnings = json.loads(capsys.readouterr().out)["warnings"]
+  assert len(warnings) == 1 and "random_split" in warnings[0]
+  assert bench_delta == pytest.approx(1 / (55000 * np.log(55000)))

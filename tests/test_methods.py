@@ -36,6 +36,32 @@ def test_registry_finds_every_method_module():
       methods.get(bad)
 
 
+def test_a_misspelt_method_names_the_closest_and_exits_2(capsys, tmp_path):
+  with pytest.raises(ConfigError, match="did you mean 'vp-ntk'"):
+    methods.get("vp_ntk")
+  out = tmp_path / "run"
+  assert cli.main(["synthesize", "--out", str(out), "--method", "dp-ntkk"]) == 2
+  err = capsys.readouterr().err
+  assert "did you mean 'dp-ntk'?" in err and "Traceback" not in err and not out.exists()
+  # Nothing close: no guess, only the list.
+  assert cli.main(["audit", "--method=zzzz", "--epsilon", "1"]) == 2
+  err = capsys.readouterr().err
+  assert "unknown method 'zzzz'" in err and "did you mean" not in err and "dp-ntk" in err
+
+
+def test_version_comes_from_the_package_metadata_without_jax():
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  code = ("import sys; from vpntk_jax import cli\n"
+          "try: cli.main(['--version'])\n"
+          "except SystemExit as e: assert e.code == 0, e.code\n"
+          "heavy = [m for m in ('jax', 'flax', 'dp_accounting') if m in sys.modules]\n"
+          "assert not heavy, heavy")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        check=False, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == f"vpntk {metadata.version('vpntk_jax')}"
+
+
 def test_each_method_gets_its_own_block():
   assert isinstance(RunConfig().options, dp_ntk.Options)
   config = RunConfig(method="vp-ntk")

@@ -264,3 +264,25 @@ def test_a_finished_dpagg_ti_run_is_reported_complete(data, public_model, tmp_pa
   assert not any(k.startswith("train.") or k == "validation_noise_scale" for k in rows)
   # The report the run wrote itself says the same.
   assert "Missing parts" not in (out / "report.md").read_text()
+
+
+def test_a_missing_fid_is_said_and_a_digest_keeps_its_full_value(tmp_path):
+  full = "0123456789abcdef" * 4
+  run = _make_run(tmp_path / "run", ledger=_ledger(_record("final", sha256=full)))
+  _, md, page = _render(run)
+  assert "FID was not computed" not in md  # this run's metrics have an FID
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  for key in ("fid", "kid_mean"):
+    metrics.pop(key)
+  _write_json(tmp_path / "run" / "metrics.json", metrics)
+  _, md, page = _render(run)
+  assert "FID was not computed" in md and "FID was not computed" in page
+  # The table shows 12 digits; the page keeps all 64 as the cell's title.
+  assert f'title="{full}">0123456789ab</td>' in page and full not in md
+  _write_json(tmp_path / "run" / "metrics.json", {**metrics, "inception": {
+      "fid": 12.5, "num_a": 10, "reference": "fashion_mnist:test", "weights_sha256": full}})
+  _, md, _ = _render(run)
+  assert "Inception FID 12.5" in md and "FID was not computed" not in md
+  _write_json(tmp_path / "run" / "metrics.json", {"evaluated": False, "reason": "no test set"})
+  _, md, _ = _render(run)
+  assert "Not evaluated" in md and "FID was not computed" not in md

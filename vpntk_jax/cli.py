@@ -44,6 +44,16 @@ def _names(value: str) -> tuple[str, ...]:
   return names(value)
 
 
+def _version() -> str:
+  """The installed package's version, from its metadata (importing the package
+  would import nothing heavy either, but the metadata is what pip installed)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version("vpntk_jax")
+  except metadata.PackageNotFoundError:
+    return "unknown (vpntk_jax is not installed; run pip install -e .)"
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
   # Flags and their short metavars fit left of the help: one line per setting.
   return argparse.HelpFormatter(prog, max_help_position=28)
@@ -180,6 +190,7 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
   from vpntk_jax.blocks import PublicPretrainConfig  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog="vpntk", description=__doc__)
+  p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
   sub = p.add_subparsers(dest="command", required=True)
   _add_synthesize(sub, method)
 
@@ -216,10 +227,17 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   r = sub.add_parser("report", help="write report.md and report.html for a run")
   r.add_argument("run_dir")
 
-  e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz on the real test set")
-  e.add_argument("run_dir")
+  e = sub.add_parser("evaluate", help="evaluate a run's synthetic.npz, or any synthetic set "
+                                      "(e.g. DPImageBench's gen.npz), on the real test set")
+  e.add_argument("run_dir", metavar="RUN_OR_SOURCE",
+                 help="a run directory, or a data source holding a synthetic set: "
+                      "dpimagebench:PATH, a gen.npz, a DPImageBench run folder, ...")
   e.add_argument("--test-data", metavar="SOURCE",
-                 help="evaluate on this test set (same classes and image shape as the run's)")
+                 help="evaluate on this test set (same classes and image shape as the run's; "
+                      "required for a source that is not a run)")
+  e.add_argument("--out", metavar="DIR",
+                 help="for a source that is not a run: write metrics.json into DIR "
+                      "(default: print only)")
   _add_settings(e, _EVALUATE_SETTINGS)
   e.add_argument("--quiet", action="store_true")
 
@@ -276,11 +294,31 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
                       "default) or float32 (the float32 sampler it replaced)")
   _add_method_flags(a, method)
 
-  v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per accountant")
-  v.add_argument("--epsilon", type=float, required=True)
+  v = sub.add_parser("privacy", help="noise multiplier sigma for (epsilon, delta), per "
+                                     "accountant; with --steps, DP-SGD's noise or epsilon",
+                     formatter_class=_formatter,
+                     epilog="One release: --epsilon and --delta. DP-SGD: --steps, --delta, "
+                            "the sampling rate, and one of --epsilon, --noise-multiplier, "
+                            "--sigma (docs/method.md explains z and sigma).")
+  v.add_argument("--epsilon", type=float,
+                 help="the budget (required for one release; for DP-SGD, find the noise)")
   v.add_argument("--delta", type=float, required=True)
-  v.add_argument("--num-examples", type=int, help="m: also print the noise std per adjacency")
+  v.add_argument("--num-examples", type=int, metavar="N",
+                 help="one release: m, also print the noise std per adjacency; DP-SGD: "
+                      "the dataset size that --batch-size divides")
   v.add_argument("--json", action="store_true", help="print one JSON object")
+  g = v.add_argument_group("DP-SGD (Poisson-subsampled Gaussian)")
+  g.add_argument("--steps", type=int, metavar="T", help="DP-SGD steps (selects DP-SGD)")
+  g.add_argument("--sampling-rate", type=float, metavar="Q",
+                 help="each example's chance to join a batch")
+  g.add_argument("--batch-size", type=int, metavar="B",
+                 help="or the expected batch: q = B / N (with --num-examples N)")
+  g.add_argument("--noise-multiplier", type=float, metavar="Z",
+                 help="find epsilon for noise std Z x clip norm (Opacus, jax_privacy)")
+  g.add_argument("--sigma", type=float, metavar="S",
+                 help="find epsilon for noise std S x L2 sensitivity (this library)")
+  g.add_argument("--adjacency", choices=("add_remove", "replace_one"),
+                 help="neighbouring datasets (default: both)")
   return p
 
 
@@ -353,6 +391,48 @@ def _pretrain_diffusion(args) -> dict:
                              classes=args.classes, force=args.force, quiet=args.quiet)
   return {"out": args.out, "classes": model.spec["class_names"],
           "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
+
+
+def _evaluate(args) -> dict:
+  """`vpntk evaluate`: a run directory (it has config.json), else a synthetic set
+  named as a data source and scored against --test-data."""
+  import os  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.run_files import CONFIG  # pylint: disable=g-import-not-at-top
+  if os.path.isfile(os.path.join(args.run_dir, CONFIG)):
+    if args.out is not None:
+      raise ConfigError(f"{args.run_dir} is a run: its metrics.json is rewritten in place; "
+                        f"--out is for a synthetic set that is not a run")
+    return pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
+                                 overrides=_shared_overrides(args), quiet=args.quiet)
+  return pipeline.evaluate_source(args.run_dir, test_source=args.test_data,
+                                  overrides=_shared_overrides(args), out=args.out,
+                                  quiet=args.quiet)
+
+
+def _privacy(args) -> str:
+  """`vpntk privacy`: one release's sigma per accountant, or with --steps DP-SGD's."""
+  dp_sgd = ("steps", "sampling_rate", "batch_size", "noise_multiplier", "sigma", "adjacency")
+  if args.steps is None:
+    given = [f"--{k.replace('_', '-')}" for k in dp_sgd if getattr(args, k) is not None]
+    if given:
+      raise ConfigError(f"{', '.join(given)}: DP-SGD settings; name its --steps T too")
+    if args.epsilon is None:
+      raise ConfigError("one release needs --epsilon (or, for DP-SGD, give --steps)")
+    from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
+    table = accounting.sigma_table(args.epsilon, args.delta, args.num_examples)
+    return json.dumps(table) if args.json else accounting.format_sigma_table(table)
+  import logging  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.privacy import dp_sgd_budget  # pylint: disable=g-import-not-at-top
+  # dp-accounting's RDP accountant logs each order it drops while the search probes
+  # small noise; the answer already accounts for that.
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  table = dp_sgd_budget.dp_sgd_table(
+      args.delta, steps=args.steps, sampling_rate=args.sampling_rate,
+      batch_size=args.batch_size, num_examples=args.num_examples, epsilon=args.epsilon,
+      noise_multiplier=args.noise_multiplier, sigma=args.sigma,
+      adjacencies=(args.adjacency,) if args.adjacency else dp_sgd_budget.ADJACENCIES)
+  return json.dumps(table) if args.json else dp_sgd_budget.format_dp_sgd_table(table)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict:
@@ -470,7 +550,13 @@ def main(argv: list[str] | None = None) -> int:
   except VpntkError as e:
     print(f"vpntk: error: {e}", file=sys.stderr)
     return 2
-  args = _parser(_method_in(argv)).parse_args(argv)
+  method = _method_in(argv)
+  if method is not None:
+    from vpntk_jax import methods  # pylint: disable=g-import-not-at-top
+    if method not in methods.names():
+      print(f"vpntk: error: {methods.unknown_method(method)}", file=sys.stderr)
+      return 2
+  args = _parser(method).parse_args(argv)
   if dotted and args.command not in ("synthesize", "pretrain"):
     print(f"vpntk: error: --config.FIELD overrides apply to synthesize and pretrain, not "
           f"{args.command}", file=sys.stderr)
@@ -494,15 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"outputs in {summary['run_dir']}: report.html, samples.png, synthetic.npz, "
               f"privacy.json, metrics.json", file=sys.stderr)
     elif args.command == "evaluate":
-      from vpntk_jax import pipeline  # pylint: disable=g-import-not-at-top
-      print(json.dumps(pipeline.evaluate_run(args.run_dir, test_source=args.test_data,
-                                             overrides=_shared_overrides(args),
-                                             quiet=args.quiet),
-                       indent=2))
+      print(json.dumps(_evaluate(args), indent=2))
     elif args.command == "export":
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
-      print(json.dumps(export.export_run(args.run_dir, args.out, fmt=args.fmt,
-                                         force=args.force), indent=2))
+      summary = export.export_run(args.run_dir, args.out, fmt=args.fmt, force=args.force)
+      print(json.dumps(summary, indent=2))
+      for warning in summary["warnings"]:
+        print(f"vpntk: warning: {warning}", file=sys.stderr)
     elif args.command == "to-npy":
       print(json.dumps(_to_npy(args), indent=2))
     elif args.command == "check-features":
@@ -521,9 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                                       private_diagnostics=args.private_diagnostics),
                        indent=2))
     elif args.command == "privacy":
-      from vpntk_jax.privacy import accounting  # pylint: disable=g-import-not-at-top
-      table = accounting.sigma_table(args.epsilon, args.delta, args.num_examples)
-      print(json.dumps(table) if args.json else accounting.format_sigma_table(table))
+      print(_privacy(args))
   except VpntkError as e:
     print(f"vpntk: error: {e}", file=sys.stderr)
     return 2

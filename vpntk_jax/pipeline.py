@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import shutil
+import tempfile
 import time
 
 import jax
@@ -25,6 +26,7 @@ from vpntk_jax import io_utils
 from vpntk_jax import public
 from vpntk_jax import report
 from vpntk_jax import sharding
+from vpntk_jax.blocks import NO_TEST_SET
 from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset, load_test_source, npy, resize_dataset
 from vpntk_jax.data.schema import Schema, fit_to_schema
@@ -38,8 +40,8 @@ from vpntk_jax.privacy import diagnostics
 from vpntk_jax.run_dir import (check_reusable_release, load_config, load_release, lock,
                                open_run_dir, read_synthetic)
 from vpntk_jax.staging import RunDir, staging_path
-from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOG_TXT, PRETRAIN_CHECKPOINTS, PRIVACY,
-                                 PUBLIC, RELEASE, SELECTION_CHECKPOINTS, SYNTHETIC)
+from vpntk_jax.run_files import (CHECKPOINTS, CONFIG, LOG_TXT, METRICS, PRETRAIN_CHECKPOINTS,
+                                 PRIVACY, PUBLIC, RELEASE, SELECTION_CHECKPOINTS, SYNTHETIC)
 from vpntk_jax.stages import evaluation, mean_embedding, synthesis
 from vpntk_jax.training.checkpoints import check_readable
 from vpntk_jax.log import run_log, say
@@ -270,7 +272,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
       state = jax.device_get(state)  # synthesis runs on the primary's devices only
     synthesis.save_loss_curve(run)
     images, labels = synthesis.synthesize(recipe.sampler, state, test.num_classes, config, run,
-                                          quiet=quiet)
+                                          quiet=quiet, class_names=test.class_names)
     lap("synthesize")
     metrics = evaluation.evaluate(images, labels, test, config, run, public_models=public_models,
                                   quiet=quiet)
@@ -338,6 +340,43 @@ def evaluate_run(run_path: str, *, test_source: str | None = None, overrides=Non
                                 public_models=load_public_models(config), quiet=quiet)
   report.write_report(run_path)  # the report shows the new metrics
   return metrics
+
+
+def evaluate_source(source: str, *, test_source: str, overrides=None, out: str | None = None,
+                    quiet: bool = False) -> dict:
+  """`vpntk evaluate SOURCE --test-data TEST`: scores a synthetic set that is not a vpntk
+  run (any data source, e.g. a DPImageBench gen.npz or its run folder) with the same
+  classifiers and distances as a run, under the default settings and `overrides`.
+
+  The test set is resized to the synthetic images' size; classes and channels must
+  agree. metrics.json goes to `out` (a new file there), or nowhere.
+  """
+  if not test_source or test_source in ("none", NO_TEST_SET):
+    raise ConfigError(f"{source} is not a vpntk run, so it has no test set of its own: "
+                      f"name the real test set with --test-data SOURCE")
+  config = config_lib.with_overrides(RunConfig(), overrides or {})
+  evaluation.check_fid_files(config)
+  if out is not None and os.path.exists(os.path.join(out, METRICS)):
+    raise RunDirError(f"{os.path.join(out, METRICS)} exists; name another --out")
+  if out is not None and os.path.exists(out) and not os.path.isdir(out):
+    raise RunDirError(f"{out} exists and is not a directory; name another --out")
+  test = load_test_source(test_source)
+  synthetic = load_dataset(source, "train", num_classes=test.num_classes)
+  (h, w, c), (_, _, test_c) = synthetic.image_shape, test.image_shape
+  if h != w or c != test_c:
+    raise DataError(f"{synthetic.name} holds {h}x{w}x{c} images; the test set {test.name} "
+                    f"is {'x'.join(map(str, test.image_shape))}: they need square images "
+                    f"with the same channels (the test set is resized to match)")
+  test = resize_dataset(test, h)
+  config = dataclasses.replace(config, data=dataclasses.replace(
+      config.data, source=source, test_source=test_source, image_size=h))
+  config.validate()
+  with contextlib.ExitStack() as stack:
+    where = out if out is not None else stack.enter_context(tempfile.TemporaryDirectory())
+    os.makedirs(where, exist_ok=True)
+    metrics = evaluation.evaluate(synthetic.images, synthetic.labels, test, config,
+                                  RunDir(where, where), quiet=quiet)
+  return {"synthetic": synthetic.name, **metrics}
 
 
 def audit(config: RunConfig, *, num_examples: int = 1000, trials: int = 500,

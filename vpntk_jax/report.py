@@ -359,6 +359,11 @@ def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
                             f"{scores.get('num_a')} synthetic images against "
                             f"{scores.get('reference')} (weights sha256 "
                             f"{str(scores.get('weights_sha256'))[:12]})")
+  elif metrics.get("evaluated") is not False and not _is_number(metrics.get("fid")):
+    # Said outright: a reader comparing with a paper's table looks for an FID.
+    section["inception"] = ("FID was not computed: it needs pytorch-fid's Inception weights "
+                            "(vpntk evaluate RUN --fid-weights FILE adds it; see "
+                            "docs/run_directory.md).")
   for key in ("protocol", "test_set"):
     if isinstance(metrics.get(key), str):
       section[key] = metrics[key]
@@ -454,6 +459,17 @@ def build_report(run_dir: str) -> dict:
 # Rendering.
 
 
+class Digest(str):
+  """A digest's first 12 hex digits (what a table shows); `full` is the whole value,
+  which the HTML report keeps as the cell's title."""
+  full: str
+
+  def __new__(cls, full: str | None):
+    text = super().__new__(cls, (full or "not recorded")[:12])
+    text.full = full or "not recorded"
+    return text
+
+
 def _release_table(releases: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
   header = ["Release", "Status", "Sensitivity", "Sigma", "Noise std", "Accountant",
             "Epsilon", "Private examples", "Noise seed", "sha256 (first 12)"]
@@ -464,7 +480,7 @@ def _release_table(releases: Sequence[dict]) -> tuple[list[str], list[list[str]]
            fmt_num(r["sensitivity"]), fmt_num(r["sigma"]), fmt_num(r["noise_std"]),
            r["accountant"], fmt_num(r["epsilon"]), str(r["num_private_examples"]),
            "secret (OS entropy)" if r["noise_seed"] is None else str(r["noise_seed"]),
-           (r.get("sha256") or "not recorded")[:12]]
+           Digest(r.get("sha256"))]
           for r in releases]
   return header, rows
 
@@ -573,10 +589,15 @@ def render_markdown(report: dict, run_dir: str) -> str:
   return "\n".join(out)
 
 
+# No table or line may be wider than the page: long words in text wrap, names break
+# after their underscores (<wbr>), and a digest anywhere.
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222;
+overflow-wrap:break-word}
+table{border-collapse:collapse;margin:.5em 0;max-width:100%;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .4em;text-align:left}
+td{overflow-wrap:anywhere}
+td.digest{font-family:monospace;word-break:break-all}
 th{background:#f3f3f3}
 .warning{background:#fdd;border:2px solid #c00;color:#900;padding:.6em;font-weight:bold}
 .statement{font-weight:bold}
@@ -589,9 +610,16 @@ def _h(s: Any) -> str:
   return html.escape(str(s), quote=True)
 
 
+def _html_cell(cell: Any) -> str:
+  """A cell: text, or a `Digest` shown shortened with the full value as its title."""
+  if isinstance(cell, Digest):
+    return f'<td class="digest" title="{_h(cell.full)}">{_h(cell)}</td>'
+  return f"<td>{_h(cell).replace('_', '_<wbr>')}</td>"
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   head = "".join(f"<th>{_h(c)}</th>" for c in header)
-  body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
+  body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in rows)
   return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -72,15 +72,63 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     raise
 
 
+# Rows at least this tall (pixels) when names are drawn beside them: the default
+# bitmap font is about 11 pixels high.
+_LABEL_ROW_HEIGHT = 14
+
+
+def labelled_sample_grid(
+  images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 10
+) -> np.ndarray:
+  """`sample_grid` with each row's class name written to its left.
+
+  Small images are enlarged by a whole factor (nearest neighbour) until a row is
+  tall enough for a line of text; the names column is as wide as the longest name.
+  """
+  names = [str(n) for n in class_names]
+  if not names:
+    raise DataError("class_names must name at least one class")
+  grid = sample_grid(images, labels, len(names), per_class)
+  cell = images.shape[1] + PAD
+  scale = -(-_LABEL_ROW_HEIGHT // cell)  # ceil
+  if scale > 1:
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+  font = ImageFont.load_default()
+  probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+  widths = [probe.textbbox((0, 0), n, font=font)[2] for n in names]
+  margin = max(widths) + 2 * PAD + 4
+  canvas = Image.new("L" if grid.shape[-1] == 1 else "RGB",
+                     (grid.shape[1] + margin, grid.shape[0]), BACKGROUND if grid.shape[-1] == 1
+                     else (BACKGROUND,) * 3)
+  canvas.paste(_to_pil(grid), (margin, 0))
+  draw = ImageDraw.Draw(canvas)
+  ink = 0 if grid.shape[-1] == 1 else (0, 0, 0)
+  for row, name in enumerate(names):
+    top, bottom = probe.textbbox((0, 0), name, font=font)[1::2]
+    middle = (PAD + row * cell + (cell - PAD) / 2) * scale
+    draw.text((PAD + 2, middle - (top + bottom) / 2), name, fill=ink, font=font)
+  out = np.asarray(canvas)
+  return out[..., None] if out.ndim == 2 else out
+
+
 def save_sample_grid(
   path: str | os.PathLike,
   images: np.ndarray,
   labels: np.ndarray,
   num_classes: int,
   per_class: int = 10,
+  class_names: Sequence[str] | None = None,
 ) -> None:
-  """Saves `sample_grid(images, labels, num_classes, per_class)` as a PNG."""
-  save_png(path, sample_grid(images, labels, num_classes, per_class))
+  """Saves the sample grid as a PNG: with the class names beside the rows where they
+  are known (`labelled_sample_grid`), else unlabelled (`sample_grid`)."""
+  if class_names is not None and len(class_names) == num_classes:
+    save_png(path, labelled_sample_grid(images, labels, class_names, per_class))
+  else:
+    save_png(path, sample_grid(images, labels, num_classes, per_class))
+
+
+# Fewer usable (positive, finite) points than this are listed as text, not plotted.
+_MIN_CURVE_POINTS = 3
 
 
 def _format_value(value: float) -> str:
@@ -90,7 +138,8 @@ def _format_value(value: float) -> str:
 def render_loss_curve(
   steps: Sequence[float], losses: Sequence[float], *, width: int = 640, height: int = 400
 ) -> np.ndarray:
-  """Draws log10(loss) against step as an RGB uint8 image; non-positive losses are skipped."""
+  """Draws log10(loss) against step as an RGB uint8 image; non-positive losses are skipped.
+  With fewer than three usable points the image lists them as text instead."""
   steps = np.asarray(steps, np.float64).reshape(-1)
   losses = np.asarray(losses, np.float64).reshape(-1)
   if steps.shape != losses.shape:
@@ -102,6 +151,17 @@ def render_loss_curve(
   draw = ImageDraw.Draw(image)
   font = ImageFont.load_default()
   left, right, top, bottom = 80, width - 20, 30, height - 40
+  if 0 < steps.size < _MIN_CURVE_POINTS:
+    # One or two logged steps make no curve (and a log axis through them says
+    # nothing): write the values down instead.
+    order = np.argsort(steps, kind="stable")
+    lines = [f"Training loss: only {steps.size} logged step{'s' * (steps.size > 1)}, "
+             f"too few for a curve"] + [
+             f"step {_format_value(steps[i])}: loss {_format_value(10.0 ** logs[i])}"
+             for i in order]
+    for k, line in enumerate(lines):
+      draw.text((left, top + 20 + 24 * k), line, fill="black", font=font)
+    return np.asarray(image)[:min(height, top + 30 + 24 * len(lines))]
   draw.text((left, 8), "log10(loss) vs step", fill="black", font=font)
   draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
   if steps.size == 0:
@@ -122,11 +182,7 @@ def render_loss_curve(
 
   order = np.argsort(steps, kind="stable")
   points = [to_xy(s, v) for s, v in zip(steps[order], logs[order])]
-  if len(points) == 1:
-    x, y = points[0]
-    draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill="blue")
-  else:
-    draw.line(points, fill="blue", width=2)
+  draw.line(points, fill="blue", width=2)
 
   # Min/max labels in loss units (not log units), which is what one wants to read off.
   i_min, i_max = int(np.argmin(logs)), int(np.argmax(logs))

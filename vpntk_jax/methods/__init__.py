@@ -7,6 +7,7 @@ with its own config block; nothing outside this package names a method.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import pkgutil
@@ -29,20 +30,27 @@ def names() -> tuple[str, ...]:
   return tuple(sorted(get(m.replace("_", "-")).name for m in modules))
 
 
+def unknown_method(name: object) -> str:
+  """The error for a method name no method has: the closest name, when one is close."""
+  close = difflib.get_close_matches(name, names(), n=1) if isinstance(name, str) else []
+  hint = f"; did you mean {close[0]!r}?" if close else ""
+  return f"unknown method {name!r}{hint} (available: {', '.join(names())})"
+
+
 @functools.cache
 def get(name: str) -> Method:
   """The method called `name`; ConfigError naming the choices if there is none."""
   if not isinstance(name, str) or _module_name(name) in _NOT_METHODS or not name:
-    raise ConfigError(f"unknown method {name!r}; available: {', '.join(names())}")
+    raise ConfigError(unknown_method(name))
   try:
     module = importlib.import_module(f"{__name__}.{_module_name(name)}")
   except ModuleNotFoundError as e:
     if e.name != f"{__name__}.{_module_name(name)}":
       raise
-    raise ConfigError(f"unknown method {name!r}; available: {', '.join(names())}") from None
+    raise ConfigError(unknown_method(name)) from None
   method = module.METHOD
   if method.name != name:
-    raise ConfigError(f"unknown method {name!r}; available: {', '.join(names())}")
+    raise ConfigError(unknown_method(name))
   return method
 
 

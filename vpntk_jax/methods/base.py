@@ -61,6 +61,8 @@ class Method:
     training_logs: block -> the training logs (`run_files` names) a complete run
       of it holds: what a report expects, so a method that trains nothing (or
       trains only under some settings) is not reported incomplete.
+    dpimagebench_name: DPImageBench's name for the same method (its
+      configs/<name>/ folder, eval.py's --method), or None where it has none.
   """
   name: str
   summary: str
@@ -73,6 +75,7 @@ class Method:
   legacy_fields: dict = dataclasses.field(default_factory=dict)
   trains_generator: bool = True
   training_logs: Callable[[Any], frozenset] = _generator_log
+  dpimagebench_name: str | None = None
 
   def is_post_processing(self, field: str) -> bool:
     """Whether changing block field `field` (dotted) leaves the release as it is."""

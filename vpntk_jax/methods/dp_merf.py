@@ -42,5 +42,5 @@ def build(config, image_shape, num_classes, public_models):
 
 METHOD = Method(
     name="dp-merf", summary="random Fourier features, one release, a new conditional generator",
-    options=Options, build=build,
+    options=Options, build=build, dpimagebench_name="DP-MERF",
     legacy_fields={"rff_features": "num_features", "rff_bandwidth": "bandwidth"})

@@ -27,4 +27,5 @@ def build(config, image_shape, num_classes, public_models):
 
 
 METHOD = Method(name="dp-ntk", summary="NTK features of a random network, one release, a "
-                "new conditional generator", options=Options, build=build)
+                "new conditional generator", options=Options, build=build,
+                dpimagebench_name="DP-NTK")

@@ -41,7 +41,7 @@ def build(config, image_shape, num_classes, public_models):
 
 METHOD = Method(
     name="dpdm", summary="a diffusion model trained with DP-SGD (from scratch, or from a "
-    "public pretraining)", options=Options, build=build,
+    "public pretraining)", options=Options, build=build, dpimagebench_name="DPDM",
     trains_generator=False,
     # Pretraining needs the public pool.
     training_logs=lambda options: _diffusion_family.training_logs(

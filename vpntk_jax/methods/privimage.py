@@ -74,6 +74,7 @@ def build(config, image_shape, num_classes, public_models):
 METHOD = Method(
     name="privimage", summary="semantic query -> public diffusion pretraining on the selected "
     "classes -> DP-SGD fine-tuning", options=Options, build=build,
+    dpimagebench_name="PrivImage",
     needs_public_models=True, trains_generator=False,
     # The query's selection from the pool is always there to pretrain on.
     training_logs=lambda options: _diffusion_family.training_logs(options, pretrains=True),

@@ -15,15 +15,18 @@ from vpntk_jax.training.synthesis import output_shape
 from vpntk_jax.run_files import LOSS_PNG, SAMPLES, SYNTHETIC, TRAIN_LOG
 
 
-def synthesize(sampler, state, num_classes: int, config, run, *, quiet: bool = False):
-  """Balanced labelled synthetic set -> synthetic.npz and samples.png."""
+def synthesize(sampler, state, num_classes: int, config, run, *, quiet: bool = False,
+               class_names=None):
+  """Balanced labelled synthetic set -> synthetic.npz and samples.png (its rows named
+  by `class_names`, the public schema's, where known)."""
   labels = np.arange(config.num_synthetic) % num_classes
   images = training.generate(sampler, state, jax.random.key(config.seed + 1), labels,
                              latent_dim=latent_dim(sampler, config),
                              batch_size=getattr(sampler, "batch_size", None),
                              progress=not quiet)
   io_utils.save_npz_atomic(run.file(SYNTHETIC), images=images, labels=labels.astype(np.int32))
-  visualize.save_sample_grid(run.file(SAMPLES), images, labels, num_classes)
+  visualize.save_sample_grid(run.file(SAMPLES), images, labels, num_classes,
+                             class_names=class_names)
   return images, labels
 
 
