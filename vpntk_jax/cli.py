@@ -222,6 +222,8 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
                       "has never seen a concept")
   d.add_argument("--seed", type=int, default=0)
   d.add_argument("--force", action="store_true", help="replace the model in --out")
+  d.add_argument("--resume", action="store_true",
+                 help="continue a stopped training from its checkpoints in OUT.partial")
   d.add_argument("--quiet", action="store_true")
 
   r = sub.add_parser("report", help="write report.md and report.html for a run")
@@ -388,7 +390,8 @@ def _pretrain_diffusion(args) -> dict:
   model = pretrain_diffusion(args.data, args.out, size=size, image_size=args.image_size,
                              settings=dataclasses.replace(PublicPretrainConfig(), **changes),
                              seed=args.seed, exclude_classes=tuple(args.exclude_classes),
-                             classes=args.classes, force=args.force, quiet=args.quiet)
+                             classes=args.classes, force=args.force, resume=args.resume,
+                             quiet=args.quiet)
   return {"out": args.out, "classes": model.spec["class_names"],
           "excluded": model.spec["excluded_classes"], "seconds": model.spec["seconds"]}
 
