@@ -225,3 +225,58 @@ def test_a_batch_the_device_cannot_hold_is_refused_naming_the_settings(data, tmp
   # A microbatch must divide the padding bucket (64 rows).
   assert cli.main(_args("dpdm", data, out, "--config.options.dp_sgd.microbatch=24")) == 2
   assert "must divide 64" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def start_model(pool20, tmp_path_factory):
+  """A tiny public diffusion model of the 20-class pool (2 steps)."""
+  out = tmp_path_factory.mktemp("start") / "model"
+  assert cli.main(["pretrain-diffusion", "--data", pool20["pool"], "--out", str(out),
+                   "--unet-size", "tiny", "--steps", "2", "--batch-size", "8", "--quiet"]) == 0
+  return str(out)
+
+
+def test_a_start_model_gives_every_weight_and_the_chosen_label_rows(start_model):
+  import jax
+  from vpntk_jax.models import unet
+  from vpntk_jax.public.diffusion_model import load_diffusion_model, start_params
+  public = load_diffusion_model(start_model)
+  model = unet.UNet(unet.unet_config("tiny", (28, 28, 1), 3))
+  rows = [[4], [], [1, 12]]
+  params = start_params(public, model, rows, jax.random.key(0))
+  table, public_table = unet.label_table(params), unet.label_table(public.params)
+  assert table.shape == (4, public_table.shape[1])
+  np.testing.assert_allclose(table[0], public_table[4])
+  np.testing.assert_allclose(table[1], public_table[-1])  # no row given: the null row
+  np.testing.assert_allclose(table[2], (public_table[1] + public_table[12]) / 2, rtol=1e-6)
+  np.testing.assert_allclose(table[3], public_table[-1])
+  flat = lambda p: {jax.tree_util.keystr(k): v for k, v in
+                    jax.tree_util.tree_leaves_with_path(p) if "label_embed" not in
+                    jax.tree_util.keystr(k)}
+  mine, theirs = flat(params), flat(public.params)
+  assert mine.keys() == theirs.keys()
+  for name in mine:
+    np.testing.assert_array_equal(mine[name], theirs[name])
+
+
+def test_privimage_starts_from_a_public_diffusion_model(data, pool20, start_model, tmp_path):
+  out = tmp_path / "run"
+  assert cli.main(_args("privimage", data, out, "--public-model", pool20["classifier"],
+                        "--start-model", start_model, "--pretrain-steps", "0")) == 0
+  config = _read(out / "config.json")
+  assert config["options"]["start_model"] == start_model
+  assert (out / "synthetic.npz").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--unet-size", "cpu"), "is a tiny UNet; the run asks for cpu"),
+    (("--image-size", "32"), "was trained on (28, 28, 1) images"),
+])
+def test_a_start_model_that_does_not_fit_the_run_is_refused(data, start_model, tmp_path, capsys,
+                                                            extra, message):
+  out = tmp_path / "run"
+  args = _args("dpdm", data, out, "--start-model", start_model, "--pretrain-conditional")
+  args = [a for a in args if a != "tiny"]
+  args[args.index("--unet-size")] = "--config.options.model.size=tiny"
+  assert cli.main([*args, *extra]) == 2
+  assert message in capsys.readouterr().err and not out.exists()

@@ -24,3 +24,10 @@ def training_logs(options, *, pretrains: bool) -> frozenset:
 def public_data_setting(none: str):
   return setting(None, "the public image pool (any data source; its train split)",
                  flag="--public-data", metavar="SOURCE", none=none)
+
+
+def start_model_setting():
+  return setting(None, "the public diffusion model the UNet starts from: a directory from "
+                 "`vpntk pretrain-diffusion`, or shipped:NAME (the package's, checked by "
+                 "sha256); none: a random start", flag="--start-model", metavar="MODEL",
+                 none="none, a random start")

@@ -16,10 +16,12 @@ from vpntk_jax.settings import setting
 class Options:
   """The optional public pool and the diffusion model's training."""
   public_data: str | None = _diffusion_family.public_data_setting(none="none, no pretraining")
-  # The pool's labels must then be the private classes (e.g. a public part of the
-  # same dataset); False: every label the null class.
-  pretrain_conditional: bool = setting(False, "pretrain with the public pool's labels",
+  # The pool's (or the start model's first) labels must then be the private classes
+  # (e.g. a public part of the same dataset); False: every label the null class.
+  pretrain_conditional: bool = setting(False, "pretrain with the public pool's labels, "
+                                       "and start class c from the start model's class c",
                                        flag="--pretrain-conditional")
+  start_model: str | None = _diffusion_family.start_model_setting()
   model: DiffusionModelConfig = DiffusionModelConfig()
   pretrain: PublicPretrainConfig = PublicPretrainConfig()
   dp_sgd: DpSgdConfig = DpSgdConfig()
@@ -36,7 +38,8 @@ def build(config, image_shape, num_classes, public_models):
   return diffusion_recipe.build(
       config, image_shape, num_classes, lambda: diffusion_recipe.pool_start(
           config.options.public_data, image_shape, num_classes,
-          conditional=config.options.pretrain_conditional))
+          conditional=config.options.pretrain_conditional,
+          start_model=bool(config.options.start_model)))
 
 
 METHOD = Method(

@@ -40,6 +40,7 @@ class Options:
   public_data: str | None = _diffusion_family.public_data_setting(
       none="the data --public-model's classifier was trained on")
   query: QueryConfig = QueryConfig()
+  start_model: str | None = _diffusion_family.start_model_setting()
   model: DiffusionModelConfig = DiffusionModelConfig()
   pretrain: PublicPretrainConfig = PublicPretrainConfig()
   dp_sgd: DpSgdConfig = DpSgdConfig()

@@ -31,6 +31,7 @@ from vpntk_jax.data import load_dataset, resize_dataset
 from vpntk_jax.data.schema import public_schema, with_public_schema
 from vpntk_jax.errors import ConfigError, MissingSplitError, RunDirError
 from vpntk_jax.models import unet
+from vpntk_jax.public import shipped
 from vpntk_jax.public.artefact import shape_difference, stored_shapes, tree_shapes
 from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, TRAIN_LOG
 from vpntk_jax.staging import check_replaceable, is_nonempty_dir, stage
@@ -83,7 +84,9 @@ def save_diffusion_model(out: str, model: unet.UNet, params, **spec) -> None:
 
 
 def load_diffusion_model(path: str) -> PublicDiffusion:
-  """The model in `path` (`vpntk pretrain-diffusion`, or saved in its layout)."""
+  """The model in `path` (`vpntk pretrain-diffusion`, or saved in its layout;
+  `shipped:NAME`: a model the package ships, checked against its sha256 list)."""
+  path = shipped.resolve(path)
   spec_path = os.path.join(path, DIFFUSION_JSON)
   if not os.path.isfile(spec_path):
     raise ConfigError(f"{path} holds no public diffusion model ({DIFFUSION_JSON} missing); "
@@ -108,6 +111,32 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
                         f"{DIFFUSION_JSON} ({differ})")
     tree = checkpointer.restore(directory, abstract)
   return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
+
+
+def start_params(public: PublicDiffusion, model: unet.UNet, class_rows, key):
+  """`model`'s parameters started from the public model's: every weight copied, and
+  the label table rebuilt for `model`'s classes, class c's row the mean of the
+  public rows `class_rows[c]` (empty: the public null row), the null row the public
+  null row. `model` must be the public UNet but for its number of classes."""
+  same = dataclasses.replace(public.config, num_classes=model.config.num_classes,
+                             label_dropout=model.config.label_dropout)
+  if same != model.config:
+    raise ConfigError(f"the start model {public.path} is a different UNet "
+                      f"({public.config}) from the run's ({model.config})")
+  params = unet.init_params(model, key)
+  public_table = np.asarray(unet.label_table(public.params))
+  null = public_table[-1]
+  rows = [np.mean(public_table[list(r)], axis=0) if len(r) else null for r in class_rows]
+  table = np.stack(rows + [null]).astype(public_table.dtype)
+  params = jax.tree.map(lambda _, p: p, params, dict(public.params, label_embed={
+      "embedding": table}))
+  return params
+
+
+def class_rows_by_name(public: PublicDiffusion, class_names) -> list[list[int]]:
+  """For each private class, the public class of the same name (none: the null row)."""
+  index = {name: i for i, name in enumerate(public.spec.get("class_names", []))}
+  return [[index[n]] if n in index else [] for n in class_names]
 
 
 def pretrain_diffusion(source: str, out: str, *, size: str = "fast", image_size: int = 28,

@@ -23,8 +23,30 @@ SUMS = "SHA256SUMS"
 POOL_MODEL = "fashion_pool"
 
 
+PREFIX = "shipped:"
+
+
 def shipped_path(name: str) -> str:
   return os.path.join(SHIPPED_ROOT, name)
+
+
+def names() -> list[str]:
+  if not os.path.isdir(SHIPPED_ROOT):
+    return []
+  return sorted(n for n in os.listdir(SHIPPED_ROOT)
+                if os.path.isfile(os.path.join(SHIPPED_ROOT, n, SUMS)))
+
+
+def resolve(path: str) -> str:
+  """A model directory: `shipped:NAME` is the package's model NAME, checked against its
+  SHA256SUMS; any other path is returned as it is."""
+  if not path.startswith(PREFIX):
+    return path
+  name = path[len(PREFIX):]
+  if name not in names():
+    raise ConfigError(f"no shipped model {name!r}; the package ships "
+                      f"{', '.join(PREFIX + n for n in names()) or 'none'}")
+  return check(shipped_path(name))
 
 
 def _files(root: str) -> list[str]:

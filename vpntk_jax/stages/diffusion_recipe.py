@@ -28,6 +28,7 @@ from vpntk_jax.diffusion import edm
 from vpntk_jax.diffusion.train import pretrain_edm
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models import unet
+from vpntk_jax.public.diffusion_model import load_diffusion_model, start_params
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy.noise import release_streams
 from vpntk_jax.privacy.plan import DpSgdPlan, check_fixed_releases, new_ledger
@@ -89,6 +90,21 @@ class PublicStart:
     del release, run, model_config
     return None, None
 
+  def class_rows(self, release, num_classes: int) -> list[list[int]]:
+    """For each private class, the start model's classes whose label rows it starts
+    from (empty: the null row)."""
+    del release
+    return [[] for _ in range(num_classes)]
+
+
+class LabelledStart(PublicStart):
+  """A start model whose first classes are the private classes (no pool): class c
+  starts from its row c."""
+
+  def class_rows(self, release, num_classes: int) -> list[list[int]]:
+    del release
+    return [[c] for c in range(num_classes)]
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PoolStart(PublicStart):
@@ -102,6 +118,10 @@ class PoolStart(PublicStart):
     if self.conditional:
       return self.pool.images, self.pool.labels.astype(np.int32)
     return self.pool.images, np.full(len(self.pool), model_config.null_label, np.int32)
+
+  def class_rows(self, release, num_classes: int) -> list[list[int]]:
+    return (LabelledStart() if self.conditional else PublicStart()).class_rows(
+        release, num_classes)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -161,6 +181,11 @@ class SemanticQuery(PublicStart):
     rows, labels = semantic_query.relabel_public(self.pool.labels, selection)
     return self.pool.images[rows], labels
 
+  def class_rows(self, release, num_classes: int) -> list[list[int]]:
+    selection = semantic_query.select_public_classes(release[QUERY_ARRAY],
+                                                     self.settings.per_class)
+    return [[int(p) for p in selection[c]] for c in range(num_classes)]
+
 
 def load_pool(source: str, image_shape, *, what: str) -> ImageDataset:
   """The public pool's train split at the run's image size and channels."""
@@ -184,6 +209,9 @@ class DiffusionRecipe(Recipe):
   sampler: DiffusionSampler
   start: PublicStart
   dp: private_training.DpSgdTraining  # the fine-tuning (`unet_dp_sgd`)
+  # A public diffusion model the UNet starts from (its weights, and label rows chosen
+  # by `start.class_rows`); None: a random initialisation.
+  start_model: Any = None
 
   @property
   def apply_fn(self):
@@ -227,7 +255,12 @@ class DiffusionRecipe(Recipe):
     """The selection (PrivImage) and public pretraining; returns the DP-SGD start."""
     del num_classes, mesh
     images, labels = self.start.training_set(release, run, self.model.config)
-    params = unet.init_params(self.model, jax.random.key(config.seed))
+    key = jax.random.key(config.seed)
+    if self.start_model is None:
+      params = unet.init_params(self.model, key)
+    else:
+      params = start_params(self.start_model, self.model,
+                            self.start.class_rows(release, self.num_classes), key)
     if images is not None and self.options.pretrain.steps > 0:
       params = self.pretrain(params, images, labels, config, run, quiet=quiet)
     return TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
@@ -299,12 +332,14 @@ def check_dp_sgd_config(config) -> None:
 
 
 def pool_start(source: str | None, image_shape, num_classes: int, *,
-               conditional: bool = False) -> PublicStart:
-  """DPDM's start: pretraining on the pool `source` (None: from scratch)."""
+               conditional: bool = False, start_model: bool = False) -> PublicStart:
+  """DPDM's start: pretraining on the pool `source` (None: none), after the start
+  model if there is one."""
   if source is None:
-    if conditional:
-      raise ConfigError("a conditional pretraining needs a public pool (--public-data)")
-    return PublicStart()
+    if conditional and not start_model:
+      raise ConfigError("a conditional start needs a public pool (--public-data) or a "
+                        "start model (--start-model)")
+    return LabelledStart() if conditional else PublicStart()
   pool = load_pool(source, image_shape, what="public pool")
   if conditional and pool.num_classes > num_classes:
     raise ConfigError(f"a conditional pretraining uses the pool's labels as private "
@@ -339,11 +374,35 @@ def build(config, image_shape, num_classes: int, start: Callable[[], PublicStart
   can without the private data."""
   check_dp_sgd_config(config)
   options = config.options
-  model_config = unet.unet_config(options.model.size, image_shape, num_classes,
-                                  label_dropout=options.model.label_dropout)
+  public = load_start_model(options, image_shape)
+  if public is None:
+    model_config = unet.unet_config(options.model.size, image_shape, num_classes,
+                                    label_dropout=options.model.label_dropout)
+  else:
+    model_config = dataclasses.replace(public.config, num_classes=num_classes,
+                                       label_dropout=options.model.label_dropout)
   model = unet.UNet(model_config)
   sampler = DiffusionSampler(unet.make_apply_fn(model), tuple(image_shape),
                              options.model.sample_steps, float(options.model.guidance_scale),
                              model_config.null_label, options.model.sample_batch)
   return DiffusionRecipe(model=model, options=options, sampler=sampler, start=start(),
-                         dp=unet_dp_sgd(model, sampler.apply_fn, options.dp_sgd))
+                         dp=unet_dp_sgd(model, sampler.apply_fn, options.dp_sgd),
+                         start_model=public)
+
+
+def load_start_model(options, image_shape):
+  """The public diffusion model `options.start_model` names (None: none), checked
+  against the run's images and UNet size."""
+  if not options.start_model:
+    return None
+  public = load_diffusion_model(options.start_model)
+  if tuple(public.config.image_shape) != tuple(image_shape):
+    raise ConfigError(f"the start model {options.start_model} was trained on "
+                      f"{tuple(public.config.image_shape)} images; the private data is "
+                      f"{tuple(image_shape)} (--start-model none trains from scratch)")
+  size = public.spec.get("size")
+  if options.model.size != size:
+    raise ConfigError(f"the start model {options.start_model} is a {size} UNet; the run "
+                      f"asks for {options.model.size} (--unet-size): leave it out, or "
+                      f"--start-model none to train a {options.model.size} one from scratch")
+  return public
