@@ -280,3 +280,21 @@ def test_a_start_model_that_does_not_fit_the_run_is_refused(data, start_model, t
   args[args.index("--unet-size")] = "--config.options.model.size=tiny"
   assert cli.main([*args, *extra]) == 2
   assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_second_privimage_run_with_the_same_selection_reuses_the_cached_pretraining(
+    data, pool20, tmp_path, capsys):
+  cache = tmp_path / "cache"
+  common = ("--public-model", pool20["classifier"], "--pretrain-cache", str(cache),
+            "--dp-steps", "0")
+  assert cli.main(_args("privimage", data, tmp_path / "first", *common)) == 0
+  entries = sorted(p.name for p in cache.iterdir())
+  assert len(entries) == 1 and (tmp_path / "first" / "train_log.csv").exists()
+  capsys.readouterr()
+  # --quiet hides the reuse line; the second run writes no pretraining log instead.
+  assert cli.main(_args("privimage", data, tmp_path / "second", *common)) == 0
+  assert sorted(p.name for p in cache.iterdir()) == entries
+  assert not (tmp_path / "second" / "train_log.csv").exists()
+  first = np.load(tmp_path / "first" / "synthetic.npz")
+  second = np.load(tmp_path / "second" / "synthetic.npz")
+  np.testing.assert_allclose(first["images"], second["images"], atol=1e-5)

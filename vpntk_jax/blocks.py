@@ -301,6 +301,11 @@ class PublicPretrainConfig:
   multiplicity: int = 1
   ema_decay: float = 0.999
   checkpoint_every: int = 250
+  # Public work, kept across runs: a run whose pretraining (its start, public
+  # images and labels, settings, seed) matches a finished one reuses it.
+  cache_dir: str | None = setting(None, "keep finished public pretrainings here and reuse "
+                                  "one with the same start, images and settings",
+                                  flag="--pretrain-cache", metavar="DIR", none="none, no cache")
 
   def validate(self) -> "PublicPretrainConfig":
     check_integer(self.steps, "pretrain.steps", minimum=0)

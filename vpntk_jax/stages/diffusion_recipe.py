@@ -28,6 +28,7 @@ from vpntk_jax.diffusion import edm
 from vpntk_jax.diffusion.train import pretrain_edm
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.models import unet
+from vpntk_jax.public import pretrain_cache
 from vpntk_jax.public.diffusion_model import load_diffusion_model, start_params
 from vpntk_jax.privacy import PrivacyLedger
 from vpntk_jax.privacy.noise import release_streams
@@ -269,13 +270,27 @@ class DiffusionRecipe(Recipe):
   def pretrain(self, params, images: np.ndarray, labels: np.ndarray, config, run, *,
                quiet: bool = False):
     """Non-private EDM training on public images (checkpointed, resumable); returns the
-    EMA weights."""
-    return pretrain_edm(self.apply_fn, params, images, labels, self.options.pretrain,
-                        num_classes=self.num_classes,
-                        label_dropout=self.model.config.label_dropout, seed=config.seed,
-                        checkpoint_dir=run.file(PRETRAIN_CHECKPOINTS),
-                        log_path=run.file(TRAIN_LOG) if distributed.is_primary() else None,
-                        quiet=quiet)
+    EMA weights. With `pretrain.cache_dir`, a finished pretraining of the same start,
+    images, labels, settings and seed is reused (PrivImage: the same selection)."""
+    settings = self.options.pretrain
+    cached = None
+    if settings.cache_dir:
+      cached = pretrain_cache.entry(settings.cache_dir, params, images, labels,
+                                    dataclasses.replace(settings, cache_dir=None),
+                                    seed=config.seed)
+      found = pretrain_cache.load(cached, self.model)
+      if found is not None:
+        say(f"public pretraining: reusing {cached}", quiet)
+        return found
+    ema = pretrain_edm(self.apply_fn, params, images, labels, settings,
+                       num_classes=self.num_classes,
+                       label_dropout=self.model.config.label_dropout, seed=config.seed,
+                       checkpoint_dir=run.file(PRETRAIN_CHECKPOINTS),
+                       log_path=run.file(TRAIN_LOG) if distributed.is_primary() else None,
+                       quiet=quiet)
+    if cached is not None and distributed.is_primary():
+      pretrain_cache.store(cached, self.model, ema)
+    return ema
 
   def train_on_private(self, state: TrainState, private: ImageDataset, config, run, *,
                        ledger: PrivacyLedger, charge, mesh=None,
