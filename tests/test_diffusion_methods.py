@@ -298,3 +298,46 @@ def test_a_second_privimage_run_with_the_same_selection_reuses_the_cached_pretra
   first = np.load(tmp_path / "first" / "synthetic.npz")
   second = np.load(tmp_path / "second" / "synthetic.npz")
   np.testing.assert_allclose(first["images"], second["images"], atol=1e-5)
+
+
+def test_conditioning_only_fine_tuning_trains_those_parameters_and_freezes_the_rest(
+    data, start_model, tmp_path, monkeypatch):
+  from flax import traverse_util
+  from vpntk_jax.models import unet
+  from vpntk_jax.public.diffusion_model import load_diffusion_model
+  from vpntk_jax.stages import private_training
+  final = {}
+  real_train = private_training.DpSgdTraining.train
+
+  def keeps_the_result(self, *args, **kwargs):
+    final["state"] = real_train(self, *args, **kwargs)
+    return final["state"]
+  monkeypatch.setattr(private_training.DpSgdTraining, "train", keeps_the_result)
+  out = tmp_path / "run"
+  # The start model's first 10 classes stand for the private ones (--pretrain-conditional).
+  assert cli.main(_args("dpdm", data, out, "--start-model", start_model,
+                        "--pretrain-conditional", "--dp-sgd-trainable", "conditioning",
+                        "--pretrain-steps", "0",
+                        "--config.options.dp_sgd.learning_rate=0.01")) == 0
+  public = traverse_util.flatten_dict(load_diffusion_model(start_model).params, sep="/")
+  tuned = traverse_util.flatten_dict(final["state"].params, sep="/")
+  assert tuned.keys() == public.keys()
+  trained = {k for k in tuned if unet.is_conditioning(k)}
+  assert "label_embed/embedding" in trained and len(trained) < len(tuned)
+  for k in tuned.keys() - trained:  # frozen: exactly the start model's
+    np.testing.assert_array_equal(tuned[k], public[k])
+  assert any(not np.allclose(tuned[k], public[k]) for k in trained - {"label_embed/embedding"})
+  # Clipping and noise cover the trained parameters only, and the ledger says so.
+  ledger = _read(out / "privacy.json")
+  steps = [r for r in ledger["releases"] if r["name"].startswith("dp_sgd")]
+  assert steps and {tuple(r["shape"]) for r in steps} == {
+      (sum(int(tuned[k].size) for k in trained),)}
+  assert abs(rederive_epsilon(ledger) - ledger["total_epsilon"]) < 1e-6
+
+
+def test_only_diffusion_methods_take_a_trainable_subset(data, start_model, tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(["synthesize", "--method", "dpsgd-ti", "--data", data["private"], "--out",
+                   str(out), "--diffusion-model", start_model, "--dp-sgd-trainable",
+                   "conditioning", "--epsilon", "10", "--quiet"]) == 2
+  assert "trains the tokens only" in capsys.readouterr().err and not out.exists()

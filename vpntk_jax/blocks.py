@@ -337,6 +337,12 @@ class DpSgdConfig:
   # Rows per per-example-gradient pass (memory); None: the whole padded batch.
   microbatch: int | None = None
   checkpoint_every: int = 50
+  # Parameter-efficient fine-tuning: the rest stays as the public start left it,
+  # and the clipping and noise cover the trained parameters only.
+  trainable: str = setting("all", "the parameters DP-SGD trains: all, or conditioning (the "
+                           "label table, the noise embedding, each block's embedding "
+                           "projection and the attention layers; the rest frozen)",
+                           flag="--dp-sgd-trainable", choices=("all", "conditioning"))
 
   def validate(self) -> "DpSgdConfig":
     check_integer(self.steps, "dp_sgd.steps", minimum=0)
@@ -347,6 +353,9 @@ class DpSgdConfig:
     check_positive(self.clip_norm, "dp_sgd.clip_norm")
     check_positive(self.learning_rate, "dp_sgd.learning_rate")
     _fraction(self.ema_decay, "dp_sgd.ema_decay")
+    if self.trainable not in ("all", "conditioning"):
+      raise ConfigError(f"dp_sgd.trainable must be all or conditioning, got "
+                        f"{self.trainable!r}")
     if self.max_batch is not None and self.max_batch < self.batch_size:
       raise ConfigError(f"dp_sgd.max_batch ({self.max_batch}) is below the expected batch "
                         f"size ({self.batch_size}): most batches would be cut")

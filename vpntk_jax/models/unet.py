@@ -248,6 +248,21 @@ class UNet(nn.Module):
     return depth_to_space(h, cfg.patch)
 
 
+# The parts that carry the conditioning (DP-LDM fine-tunes these in a latent
+# diffusion model): the label table, the noise-embedding MLP, each block's
+# projection of the embedding, and the attention layers.
+_CONDITIONING = ("/label_embed/", "/emb0/", "/emb1/", "/affine/", "/Attention_")
+
+
+def is_conditioning(path: str) -> bool:
+  """Whether the parameter at `path` ("ResBlock_3/affine/kernel") is a conditioning one."""
+  padded = f"/{path}/"
+  return any(part in padded for part in _CONDITIONING)
+
+
+TRAINABLE = {"all": lambda path: True, "conditioning": is_conditioning}
+
+
 def init_params(model: UNet, key: jax.Array):
   """The UNet's parameters (initialised on one example: no batch is needed)."""
   h, w, c = model.config.image_shape

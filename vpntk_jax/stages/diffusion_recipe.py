@@ -309,9 +309,10 @@ def unet_dp_sgd(model: unet.UNet, apply_fn, settings) -> private_training.DpSgdT
     return edm.per_example_loss(params, apply_fn, image, label, key,
                                 multiplicity=settings.multiplicity, num_classes=num_classes,
                                 label_dropout=label_dropout)
+  trainable = None if settings.trainable == "all" else unet.TRAINABLE[settings.trainable]
   return private_training.DpSgdTraining(
       settings, loss_fn, lambda: unet.init_params(model, jax.random.key(0)),
-      tuple(model.config.image_shape))
+      tuple(model.config.image_shape), trainable=trainable)
 
 
 def write_selection(path: str, selection: np.ndarray, pool: ImageDataset, num_classes: int,

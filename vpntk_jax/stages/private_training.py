@@ -36,6 +36,7 @@ from vpntk_jax.privacy.plan import DpSgdPlan, charged_steps
 from vpntk_jax.run_files import CHECKPOINTS, DP_SGD_LOG
 from vpntk_jax.stages import mean_embedding
 from vpntk_jax.privacy import dp_sgd
+from vpntk_jax.training import param_subsets
 from vpntk_jax.training.checkpoints import Checkpointer
 from vpntk_jax.training.ema import ema_decay_at, ema_update
 from vpntk_jax.training.samplers import TrainState
@@ -139,6 +140,22 @@ class DpSgdTraining:
   loss_fn: Callable  # (params, (image, label), key) -> the loss of ONE example
   params_template: Callable[[], Any]  # parameters shaped like those trained
   example_shape: tuple[int, int, int]  # one private image
+  # Parameter-efficient fine-tuning: which parameters (by path, "a/b/kernel") the
+  # steps train; the others are frozen at the start state's values, and the
+  # clipping, the noise and the optimizer see the trained ones only. None: all.
+  trainable: Callable[[str], bool] | None = None
+
+  def _subset(self, params):
+    """(the loss over the trained parameters, those parameters, the frozen rest); the
+    loss closes over the frozen values once per run, so the step compiles once."""
+    if self.trainable is None:
+      return self.loss_fn, params, None
+    trained, frozen = param_subsets.split(params, self.trainable)
+    loss_fn = self.loss_fn
+
+    def subset_loss(sub, example, key):
+      return loss_fn(param_subsets.join(sub, frozen), example, key)
+    return subset_loss, trained, frozen
 
   @functools.cached_property
   def optimizer(self) -> optax.GradientTransformation:
@@ -182,7 +199,8 @@ class DpSgdTraining:
                               else math.ceil(expected + 4 * math.sqrt(expected)),
                               padding_bucket(None, mesh)) // devices
     example = (np.zeros(self.example_shape, np.uint8), np.zeros((), np.int32))
-    need = dp_sgd.step_memory_bytes(self.loss_fn, self.params_template(), example, rows,
+    loss_fn, params, _ = self._subset(self.params_template())
+    need = dp_sgd.step_memory_bytes(loss_fn, params, example, rows,
                                     dp.clip_norm, microbatch=dp.microbatch)
     have = device_memory_bytes()
     if need is not None and have is not None and need > 0.9 * have:
@@ -202,12 +220,24 @@ class DpSgdTraining:
     if dp.steps == 0:
       say("no DP-SGD steps: the model is the public start (a public-only baseline)", quiet)
       return state
-    return train_with_dp_sgd(
-        state, private, self.plan(config, private, other_sigmas), loss_fn=self.loss_fn,
+    loss_fn, trained, frozen = self._subset(state.params)
+    if frozen is not None:
+      say(f"DP-SGD trains {param_subsets.count(trained):,} of "
+          f"{param_subsets.count(state.params):,} parameters ({dp.trainable})", quiet)
+      ema_trained, ema_frozen = param_subsets.split(state.model_state, self.trainable)
+      state = TrainState(step=state.step, params=trained, model_state=ema_trained,
+                         opt_state=self.optimizer.init(trained))
+    state = train_with_dp_sgd(
+        state, private, self.plan(config, private, other_sigmas), loss_fn=loss_fn,
         optimizer=self.optimizer, ema_decay=dp.ema_decay,
         checkpoint_dir=run.file(CHECKPOINTS), checkpoint_every=dp.checkpoint_every,
         ledger=ledger, charge=charge, microbatch=dp.microbatch, mesh=mesh,
         log_path=run.file(DP_SGD_LOG) if distributed.is_primary() else None, quiet=quiet)
+    if frozen is None:
+      return state
+    return TrainState(step=state.step, params=param_subsets.join(state.params, frozen),
+                      model_state=param_subsets.join(state.model_state, ema_frozen),
+                      opt_state=())
 
 
 def device_memory_bytes() -> int | None:

@@ -352,6 +352,9 @@ def build_aggregate(config, image_shape, num_classes: int) -> AggregateTokenReci
 def build_dp_sgd(config, image_shape, num_classes: int) -> DpSgdTokenRecipe:
   from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=g-import-not-at-top
   from vpntk_jax.stages import diffusion_recipe  # pylint: disable=g-import-not-at-top
+  if config.options.dp_sgd.trainable != "all":
+    raise ConfigError(f"{config.method} trains the tokens only: --dp-sgd-trainable "
+                      f"{config.options.dp_sgd.trainable} does not apply to it")
   public = load_diffusion_model(config.options.diffusion_model)
   check_public_model(public, image_shape)
   diffusion_recipe.check_dp_sgd_config(config)
