@@ -37,6 +37,7 @@ def main():
                       help="copy the finished model into the package with its sha256 list")
   args = parser.parse_args()
   if args.ship:
+    diffusion_model.load_diffusion_model(args.out)  # refuses an unfinished directory
     print(shipped.ship(args.out, shipped.POOL_MODEL))
     return
   pool = public_pool.write_pool()

@@ -88,9 +88,8 @@ def check(root: str) -> str:
 
 
 def ship(source: str, name: str) -> str:
-  """Copies the model directory `source` to the package as `name`, with its SHA256SUMS."""
-  from vpntk_jax.public.diffusion_model import load_diffusion_model  # pylint: disable=g-import-not-at-top
-  load_diffusion_model(source)  # refuses an unfinished or foreign directory
+  """Copies the model directory `source` (checked by the caller: loaded once) to the
+  package as `name`, with its SHA256SUMS."""
   target = shipped_path(name)
   staging = target + ".partial"
   shutil.rmtree(staging, ignore_errors=True)
