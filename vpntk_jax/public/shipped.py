@@ -10,10 +10,10 @@ never starts from weights other than the recorded ones.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 
+from vpntk_jax import io_utils
 from vpntk_jax.errors import ConfigError
 
 SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -56,16 +56,8 @@ def _files(root: str) -> list[str]:
   return sorted(found)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def sums(root: str) -> dict[str, str]:
-  return {rel: _sha256(os.path.join(root, rel)) for rel in _files(root)}
+  return {rel: io_utils.sha256_file(os.path.join(root, rel)) for rel in _files(root)}
 
 
 def check(root: str) -> str:
