@@ -125,6 +125,8 @@ FLOORS = {
     "vpntk_jax.run_dir": 13, "vpntk_jax.report": 13, "vpntk_jax.export": 13,
     "vpntk_jax.convert_vgg": 13,
     "vpntk_jax.pipeline": 14,
+    # A grid of pipeline runs and its table.
+    "vpntk_jax.compare": 14,
     "vpntk_jax.cli": 15,
 }
 

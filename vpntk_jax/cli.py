@@ -214,12 +214,14 @@ def _add_compare(sub) -> argparse.ArgumentParser:
 
 
 def _compare(args, dotted: dict) -> dict:
-  from vpntk_jax import compare  # pylint: disable=g-import-not-at-top
+  from vpntk_jax import compare, methods  # pylint: disable=g-import-not-at-top
   grid_axes = [k for k in dotted if k in _GRID_SETTINGS]
   if grid_axes:
     raise ConfigError(f"compare takes {', '.join(grid_axes)} as --methods, --epsilons, "
                       f"--seeds, not --config.FIELD")
   methods_listed = tuple(x.strip() for x in args.methods.split(",") if x.strip())
+  for method in methods_listed:
+    methods.get(method)  # an unknown name fails here, naming the choices
   epsilons = compare.numbers(args.epsilons, float, "--epsilons")
   seeds = compare.numbers(args.seeds, int, "--seeds")
   # A method's own settings (options.*) apply per method, after its block is chosen.
