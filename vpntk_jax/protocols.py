@@ -12,9 +12,10 @@ FashionMNIST and MNIST in its default evaluation mode ("val"):
 DPImageBench reports, per run, the test accuracy of three classifiers trained on
 60,000 synthetic images (55,000 train, 5,000 held out): a ResNet, a WideResNet and a
 ResNeXt (its evaluation/classifier/), each at the epoch of best accuracy on the
-validation split, and their mean and std. vpntk's classifiers (--classifiers) are
-others; under the protocol each one's accuracy on the validation split is reported
-beside its test accuracy, for selection without the test set (docs/compare.md).
+validation split, and their mean and std: `--classifiers resnet,wrn,resnext`
+(evaluation.benchmark_classifiers). Under the protocol every classifier's accuracy on
+the validation split is reported beside its test accuracy, for selection without the
+test set (docs/compare.md).
 
 JAX-free: RunConfig checks a config against its protocol.
 """
@@ -39,7 +40,7 @@ DPIMAGEBENCH_CLASSIFIERS = (
     "DPImageBench reports the mean (and std) of three classifiers' test accuracy, each "
     "at its best epoch on the 5,000 validation images: ResNet, WideResNet and ResNeXt "
     "(evaluation/classifier/ in its repository), trained 50 epochs with Adam on 55,000 of "
-    "60,000 synthetic images; vpntk's classifiers here are not those")
+    "60,000 synthetic images; vpntk's resnet, wrn and resnext classifiers are these")
 
 
 def dpimagebench_delta(num_private: int = DPIMAGEBENCH_TRAIN_SIZE) -> float:

@@ -7,6 +7,7 @@ measurement of the released data and spend no privacy budget.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from vpntk_jax import blocks
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.evaluation import benchmark_classifiers as bench
 from vpntk_jax.evaluation import classifiers as sk
 from vpntk_jax.evaluation import jax_classifiers as jc
 from vpntk_jax.evaluation.cnn import BATCH_SIZE, LEARNING_RATE, fit_predict_cnn
@@ -88,6 +90,8 @@ _DESCRIPTIONS: dict[str, Callable[[int], str]] = {
   "sklearn-logistic_regression": lambda _: _sklearn("LogisticRegression",
                                                     sk.LOGISTIC_REGRESSION_KWARGS),
   "sklearn-mlp": lambda _: _sklearn("MLPClassifier", sk.MLP_KWARGS),
+  **{name: functools.partial(lambda name, _: bench.describe(name), name)
+     for name in ("resnet", "wrn", "resnext")},
 }
 
 
@@ -97,8 +101,8 @@ def protocol_description(train_size: int, test_size: int, cnn_epochs: int,
   settings = "; ".join(f"{name}: {_DESCRIPTIONS[name](cnn_epochs)}" for name in classifiers)
   return (
     f"class-balanced subsample of {train_size} training images, pixels in [0,1] (flattened "
-    f"for all but the cnn); {settings}; accuracy on all {test_size} real test images; "
-    f"nothing selected on the test set"
+    f"for the linear and MLP models); {settings}; accuracy on all {test_size} real test "
+    f"images; nothing selected on the test set"
   )
 
 
@@ -108,15 +112,28 @@ def _flat(fit_predict: Callable, name: str) -> Callable[..., tuple[np.ndarray, d
     fit_predict(name, x_train, y_train, x_test, seed), {})
 
 
-# name -> (x_train, y_train, x_test, *, num_classes, seed, cnn_epochs) -> (predictions, info).
+def _benchmark(name: str) -> Callable[..., tuple[np.ndarray, dict]]:
+  """One of DPImageBench's networks, in the table's calling convention (its epochs are
+  DPImageBench's, not cnn_epochs)."""
+  return lambda x_train, y_train, x_test, *, num_classes, seed, validation_labels, num_test, \
+      **_: bench.fit_select_predict(name, x_train, y_train, x_test, num_classes=num_classes,
+                                    seed=seed, validation_labels=validation_labels,
+                                    num_test=num_test)
+
+
+# name -> (x_train, y_train, x_test, *, num_classes, seed, cnn_epochs, validation_labels,
+# num_test) -> (predictions, info); x_test's rows after num_test are the validation images
+# (validation_labels, None without them).
 _RUNNERS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {
   "logistic_regression": _flat(jc.fit_predict, "logistic_regression"),
   "mlp": _flat(jc.fit_predict, "mlp"),
-  "cnn": lambda x_train, y_train, x_test, *, num_classes, seed, cnn_epochs: fit_predict_cnn(
+  "cnn": lambda x_train, y_train, x_test, *, num_classes, seed, cnn_epochs, **_: fit_predict_cnn(
     x_train, y_train, x_test, num_classes=num_classes, seed=seed, epochs=cnn_epochs,
     val_fraction=CNN_VAL_FRACTION),
   "sklearn-logistic_regression": _flat(sk.fit_predict, "logistic_regression"),
   "sklearn-mlp": _flat(sk.fit_predict, "mlp"),
+  # DPImageBench's networks select their epoch on the validation rows of x_test.
+  **{name: _benchmark(name) for name in ("resnet", "wrn", "resnext")},
 }
 CLASSIFIERS = tuple(_RUNNERS)
 # The JAX-free config checks names against blocks.CLASSIFIERS: the two must agree.
@@ -184,7 +201,8 @@ def evaluate_synthetic(
     bar.set_postfix_str(name)
     start = time.perf_counter()
     predictions, info = _RUNNERS[name](
-      x_train, y_train, test_images, num_classes=num_classes, seed=seed, cnn_epochs=cnn_epochs
+      x_train, y_train, test_images, num_classes=num_classes, seed=seed, cnn_epochs=cnn_epochs,
+      validation_labels=None if validation is None else val_labels, num_test=num_test
     )
     # Predictions are host numpy arrays, so the timing includes all (asynchronous) JAX work.
     accuracy = float(np.mean(predictions[:num_test] == test_labels))
@@ -194,4 +212,6 @@ def evaluate_synthetic(
     result["accuracy"][name] = accuracy
     if info.get("synthetic_val_accuracy") is not None:
       result["synthetic_val_accuracy"][name] = info["synthetic_val_accuracy"]
+    if "selected_epoch" in info:
+      result.setdefault("selected_epoch", {})[name] = info
   return result
