@@ -90,20 +90,22 @@ def test_refuses_a_directory_it_did_not_make(tmp_path, data, capsys):
   assert os.listdir(tmp_path) == ["notes.txt"]
 
 
+def _with(argv, flag, value=None):
+  """argv with `flag` set to `value` (replaced where present), or a bare flag added."""
+  if value is None:
+    return argv + [flag]
+  if flag in argv:
+    return argv[:argv.index(flag) + 1] + [value] + argv[argv.index(flag) + 2:]
+  return argv + [flag, value]
+
+
 def test_grid_arguments_are_checked_before_any_run(tmp_path, data, capsys):
-  for bad, message in ((["--epsilons", "1,x"], "--epsilons takes"),
-                       (["--seeds", "0,0"], "distinct"),
-                       (["--methods", "dp-ntk,nope"], "nope"),
-                       (["--kappa", "0.5"], "no listed method has this setting"),
-                       (["--config.seed=3"], "--seeds")):
-    argv = _command(data, tmp_path / "c")
-    for flag_value in zip(bad[::2], bad[1::2]) if len(bad) == 2 else []:
-      flag, value = flag_value
-      if flag in argv:
-        argv[argv.index(flag) + 1] = value
-      else:
-        argv += [flag, value]
-    argv += bad if len(bad) == 1 else []
-    assert cli.main(argv) == 2, bad
+  for bad, message in ((("--epsilons", "1,x"), "--epsilons takes"),
+                       (("--seeds", "0,0"), "distinct"),
+                       (("--methods", "dp-ntk,nope"), "nope"),
+                       (("--kappa", "0.5"), "no listed method has this setting"),
+                       (("--config.seed=3",), "--seeds"),
+                       (("--jobs", "0"), "--jobs must be")):
+    assert cli.main(_with(_command(data, tmp_path / "c"), *bad)) == 2, bad
     assert message in capsys.readouterr().err, bad
   assert not (tmp_path / "c").exists()

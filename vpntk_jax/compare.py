@@ -131,6 +131,11 @@ def cell_action(path: str, config: RunConfig) -> str:
   return "redo"
 
 
+def check_jobs(jobs) -> None:
+  if not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1):
+    raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+
+
 def run_cell(config_json: dict, path: str, action: str, quiet: bool) -> dict:
   """One cell as `vpntk synthesize` runs it (in a worker process with `jobs` > 1).
   Returns {"action", "error"}: a VpntkError is reported, not raised, so the other
@@ -153,8 +158,7 @@ def _init_worker(jobs: int) -> None:
 def run_grid(cells: list[tuple[Cell, RunConfig]], out: str, *, jobs: int = 1,
              quiet: bool = False) -> dict[str, dict]:
   """Runs every cell not finished; returns {cell name: {"action", "error"}}."""
-  if not (isinstance(jobs, int) and jobs >= 1):
-    raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+  check_jobs(jobs)
   runs = os.path.join(out, RUNS)
   plan = {cell.name: (config, os.path.join(runs, cell.name),
                       cell_action(os.path.join(runs, cell.name), config))
@@ -316,6 +320,7 @@ def compare(cells: list[tuple[Cell, RunConfig]], out: str, *, jobs: int = 1,
   """Runs the grid in `out` (resuming it), then writes table.md, table.csv and
   plots/. Raises a VpntkError naming the runs that failed, after writing what the
   finished ones give."""
+  check_jobs(jobs)
   check_out(out)
   make_dir(out)
   grid = {"cells": [dataclasses.asdict(cell) | {"run": os.path.join(RUNS, cell.name)}
