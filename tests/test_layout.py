@@ -100,6 +100,7 @@ FLOORS = {
     # 0 declarations, JAX-free: what a config, its files and `vpntk --help` are made of.
     "vpntk_jax": 0, "vpntk_jax.errors": 0, "vpntk_jax.run_files": 0,
     "vpntk_jax.config_files": 0, "vpntk_jax.settings": 0, "vpntk_jax.blocks": 0,
+    "vpntk_jax.protocols": 0,
     # 1 utilities any stage uses: files, output directories, arrays, devices, logs.
     "vpntk_jax.io_utils": 1, "vpntk_jax.staging": 1, "vpntk_jax.arrays": 1,
     "vpntk_jax.distributed": 1, "vpntk_jax.sharding": 1, "vpntk_jax.log": 1,
@@ -125,6 +126,8 @@ FLOORS = {
     "vpntk_jax.run_dir": 13, "vpntk_jax.report": 13, "vpntk_jax.export": 13,
     "vpntk_jax.convert_vgg": 13,
     "vpntk_jax.pipeline": 14,
+    # A grid of pipeline runs and its table.
+    "vpntk_jax.compare": 14,
     "vpntk_jax.cli": 15,
 }
 

@@ -20,7 +20,9 @@ IMAGE_PROMPTS = ("none", "pad", "full")
 # Downstream classifiers (`vpntk_jax.evaluation.protocol` runs each name; the names
 # are metrics.json's keys): JAX logistic regression, MLP and CNN, and the
 # scikit-learn originals of the first two for the exact reference numbers.
-CLASSIFIERS = ("logistic_regression", "mlp", "cnn", "sklearn-logistic_regression", "sklearn-mlp")
+# resnet, wrn, resnext: DPImageBench's networks and recipe (evaluation.benchmark_classifiers).
+CLASSIFIERS = ("logistic_regression", "mlp", "cnn", "sklearn-logistic_regression", "sklearn-mlp",
+               "resnet", "wrn", "resnext")
 DEFAULT_CLASSIFIERS = ("logistic_regression", "mlp", "cnn")
 
 

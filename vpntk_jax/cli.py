@@ -1,5 +1,5 @@
-"""The `vpntk` command line: pretrain, synthesize, evaluate, report, audit, privacy,
-check-features, export.
+"""The `vpntk` command line: pretrain, synthesize, compare, evaluate, report, audit,
+privacy, check-features, export.
 
 Any config field can also be set as `--config.FIELD=VALUE` (nested:
 `--config.train.steps=100`, `--config.options.prompt.kappa=0.5`); these apply last.
@@ -185,6 +185,74 @@ def _add_synthesize(sub, method: str | None) -> argparse.ArgumentParser:
   return s
 
 
+# A grid's axes: compare takes them as lists, not as synthesize's single values.
+_GRID_SETTINGS = ("method", "epsilon", "seed")
+
+
+def _add_compare(sub) -> argparse.ArgumentParser:
+  from vpntk_jax import methods, settings  # pylint: disable=g-import-not-at-top
+  from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
+  c = sub.add_parser(
+      "compare", help="methods x epsilons x seeds as synthesize runs, then a table (mean +- "
+                      "std over seeds) and plots; resumable",
+      formatter_class=_formatter,
+      usage="%(prog)s --methods NAME,... --epsilons X,... --out DIR [--seeds N,...] "
+            "[--jobs N] [--config FILE] [settings] [--config.FIELD=VALUE ...]",
+      epilog="Every run is DIR/runs/METHOD_epsEPS_seedSEED, a normal synthesize run "
+             "directory; DIR/table.md, table.csv and plots/ summarize them. Run the same "
+             "command again to continue an interrupted grid. docs/compare.md.")
+  c.add_argument("--methods", required=True, metavar="NAME,...",
+                 help=f"the methods compared ({', '.join(methods.names())})")
+  c.add_argument("--epsilons", required=True, metavar="X,...", help="the privacy budgets")
+  c.add_argument("--seeds", default="0", metavar="N,...",
+                 help="public seeds, one run each (default 0)")
+  c.add_argument("--out", required=True, metavar="DIR",
+                 help="the comparison's directory (new, or one to continue)")
+  c.add_argument("--config", metavar="FILE",
+                 help="experiment config (get_config()); flags override it")
+  c.add_argument("--jobs", type=int, default=1, metavar="N",
+                 help="runs at a time, each in its own process (default 1)")
+  c.add_argument("--quiet", action="store_true", help="no progress messages")
+  groups = {stage: c.add_argument_group(title) for stage, title in settings.STAGES.items()}
+  paths = tuple(d.path for d in settings.flagged(RunConfig()) if d.path not in _GRID_SETTINGS)
+  _add_settings(c, paths, groups=groups)
+  own = c.add_argument_group("methods' own settings (--config.options.FIELD)",
+                             "each applies to the listed methods that have it")
+  for flag, owners in _method_settings().items():
+    settings.add_flag(own, next(iter(owners.values())), _OWN + flag)
+  return c
+
+
+def _compare(args, dotted: dict) -> dict:
+  from vpntk_jax import compare, methods  # pylint: disable=g-import-not-at-top
+  grid_axes = [k for k in dotted if k in _GRID_SETTINGS]
+  if grid_axes:
+    raise ConfigError(f"compare takes {', '.join(grid_axes)} as --methods, --epsilons, "
+                      f"--seeds, not --config.FIELD")
+  methods_listed = tuple(x.strip() for x in args.methods.split(",") if x.strip())
+  for method in methods_listed:
+    methods.get(method)  # an unknown name fails here, naming the choices
+  epsilons = compare.numbers(args.epsilons, float, "--epsilons")
+  seeds = compare.numbers(args.seeds, int, "--seeds")
+  # A method's own settings (options.*) apply per method, after its block is chosen.
+  options = {k: v for k, v in dotted.items() if k.startswith("options.")}
+  shared = {**_shared_overrides(args),
+            **{k: v for k, v in dotted.items() if k not in options}}
+  base = _run_config(argparse.Namespace(config=args.config), shared, own=False)
+  flags = {flag: getattr(args, _OWN + flag) for flag in _method_settings()
+           if getattr(args, _OWN + flag, None) is not None}
+  owned = _method_settings()
+  per_method = {method: {**options, **{f"options.{owned[flag][method].path}": value
+                                       for flag, value in flags.items()
+                                       if method in owned[flag]}}
+                for method in methods_listed}
+  unused = [flag for flag in flags if not any(m in owned[flag] for m in methods_listed)]
+  if unused:
+    raise ConfigError(f"{', '.join(unused)}: no listed method has this setting")
+  cells = compare.grid_configs(base, methods_listed, epsilons, seeds, per_method)
+  return compare.compare(cells, args.out, jobs=args.jobs, quiet=args.quiet)
+
+
 def _parser(method: str | None = None) -> argparse.ArgumentParser:
   """The command line; `synthesize` and `audit` show `method`'s own settings."""
   from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
@@ -193,6 +261,7 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
   sub = p.add_subparsers(dest="command", required=True)
   _add_synthesize(sub, method)
+  _add_compare(sub)
 
   t = sub.add_parser("pretrain", help="public stage of vp-ntk: train a generator and an extractor on public data")
   t.add_argument("--out", required=True, help="directory for the public models")
@@ -324,13 +393,15 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   return p
 
 
-def _run_config(args, overrides: dict):
+def _run_config(args, overrides: dict, own: bool = True):
   """--config FILE (or the defaults) with the command line's overrides: shared
-  options and dotted ones first, then the method's own flags."""
+  options and dotted ones first, then (`own`) the method's own flags."""
   from vpntk_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from vpntk_jax import config_files  # pylint: disable=g-import-not-at-top
   config = config_files.config_from_args(args.config, overrides, config_lib.RunConfig,
                                          apply=config_lib.with_overrides)
+  if not own:
+    return config
   return config_lib.with_overrides(config, _method_overrides(args, config.method))
 
 
@@ -560,8 +631,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"vpntk: error: {methods.unknown_method(method)}", file=sys.stderr)
       return 2
   args = _parser(method).parse_args(argv)
-  if dotted and args.command not in ("synthesize", "pretrain"):
-    print(f"vpntk: error: --config.FIELD overrides apply to synthesize and pretrain, not "
+  if dotted and args.command not in ("synthesize", "compare", "pretrain"):
+    print(f"vpntk: error: --config.FIELD overrides apply to synthesize, compare and "
+          f"pretrain, not "
           f"{args.command}", file=sys.stderr)
     return 2
   try:
@@ -582,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
       else:
         print(f"outputs in {summary['run_dir']}: report.html, samples.png, synthetic.npz, "
               f"privacy.json, metrics.json", file=sys.stderr)
+    elif args.command == "compare":
+      print(json.dumps(_compare(args, dotted), indent=2))
     elif args.command == "evaluate":
       print(json.dumps(_evaluate(args), indent=2))
     elif args.command == "export":

@@ -17,6 +17,7 @@ from typing import Any
 from vpntk_jax import blocks
 from vpntk_jax import config_files
 from vpntk_jax import methods
+from vpntk_jax import protocols
 from vpntk_jax.blocks import (CLASSIFIERS, DEFAULT_CLASSIFIERS, LOSSES, DataConfig, TrainConfig,
                               data_from_legacy)
 from vpntk_jax.errors import ConfigError
@@ -31,6 +32,11 @@ class RunConfig:
                         flag="--method", choices=methods.names, metavar="NAME")
   # Private data (its "train" split) and the real test set used for evaluation.
   data: DataConfig = DataConfig()
+  # A benchmark's fixed choices (`vpntk_jax.protocols`): which training images are
+  # private, delta (a delta left at its default becomes the protocol's).
+  protocol: str = setting(protocols.NONE, "benchmark protocol; dpimagebench: its 55,000 / "
+                          "5,000 split of the training set and delta = 1/(N ln N)",
+                          flag="--protocol", stage="data", choices=protocols.PROTOCOLS)
   # Privacy.
   epsilon: float = setting(1.0, "privacy budget epsilon", flag="--epsilon", stage="privacy")
   delta: float = setting(1e-5, "privacy budget delta", flag="--delta", stage="privacy")
@@ -104,6 +110,9 @@ class RunConfig:
                         f"write data=DataConfig(source=...)")
     if self.options is None and self.method in methods.names():
       object.__setattr__(self, "options", methods.get(self.method).options())
+    default_delta = next(f.default for f in dataclasses.fields(RunConfig) if f.name == "delta")
+    object.__setattr__(self, "delta",
+                       protocols.resolved_delta(self.protocol, self.delta, default_delta))
 
   @property
   def method_spec(self) -> methods.Method:
@@ -115,6 +124,7 @@ class RunConfig:
       raise ConfigError(f"options is a {type(self.options).__name__}; {self.method} takes "
                         f"{spec.options.__module__}.{spec.options.__name__}")
     self.data.validate()
+    protocols.check(self)
     parameters.check_epsilon_delta(self.epsilon, self.delta)
     parameters.check_accountant(self.accountant)
     parameters.check_adjacency(self.adjacency)

@@ -23,12 +23,14 @@ import numpy as np
 from vpntk_jax import config as config_lib
 from vpntk_jax import distributed
 from vpntk_jax import io_utils
+from vpntk_jax import protocols
 from vpntk_jax import public
 from vpntk_jax import report
 from vpntk_jax import sharding
 from vpntk_jax.blocks import NO_TEST_SET
 from vpntk_jax.config import RunConfig
-from vpntk_jax.data import ImageDataset, load_dataset, load_test_source, npy, resize_dataset
+from vpntk_jax.data import (ImageDataset, dpimagebench_split, load_dataset, load_test_source, npy,
+                            resize_dataset)
 from vpntk_jax.data.schema import Schema, fit_to_schema
 from vpntk_jax.errors import ConfigError, DataError, RunDirError
 from vpntk_jax.evaluation.protocol import balanced_subsample
@@ -81,10 +83,21 @@ def load_private_and_test(config: RunConfig, datasets=None) -> tuple[ImageDatase
   else:
     private = load_split(config, "train")
     test = load_test_set(config)
+  if config.protocol == protocols.DPIMAGEBENCH:
+    private, _ = dpimagebench_split.split(private)  # the validation images are never private
   test = resize_dataset(test, config.data.image_size)
   npy.check_used_as_stored(private, test.image_shape, test.name)  # streamed: no copies
   private = fit_to_schema(resize_dataset(private, config.data.image_size), Schema.of(test))
   return private, test
+
+
+def load_validation_set(config: RunConfig) -> ImageDataset | None:
+  """The protocol's validation images (held out of the private data, never trained
+  on privately), resized as the test set; None without a protocol that has them."""
+  if config.protocol != protocols.DPIMAGEBENCH:
+    return None
+  _, validation = dpimagebench_split.split(load_split(config, "train"))
+  return resize_dataset(validation, config.data.image_size)
 
 
 def load_test_set(config: RunConfig) -> ImageDataset:
@@ -171,6 +184,9 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
     raise RunDirError("--reuse-release starts a new run: it excludes --resume and --force")
   # Read and check the data before touching the output directory, so bad input
   # leaves nothing behind.
+  if datasets is not None and config.protocol != protocols.NONE:
+    raise ConfigError(f"--protocol {config.protocol} reads its published data set "
+                      f"(config.data); in-memory datasets are not it")
   if datasets is not None:
     config = dataclasses.replace(
         config, data=dataclasses.replace(config.data, source=f"in-memory:{datasets[0].name}"))
@@ -275,7 +291,7 @@ def run_synthesis(config: RunConfig, out: str, *, resume: bool = False, force: b
                                           quiet=quiet, class_names=test.class_names)
     lap("synthesize")
     metrics = evaluation.evaluate(images, labels, test, config, run, public_models=public_models,
-                                  quiet=quiet)
+                                  validation=load_validation_set(config), quiet=quiet)
     lap("evaluate")
     report.write_report(run.work)
     run.finish()
@@ -337,7 +353,8 @@ def evaluate_run(run_path: str, *, test_source: str | None = None, overrides=Non
       raise DataError(f"{test.name} has {got.num_classes} classes of {got.image_shape} "
                       f"images; the run has {wanted.num_classes} of {wanted.image_shape}")
   metrics = evaluation.evaluate(images, labels, test, config, RunDir(run_path, run_path),
-                                public_models=load_public_models(config), quiet=quiet)
+                                public_models=load_public_models(config),
+                                validation=load_validation_set(config), quiet=quiet)
   report.write_report(run_path)  # the report shows the new metrics
   return metrics
 

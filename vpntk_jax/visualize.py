@@ -202,3 +202,123 @@ def save_loss_curve(
 ) -> None:
   """Saves a PNG line plot of log10(loss) against step, labelled with min/max loss."""
   save_png(path, render_loss_curve(steps, losses))
+
+
+# Line colours of `render_series`, one per series in order (then repeated).
+SERIES_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+                  "#e377c2", "#17becf")
+
+
+def render_series(
+  series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+  *,
+  title: str,
+  x_label: str,
+  y_label: str,
+  log_x: bool = False,
+  width: int = 640,
+  height: int = 400,
+) -> np.ndarray:
+  """Draws named series of (x, mean, std) points as lines with +-std error bars and a
+  legend; returns an RGB uint8 image. A NaN std draws no bar; NaN means are skipped."""
+  image = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(image)
+  font = ImageFont.load_default()
+  left, right, top, bottom = 80, width - 150, 30, height - 40
+  draw.text((left, 8), title, fill="black", font=font)
+  draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
+  points = {}
+  for name, (xs, means, stds) in series.items():
+    xs, means, stds = (np.asarray(v, np.float64).reshape(-1) for v in (xs, means, stds))
+    if not xs.shape == means.shape == stds.shape:
+      raise DataError(f"series {name!r}: x, mean and std differ in length")
+    keep = np.isfinite(xs) & np.isfinite(means) & (xs > 0 if log_x else True)
+    points[name] = (xs[keep], means[keep], np.where(np.isfinite(stds[keep]), stds[keep], 0.0))
+  shown = [p for p in points.values() if p[0].size]
+  if not shown:
+    draw.text((left + 10, top + 10), "nothing to plot", fill="red", font=font)
+    return np.asarray(image)
+
+  def scale_x(x):
+    return np.log10(x) if log_x else x
+
+  xs = np.concatenate([scale_x(p[0]) for p in shown])
+  lows = np.concatenate([p[1] - p[2] for p in shown])
+  highs = np.concatenate([p[1] + p[2] for p in shown])
+  x_lo, x_hi = float(xs.min()), float(xs.max())
+  y_lo, y_hi = float(lows.min()), float(highs.max())
+  # Degenerate ranges (one x, flat values) get a unit span, as in the loss curve.
+  if x_hi == x_lo:
+    x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
+  if y_hi == y_lo:
+    y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+  # A margin inside the axes so end points and bars do not sit on them.
+  x_pad, y_pad = 0.05 * (x_hi - x_lo), 0.05 * (y_hi - y_lo)
+  x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo - y_pad, y_hi + y_pad
+
+  def to_xy(x: float, y: float) -> tuple[float, float]:
+    return (left + (scale_x(x) - x_lo) / (x_hi - x_lo) * (right - left),
+            bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
+
+  for i, (name, (px, pm, ps)) in enumerate(points.items()):
+    colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+    order = np.argsort(px, kind="stable")
+    xy = [to_xy(x, m) for x, m in zip(px[order], pm[order])]
+    if len(xy) > 1:
+      draw.line(xy, fill=colour, width=2)
+    for x, m, s in zip(px[order], pm[order], ps[order]):
+      cx, cy = to_xy(x, m)
+      draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+      if s > 0:
+        _, y_top = to_xy(x, m + s)
+        _, y_bottom = to_xy(x, m - s)
+        draw.line([(cx, y_top), (cx, y_bottom)], fill=colour, width=1)
+        draw.line([(cx - 4, y_top), (cx + 4, y_top)], fill=colour, width=1)
+        draw.line([(cx - 4, y_bottom), (cx + 4, y_bottom)], fill=colour, width=1)
+    legend_y = top + 14 * i
+    draw.line([(right + 15, legend_y + 6), (right + 35, legend_y + 6)], fill=colour, width=3)
+    draw.text((right + 40, legend_y), name, fill="black", font=font)
+
+  # Tick labels at every distinct x (in data units) and at the y range's ends.
+  for x in np.unique(np.concatenate([p[0] for p in shown])):
+    cx, _ = to_xy(float(x), y_lo)
+    draw.line([(cx, bottom), (cx, bottom + 4)], fill="black")
+    draw.text((cx - 8, bottom + 6), _format_value(float(x)), fill="black", font=font)
+  for y in (y_lo + y_pad, y_hi - y_pad):
+    _, cy = to_xy(10 ** x_lo if log_x else x_lo, y)
+    draw.line([(left - 4, cy), (left, cy)], fill="black")
+    draw.text((4, cy - 6), _format_value(y), fill="black", font=font)
+  draw.text(((left + right) // 2 - 3 * len(x_label), bottom + 20),
+            x_label + (" (log scale)" if log_x else ""), fill="black", font=font)
+  draw.text((4, top - 14), y_label, fill="black", font=font)
+  return np.asarray(image)
+
+
+def labelled_sample_grid(
+  images: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str],
+  per_class: int = 10,
+  title: str | None = None,
+  scale: int = 2,
+) -> np.ndarray:
+  """`sample_grid` enlarged `scale` times, as RGB, with each row's class name in a left
+  margin and an optional title above."""
+  grid = sample_grid(images, labels, len(class_names), per_class)
+  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+  if grid.shape[-1] == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  font = ImageFont.load_default()
+  probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  margin = 8 + max(int(probe.textlength(str(n), font=font)) for n in class_names)
+  header = 16 if title else 0
+  canvas = Image.new("RGB", (margin + grid.shape[1], header + grid.shape[0]), "white")
+  canvas.paste(Image.fromarray(grid[..., :3]), (margin, header))
+  draw = ImageDraw.Draw(canvas)
+  if title:
+    draw.text((4, 2), title, fill="black", font=font)
+  row_height = (grid.shape[0] - PAD * scale) / len(class_names)
+  for row, name in enumerate(class_names):
+    y = header + PAD * scale + row * row_height + row_height / 2 - 6
+    draw.text((4, y), str(name), fill="black", font=font)
+  return np.asarray(canvas)

@@ -7,6 +7,7 @@ measurement of the released data and spend no privacy budget.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from vpntk_jax import blocks
 from vpntk_jax.errors import ConfigError, DataError
+from vpntk_jax.evaluation import benchmark_classifiers as bench
 from vpntk_jax.evaluation import classifiers as sk
 from vpntk_jax.evaluation import jax_classifiers as jc
 from vpntk_jax.evaluation.cnn import BATCH_SIZE, LEARNING_RATE, fit_predict_cnn
@@ -88,6 +90,8 @@ _DESCRIPTIONS: dict[str, Callable[[int], str]] = {
   "sklearn-logistic_regression": lambda _: _sklearn("LogisticRegression",
                                                     sk.LOGISTIC_REGRESSION_KWARGS),
   "sklearn-mlp": lambda _: _sklearn("MLPClassifier", sk.MLP_KWARGS),
+  **{name: functools.partial(lambda name, _: bench.describe(name), name)
+     for name in ("resnet", "wrn", "resnext")},
 }
 
 
@@ -97,8 +101,8 @@ def protocol_description(train_size: int, test_size: int, cnn_epochs: int,
   settings = "; ".join(f"{name}: {_DESCRIPTIONS[name](cnn_epochs)}" for name in classifiers)
   return (
     f"class-balanced subsample of {train_size} training images, pixels in [0,1] (flattened "
-    f"for all but the cnn); {settings}; accuracy on all {test_size} real test images; "
-    f"nothing selected on the test set"
+    f"for the linear and MLP models); {settings}; accuracy on all {test_size} real test "
+    f"images; nothing selected on the test set"
   )
 
 
@@ -108,15 +112,28 @@ def _flat(fit_predict: Callable, name: str) -> Callable[..., tuple[np.ndarray, d
     fit_predict(name, x_train, y_train, x_test, seed), {})
 
 
-# name -> (x_train, y_train, x_test, *, num_classes, seed, cnn_epochs) -> (predictions, info).
+def _benchmark(name: str) -> Callable[..., tuple[np.ndarray, dict]]:
+  """One of DPImageBench's networks, in the table's calling convention (its epochs are
+  DPImageBench's, not cnn_epochs)."""
+  return lambda x_train, y_train, x_test, *, num_classes, seed, validation_labels, num_test, \
+      **_: bench.fit_select_predict(name, x_train, y_train, x_test, num_classes=num_classes,
+                                    seed=seed, validation_labels=validation_labels,
+                                    num_test=num_test)
+
+
+# name -> (x_train, y_train, x_test, *, num_classes, seed, cnn_epochs, validation_labels,
+# num_test) -> (predictions, info); x_test's rows after num_test are the validation images
+# (validation_labels, None without them).
 _RUNNERS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {
   "logistic_regression": _flat(jc.fit_predict, "logistic_regression"),
   "mlp": _flat(jc.fit_predict, "mlp"),
-  "cnn": lambda x_train, y_train, x_test, *, num_classes, seed, cnn_epochs: fit_predict_cnn(
+  "cnn": lambda x_train, y_train, x_test, *, num_classes, seed, cnn_epochs, **_: fit_predict_cnn(
     x_train, y_train, x_test, num_classes=num_classes, seed=seed, epochs=cnn_epochs,
     val_fraction=CNN_VAL_FRACTION),
   "sklearn-logistic_regression": _flat(sk.fit_predict, "logistic_regression"),
   "sklearn-mlp": _flat(sk.fit_predict, "mlp"),
+  # DPImageBench's networks select their epoch on the validation rows of x_test.
+  **{name: _benchmark(name) for name in ("resnet", "wrn", "resnext")},
 }
 CLASSIFIERS = tuple(_RUNNERS)
 # The JAX-free config checks names against blocks.CLASSIFIERS: the two must agree.
@@ -136,18 +153,27 @@ def evaluate_synthetic(
   seed: int = 0,
   cnn_epochs: int = 10,
   progress: bool = True,
+  validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
   """Trains each classifier on a balanced subsample of the train set; scores it on the test set.
 
   Returns {"accuracy": {name: float}, "seconds": {name: float},
   "synthetic_val_accuracy": {"cnn": float} (when run), "train_size", "test_size", "protocol"}.
   `train_size` is the number actually used: floor(train_size / num_classes) per class,
-  fewer where a class is short.
+  fewer where a class is short. With `validation` (real images and labels held out of
+  the private data, a benchmark protocol's) each classifier is also scored on them:
+  "validation_accuracy", the number to select by instead of the test accuracy.
   """
   train_images, test_images = np.asarray(train_images), np.asarray(test_images)
   train_labels = np.asarray(train_labels).astype(np.int64)
   test_labels = np.asarray(test_labels).astype(np.int64)
   _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
+  num_test = test_labels.size
+  if validation is not None:
+    val_images, val_labels = np.asarray(validation[0]), np.asarray(validation[1]).astype(np.int64)
+    _check_inputs(train_images, train_labels, val_images, val_labels, num_classes)
+    # One prediction pass over both: the same fitted classifier scores each.
+    test_images = np.concatenate([test_images, val_images])
   unknown = [name for name in classifiers if name not in CLASSIFIERS]
   if unknown:
     raise ConfigError(f"unknown classifiers {unknown}; expected a subset of {CLASSIFIERS}")
@@ -163,21 +189,29 @@ def evaluate_synthetic(
     "seconds": {},
     "synthetic_val_accuracy": {},
     "train_size": int(subset.size),
-    "test_size": int(test_labels.size),
-    "protocol": protocol_description(int(subset.size), int(test_labels.size), cnn_epochs,
+    "test_size": int(num_test),
+    "protocol": protocol_description(int(subset.size), int(num_test), cnn_epochs,
                                      tuple(classifiers)),
   }
+  if validation is not None:
+    result["validation_accuracy"] = {}
+    result["validation_size"] = int(val_labels.size)
   bar = Progress(classifiers, desc="evaluate", disable=not progress, leave=False)
   for name in bar:
     bar.set_postfix_str(name)
     start = time.perf_counter()
     predictions, info = _RUNNERS[name](
-      x_train, y_train, test_images, num_classes=num_classes, seed=seed, cnn_epochs=cnn_epochs
+      x_train, y_train, test_images, num_classes=num_classes, seed=seed, cnn_epochs=cnn_epochs,
+      validation_labels=None if validation is None else val_labels, num_test=num_test
     )
     # Predictions are host numpy arrays, so the timing includes all (asynchronous) JAX work.
-    accuracy = float(np.mean(predictions == test_labels))
+    accuracy = float(np.mean(predictions[:num_test] == test_labels))
+    if validation is not None:
+      result["validation_accuracy"][name] = float(np.mean(predictions[num_test:] == val_labels))
     result["seconds"][name] = time.perf_counter() - start
     result["accuracy"][name] = accuracy
     if info.get("synthetic_val_accuracy") is not None:
       result["synthetic_val_accuracy"][name] = info["synthetic_val_accuracy"]
+    if "selected_epoch" in info:
+      result.setdefault("selected_epoch", {})[name] = info
   return result

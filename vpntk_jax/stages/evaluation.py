@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from vpntk_jax import io_utils
+from vpntk_jax import protocols
 from vpntk_jax.blocks import NO_TEST_SET
 from vpntk_jax.data import ImageDataset
 from vpntk_jax.errors import VpntkError
@@ -21,7 +22,9 @@ from vpntk_jax.run_files import METRICS
 
 
 def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=None,
-             quiet: bool = False) -> dict:
+             validation: ImageDataset | None = None, quiet: bool = False) -> dict:
+  """`validation`: a benchmark protocol's held-out real images (never private
+  training data), scored as the test set is (validation_accuracy)."""
   reason = not_evaluated_reason(test, config)
   if reason is not None:
     metrics = {"evaluated": False, "reason": reason, "test_set": None,
@@ -31,8 +34,13 @@ def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=N
   metrics = evaluate_synthetic(images, labels, test.images, test.labels,
                                num_classes=test.num_classes, classifiers=config.classifiers,
                                train_size=config.eval_train_size, seed=config.seed,
-                               cnn_epochs=config.cnn_epochs, progress=not quiet)
+                               cnn_epochs=config.cnn_epochs, progress=not quiet,
+                               validation=(None if validation is None
+                                           else (validation.images, validation.labels)))
   metrics["test_set"] = test.name
+  if protocols.describe(config.protocol) is not None:
+    metrics["benchmark_protocol"] = protocols.describe(config.protocol)
+    metrics["validation_set"] = None if validation is None else validation.name
   metrics["environment"] = environment()
   if config.fid_weights is not None:
     metrics["inception"] = inception_distances(images, labels, test, config)
