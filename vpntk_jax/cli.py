@@ -21,7 +21,7 @@ _OWN = "method:"
 _AUDIT_SETTINGS = ("method", "data.source", "data.data_dir", "data.image_size", "accountant",
                    "adjacency", "public_num_examples", "epsilon", "delta",
                    "validation_noise_scale")
-_EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples")
+_EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples", "vgg16_frechet")
 # The PretrainConfig settings `pretrain` takes as flags; its other fields are set
 # with --config.FIELD=VALUE.
 _PRETRAIN_SETTINGS = ("data.source", "data.data_dir", "data.download", "data.image_size",
