@@ -170,7 +170,9 @@ def test_dpmepf_runs_on_a_converted_vgg16(tiny, private_npz, tmp_path):
   # `vpntk evaluate` with the VGG16 directory adds the Frechet distance in its features.
   assert cli.main(["evaluate", str(out), "--vgg16-frechet", str(converted), "--fid-samples",
                    "30", "--quiet"]) == 0
-  frechet = json.loads((out / "metrics.json").read_text())["vgg16_frechet"]
+  metrics = json.loads((out / "metrics.json").read_text())
+  frechet = metrics["vgg16_frechet"]
+  assert np.isfinite(metrics["public_feature_distance"]["fid"])  # the auxiliary metric too
   assert frechet["num_synthetic"] == 30 and frechet["num_test"] == 200
   assert np.isfinite(frechet["frechet_distance"]) and frechet["frechet_distance"] > 0
   assert "VGG16 Frechet distance" in (out / "report.md").read_text()
