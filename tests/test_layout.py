@@ -124,7 +124,7 @@ FLOORS = {
     "vpntk_jax.config": 12,
     # What reads and writes a run's files: they read its RunConfig.
     "vpntk_jax.run_dir": 13, "vpntk_jax.report": 13, "vpntk_jax.export": 13,
-    "vpntk_jax.convert_vgg": 13,
+    "vpntk_jax.convert_vgg": 13, "vpntk_jax.convert_vgg16": 13,
     "vpntk_jax.pipeline": 14,
     # A grid of pipeline runs and its table.
     "vpntk_jax.compare": 14,

@@ -24,7 +24,7 @@ from vpntk_jax.data.dataset import make_dataset
 from vpntk_jax.errors import ConfigError, DataError
 from vpntk_jax.evaluation.cnn import predict_cnn
 from vpntk_jax.features import ntk
-from vpntk_jax.models.vgg import VGG19Features
+from vpntk_jax.models.vgg import VGGFeatures
 
 
 def test_public_models_round_trip(tiny_public):
@@ -86,7 +86,7 @@ def test_pretrain_configs_stored_before_the_generator_field_make_a_generator():
 
 def test_classifier_logits_refuses_an_extractor_without_a_classifier_head():
   vgg = public.PublicModels({"image_shape": [32, 32, 1], "num_classes": 10,
-                             "extractor": {"kind": "vgg19"}}, None, None, VGG19Features(), {},
+                             "extractor": {"kind": "vgg19"}}, None, None, VGGFeatures(), {},
                             np.zeros(1), np.ones(1), path="public/vgg19")
   with pytest.raises(ConfigError, match="public/vgg19 holds a vgg19 extractor.*semantic query "
                                         "needs a public classifier made by `vpntk pretrain`"):

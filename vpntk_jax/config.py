@@ -96,8 +96,13 @@ class RunConfig:
                                   "not the test set's", flag="--fid-stats",
                                   stage="evaluation", metavar="FILE")
   # Class-balanced.
-  fid_samples: int = setting(10000, "synthetic images for the Inception distances",
+  fid_samples: int = setting(10000, "synthetic images for the Inception and VGG16 distances",
                              flag="--fid-samples", stage="evaluation")
+  # A `vpntk public vgg16` directory: metrics.json's "vgg16_frechet" (not an FID).
+  vgg16_frechet: str | None = setting(None, "Frechet distance of synthetic and test images in "
+                                      "this `vpntk public vgg16` directory's pooled features",
+                                      flag="--vgg16-frechet", stage="evaluation", metavar="DIR",
+                                      none="not computed")
   eval_train_size: int = setting(6000, "synthetic examples the classifiers train on",
                                  flag="--eval-train-size", stage="evaluation")
   cnn_epochs: int = setting(10, "CNN epochs", flag="--cnn-epochs", stage="evaluation")
@@ -222,7 +227,7 @@ def upgrade_json(d: dict) -> dict:
 # Fields a resumed run may change: they do not touch the release.
 RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "evaluate", "eval_train_size",
                                "cnn_epochs", "num_synthetic", "devices", "fid_weights",
-                               "fid_stats", "fid_samples"})
+                               "fid_stats", "fid_samples", "vgg16_frechet"})
 
 
 # Fields that only shape what is done with a release (post-processing). Runs
@@ -230,7 +235,8 @@ RESUMABLE_CHANGES = frozenset({"train.steps", "classifiers", "evaluate", "eval_t
 # other's (`--reuse-release`): ablations over these cost no extra privacy.
 POST_PROCESSING_FIELDS = frozenset({"loss", "cosine_weight", "classifiers", "evaluate",
                                     "eval_train_size", "cnn_epochs", "num_synthetic", "devices",
-                                    "fid_weights", "fid_stats", "fid_samples"})
+                                    "fid_weights", "fid_stats", "fid_samples",
+                                    "vgg16_frechet"})
 POST_PROCESSING_PREFIXES = ("train.",)
 
 

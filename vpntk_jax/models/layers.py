@@ -17,3 +17,24 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.maximum(
     jnp.maximum(x[:, 0::2, 0::2], x[:, 1::2, 0::2]), jnp.maximum(x[:, 0::2, 1::2], x[:, 1::2, 1::2])
   )
+
+
+def conv3x3_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """3x3 convolution (cross-correlation), stride 1, zero padding 1, NHWC with an HWIO
+  kernel: nn.Conv(features, (3, 3), padding=1)'s result.
+
+  On CPU it is the nine shifted images concatenated and one matmul: XLA's CPU
+  convolution ran VGG16 about 7x slower than this at 32x32 (0.16 vs 0.02 s per
+  image on 2 cores), at the cost of nine copies of each conv's input (kept for
+  the backward pass too: VGG16 at 32x32 holds about 6.7 MB of them per image).
+  Elsewhere XLA's convolution (cuDNN on GPUs, without the copies).
+  """
+  if jax.default_backend() != "cpu":
+    y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
+  n, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  patches = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
+                            axis=-1)
+  return (patches.reshape(-1, 9 * c) @ kernel.reshape(9 * c, -1)).reshape(n, h, w, -1) + bias

@@ -1,7 +1,7 @@
 """The public-model artefact: a directory with public.json (what the models are)
 and models/ (an Orbax checkpoint of their weights and feature statistics).
 
-Written by `vpntk pretrain` (or the VGG19 converter); read by every method that
+Written by `vpntk pretrain` (or the VGG converters); read by every method that
 uses public models. public.json is written last, so a directory with it is
 complete.
 """
@@ -25,7 +25,7 @@ from vpntk_jax.features import ntk
 from vpntk_jax.features.extractor_ntk import ExtractorNTKFeatureMap
 from vpntk_jax.models.extractor import ConvExtractor
 from vpntk_jax.models.generator import ConvCondGenerator
-from vpntk_jax.models.vgg import KIND as VGG19_KIND, VGG19Features
+from vpntk_jax.models import vgg
 from vpntk_jax.staging import RunDir, check_replaceable, is_nonempty_dir, stage
 from vpntk_jax.training.checkpoints import reading_checkpoint
 
@@ -47,13 +47,13 @@ PUBLIC_DIR_NAMES = frozenset({PUBLIC_JSON, MODELS, GENERATOR_LOG})
 class PublicModels:
   """A public generator and extractor with their description (public.json).
 
-  Extractor-only directories (VGG19, `vpntk pretrain --extractor-only`) have
+  Extractor-only directories (VGG16/19, `vpntk pretrain --extractor-only`) have
   generator and generator_variables None.
   """
   spec: dict
   generator: ConvCondGenerator | None
   generator_variables: dict | None
-  extractor: ConvExtractor | VGG19Features
+  extractor: ConvExtractor | vgg.VGGFeatures
   extractor_params: Any
   feature_mean: np.ndarray
   feature_std: np.ndarray
@@ -110,7 +110,7 @@ def classifier_logits(models: PublicModels, images: np.ndarray, *,
                         num_classes=models.num_classes, batch_size=batch_size)
 
 
-def _modules(spec: dict) -> tuple[ConvCondGenerator | None, ConvExtractor | VGG19Features]:
+def _modules(spec: dict) -> tuple[ConvCondGenerator | None, ConvExtractor | vgg.VGGFeatures]:
   g, e = spec.get("generator"), spec["extractor"]
   generator = None if g is None else ConvCondGenerator(
       num_classes=spec["num_classes"], image_shape=tuple(spec["image_shape"]),
@@ -119,11 +119,11 @@ def _modules(spec: dict) -> tuple[ConvCondGenerator | None, ConvExtractor | VGG1
   if kind == "ConvExtractor":
     extractor = ConvExtractor(num_classes=spec["num_classes"], widths=tuple(e["widths"]),
                               hidden=e["hidden"])
-  elif kind == VGG19_KIND:
-    extractor = VGG19Features()
+  elif kind in vgg.KINDS:
+    extractor = vgg.from_spec(e)
   else:
     raise ConfigError(f"unknown extractor kind {kind!r} in {PUBLIC_JSON}; expected "
-                      f"ConvExtractor or {VGG19_KIND}")
+                      f"ConvExtractor or one of {', '.join(vgg.KINDS)}")
   return generator, extractor
 
 

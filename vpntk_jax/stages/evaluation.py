@@ -8,16 +8,16 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vpntk_jax import io_utils
+from vpntk_jax import io_utils, public
 from vpntk_jax import protocols
 from vpntk_jax.blocks import NO_TEST_SET
 from vpntk_jax.data import ImageDataset
-from vpntk_jax.errors import VpntkError
+from vpntk_jax.errors import ConfigError, VpntkError
 from vpntk_jax.evaluation import evaluate_synthetic, fid
 from vpntk_jax.evaluation.protocol import balanced_subsample
 from vpntk_jax.features import ntk
 from vpntk_jax.log import say
-from vpntk_jax.models import inception
+from vpntk_jax.models import inception, vgg
 from vpntk_jax.run_files import METRICS
 
 
@@ -44,6 +44,8 @@ def evaluate(images, labels, test: ImageDataset, config, run, *, public_models=N
   metrics["environment"] = environment()
   if config.fid_weights is not None:
     metrics["inception"] = inception_distances(images, labels, test, config)
+  if config.vgg16_frechet is not None:
+    metrics["vgg16_frechet"] = vgg16_frechet(images, labels, test, config)
   if public_models is not None:
     # An auxiliary metric: its failure is recorded, never allowed to lose the run.
     try:
@@ -63,6 +65,8 @@ def check_fid_files(config) -> None:
     inception.load_inception_params(config.fid_weights)
   if config.fid_stats is not None:
     fid.load_statistics(config.fid_stats)
+  if config.vgg16_frechet is not None:
+    load_vgg16(config.vgg16_frechet)
 
 
 def inception_distances(images, labels, test: ImageDataset, config) -> dict:
@@ -84,6 +88,39 @@ def inception_distances(images, labels, test: ImageDataset, config) -> dict:
   return {**fid.fid_kid(feature_fn, images[rows], test.images, seed=config.seed,
                         batch_size=fid.FEATURES_BATCH_SIZE),
           "reference": test.name, **weights}
+
+
+def load_vgg16(path: str):
+  """The public models in `path`, refused (ConfigError) unless they are a VGG16."""
+  models = public.load_public(path)
+  if not (isinstance(models.extractor, vgg.VGGFeatures) and models.extractor.depth == 16):
+    kind = models.spec.get("extractor", {}).get("kind")
+    raise ConfigError(f"--vgg16-frechet {path} holds a {kind} extractor, not the VGG16 made by "
+                      f"`vpntk public vgg16`")
+  return models
+
+
+def vgg16_frechet(images, labels, test: ImageDataset, config) -> dict:
+  """Frechet distance between Gaussians fitted to the VGG16 pooled features (spatial
+  means of each block's last conv, 1,472) of up to `config.fid_samples` synthetic
+  images (balanced) and of the real test set. A distance in these features, not an
+  FID (that is Inception's pool3)."""
+  models = load_vgg16(config.vgg16_frechet)
+  extractor, params = models.extractor, models.extractor_params
+  feature_fn = jax.jit(lambda x: extractor.apply({"params": params},
+                                                 x.astype(jnp.float32) / 255.0,
+                                                 features="pooled"))
+  rows = balanced_subsample(labels, max(1, config.fid_samples // test.num_classes),
+                            seed=config.seed)
+  synthetic = fid.features_in_batches(feature_fn, images[rows])
+  real = fid.features_in_batches(feature_fn, test.images)
+  e = models.spec.get("extractor", {})
+  return {"frechet_distance": fid.fid_from_features(synthetic, real),
+          "num_synthetic": int(len(rows)), "num_test": int(len(test)), "reference": test.name,
+          "features": "VGG16 pooled: spatial means of each block's last conv before ReLU "
+                      f"({extractor.feature_dim(test.image_shape[0])})",
+          "model": models.path, "weights_sha256": e.get("source", {}).get("sha256"),
+          "weights": e.get("weights")}
 
 
 def not_evaluated_reason(test: ImageDataset, config) -> str | None:
