@@ -45,8 +45,8 @@ def names(text: str) -> tuple[str, ...]:
 class DataConfig:
   """A labelled image set: its "train" split is the data, "test" the real test set."""
   source: str = setting(
-      "fashion_mnist", "fashion_mnist, mnist, tfds:NAME, FILE.npz, npy:DIR, an image "
-      "folder, an IDX dir", flag="--data", stage="data",
+      "fashion_mnist", "fashion_mnist, mnist, tfds:NAME, FILE.npz, npy:DIR, a "
+      "folder", flag="--data", stage="data",
       metavar="SOURCE")
   data_dir: str | None = setting(None, "directory of the dataset files / tfds data_dir",
                                  flag="--data-dir", stage="data", metavar="DIR")
@@ -60,8 +60,8 @@ class DataConfig:
   # The real test set: None, the source's own "test" split; any source (its
   # "test" split, or its only one); or NO_TEST_SET.
   test_source: str | None = setting(
-      None, "the real test set, any data source; 'none': no test set (--classes, "
-      "--channels, --image-size declare the schema)", flag="--test-data",
+      None, "the real test set, any source; 'none': --classes and --channels "
+      "declare it", flag="--test-data",
       stage="data", metavar="SOURCE", parse=test_source, none="--data's test split")
   # Without a test set, the schema the test set would declare (the release's
   # shape must not be read from the private data); image_size is then required too.

@@ -34,8 +34,8 @@ class RunConfig:
   data: DataConfig = DataConfig()
   # A benchmark's fixed choices (`vpntk_jax.protocols`): which training images are
   # private, delta (a delta left at its default becomes the protocol's).
-  protocol: str = setting(protocols.NONE, "benchmark protocol; dpimagebench: its 55,000 / "
-                          "5,000 split of the training set and delta = 1/(N ln N)",
+  protocol: str = setting(protocols.NONE, "dpimagebench: its 55,000/5,000 split, delta "
+                          "1/(N ln N)",
                           flag="--protocol", stage="data", choices=protocols.PROTOCOLS)
   # Privacy.
   epsilon: float = setting(1.0, "privacy budget epsilon", flag="--epsilon", stage="privacy")
@@ -60,10 +60,10 @@ class RunConfig:
   # pick the training checkpoint whose synthetic embedding is closest to it
   # (DP-MEPF's model selection; 10 there).
   validation_noise_scale: float | None = setting(
-      None, "also release a K x noisier copy to pick the checkpoint by (the budget covers "
-      "both; DP-MEPF: 10)", flag="--validation-noise-scale",
+      None, "release a K x noisier copy too, to pick the checkpoint by",
+      flag="--validation-noise-scale",
       stage="privacy", metavar="K", none="off")
-  seed: int = setting(0, "public seed: network, generator, batches", flag="--seed",
+  seed: int = setting(0, "public seed of networks and batches", flag="--seed",
                       stage="run")
   # The NTK network (DP-NTK and VP-NTK features; the public-model metric).
   ntk_layers: tuple = (800, "relu", "layernorm", 10)
@@ -92,15 +92,15 @@ class RunConfig:
   fid_weights: str | None = setting(None, "Inception FID/KID with pytorch-fid's weights "
                                     "from this .npz", flag="--fid-weights", stage="evaluation",
                                     metavar="FILE", none="not computed")
-  fid_stats: str | None = setting(None, "FID against these statistics (.npz of mu, sigma), "
-                                  "not the test set's", flag="--fid-stats",
+  fid_stats: str | None = setting(None, "FID against this .npz of (mu, sigma)",
+                                  flag="--fid-stats",
                                   stage="evaluation", metavar="FILE")
   # Class-balanced.
   fid_samples: int = setting(10000, "synthetic images for the Inception and VGG16 distances",
                              flag="--fid-samples", stage="evaluation")
   # A `vpntk public vgg16` directory: metrics.json's "vgg16_frechet" (not an FID).
-  vgg16_frechet: str | None = setting(None, "Frechet distance of synthetic and test images in "
-                                      "this `vpntk public vgg16` directory's pooled features",
+  vgg16_frechet: str | None = setting(None, "Frechet distance in the features of this "
+                                      "`vpntk public vgg16` model",
                                       flag="--vgg16-frechet", stage="evaluation", metavar="DIR",
                                       none="not computed")
   eval_train_size: int = setting(6000, "synthetic examples the classifiers train on",

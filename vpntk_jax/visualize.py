@@ -78,9 +78,10 @@ _LABEL_ROW_HEIGHT = 14
 
 
 def labelled_sample_grid(
-  images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 10
+  images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 10,
+  title: str | None = None,
 ) -> np.ndarray:
-  """`sample_grid` with each row's class name written to its left.
+  """`sample_grid` with each row's class name written to its left (and `title` above).
 
   Small images are enlarged by a whole factor (nearest neighbour) until a row is
   tall enough for a line of text; the names column is as wide as the longest name.
@@ -107,6 +108,12 @@ def labelled_sample_grid(
     top, bottom = probe.textbbox((0, 0), name, font=font)[1::2]
     middle = (PAD + row * cell + (cell - PAD) / 2) * scale
     draw.text((PAD + 2, middle - (top + bottom) / 2), name, fill=ink, font=font)
+  if title:
+    titled = Image.new(canvas.mode, (canvas.width, canvas.height + _LABEL_ROW_HEIGHT + PAD),
+                       BACKGROUND if canvas.mode == "L" else (BACKGROUND,) * 3)
+    titled.paste(canvas, (0, _LABEL_ROW_HEIGHT + PAD))
+    ImageDraw.Draw(titled).text((PAD + 2, PAD), title, fill=ink, font=font)
+    canvas = titled
   out = np.asarray(canvas)
   return out[..., None] if out.ndim == 2 else out
 
@@ -292,33 +299,3 @@ def render_series(
             x_label + (" (log scale)" if log_x else ""), fill="black", font=font)
   draw.text((4, top - 14), y_label, fill="black", font=font)
   return np.asarray(image)
-
-
-def labelled_sample_grid(
-  images: np.ndarray,
-  labels: np.ndarray,
-  class_names: Sequence[str],
-  per_class: int = 10,
-  title: str | None = None,
-  scale: int = 2,
-) -> np.ndarray:
-  """`sample_grid` enlarged `scale` times, as RGB, with each row's class name in a left
-  margin and an optional title above."""
-  grid = sample_grid(images, labels, len(class_names), per_class)
-  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-  if grid.shape[-1] == 1:
-    grid = np.repeat(grid, 3, axis=-1)
-  font = ImageFont.load_default()
-  probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  margin = 8 + max(int(probe.textlength(str(n), font=font)) for n in class_names)
-  header = 16 if title else 0
-  canvas = Image.new("RGB", (margin + grid.shape[1], header + grid.shape[0]), "white")
-  canvas.paste(Image.fromarray(grid[..., :3]), (margin, header))
-  draw = ImageDraw.Draw(canvas)
-  if title:
-    draw.text((4, 2), title, fill="black", font=font)
-  row_height = (grid.shape[0] - PAD * scale) / len(class_names)
-  for row, name in enumerate(class_names):
-    y = header + PAD * scale + row * row_height + row_height / 2 - 6
-    draw.text((4, y), str(name), fill="black", font=font)
-  return np.asarray(canvas)
