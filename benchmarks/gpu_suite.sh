@@ -11,7 +11,8 @@
 #   a.     benchmarks.dp_sgd_step at the GPU size: the DP step against a non-private step
 #          and a per-example loop, and the DP step's seconds and peak memory per batch
 #   unet_step  the UNet sizes gpu, reference and fast at batch 256: the non-private and the
-#          DP-SGD step (multiplicity 1 and 4), XLA's FLOPs against the matmul rate
+#          DP-SGD step (multiplicity 1 and 4, microbatches of 64), XLA's FLOPs against the
+#          matmul rate
 #   b.     experiments.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
 #
 #   bash benchmarks/gpu_suite.sh                      # there (docs/gpu.md): carry [".gpu"]
@@ -45,10 +46,11 @@ CAP_NTK=${GPU_SUITE_CAP_NTK:-75}
 NTK_ARGS=(--batches 200,500,1000,2000,5000)
 FULL_ARGS=(--methods dp-ntk --set data.data_dir=.gpu/fashion-mnist)
 TI_ARGS=(--images 256 --steps 20)
-UNET_ARGS=(--sizes gpu,reference,fast --batches 256 --repeats 3)
+UNET_ARGS=(--sizes gpu,reference,fast --batches 256 --repeats 3 --microbatch 64)
 CAP_UNET=${GPU_SUITE_CAP_UNET:-90}
 if [ "$DRY" = 1 ] || [ "$SMOKE" = 1 ]; then
-  UNET_ARGS=(--sizes tiny --batches 4 --multiplicities 1,2 --repeats 1 --matmul-size 256)
+  UNET_ARGS=(--sizes tiny --batches 4 --multiplicities 1,2 --repeats 1 --matmul-size 256
+             --microbatch 2)
   CAP_UNET=${GPU_SUITE_CAP_UNET:-300}
 fi
 if [ "$DRY" = 1 ]; then

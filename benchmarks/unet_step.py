@@ -3,7 +3,7 @@ process, against the device's arithmetic limit.
 
     python -m benchmarks.unet_step --quick          # CPU: sizes cpu, fast, small at batch 32
     python -m benchmarks.unet_step                  # batches 128 (pretraining) and 256 (DP-SGD)
-    python -m benchmarks.unet_step --sizes fast,gpu,reference --batches 256 --json F  # GPU suite
+    python -m benchmarks.unet_step --sizes gpu,reference,fast --batches 256 --json F  # GPU suite
 
 For each UNet size (`models.unet.UNET_SIZES`; default cpu, fast, small on the CPU and
 fast, gpu, reference elsewhere) and each batch B it times:
@@ -18,8 +18,11 @@ Each compiled program's FLOPs are XLA's own count (`cost_analysis()["flops"]`),
 set against this device's float32 matmul rate (a large matmul timed in the same
 process, at the start and at the end; the larger is used): `arithmetic_limit_s` =
 flops / rate and `x_from_arithmetic_limit` = seconds / arithmetic_limit_s. The DP
-step's FLOPs are those of its device part. `dp_over_non_private`: the DP step's
-seconds over the non-private step's at the same multiplicity.
+step's FLOPs are those of its device part (with `--microbatch`, one microbatch's
+program's count times their number: XLA does not count a scan's trips).
+`dp_over_non_private`: the DP step's seconds over the non-private step's at the
+same multiplicity. A (size, batch) the device cannot hold is listed under
+`out_of_memory` and the rest go on.
 
 Weights and data are random (timing does not depend on them). Seconds are medians
 of `repeats` calls after one warm-up call (the compilation). The 1-, 5- and 15-minute
@@ -101,7 +104,7 @@ def non_private_step(apply_fn, params, config, images, labels, multiplicity: int
 
 
 def dp_sgd_step(apply_fn, params, config, images, labels, multiplicity: int, repeats: int,
-                noise: np.random.Generator) -> dict:
+                noise: np.random.Generator, microbatch: int | None = None) -> dict:
   """privacy.dp_sgd's step on this batch (all rows real): its device part and the whole."""
   def loss_fn(params, example, key):
     image, label = example
@@ -114,20 +117,28 @@ def dp_sgd_step(apply_fn, params, config, images, labels, multiplicity: int, rep
   batch = (images, labels)
   mask = np.ones(batch_size, np.float32)
   keys = jax.random.split(jax.random.key(2), batch_size)
-  compiled = dp_sgd.compiled_lattice_sum(loss_fn, params, (images[0], labels[0]), batch_size,
-                                         CLIP)
-  flops = xla_flops(compiled)  # the calls below reuse this compilation
+  example = (images[0], labels[0])
+  # The calls below reuse this compilation.
+  compiled = dp_sgd.compiled_lattice_sum(loss_fn, params, example, batch_size, CLIP,
+                                         microbatch=microbatch)
+  if microbatch is None:
+    flops = xla_flops(compiled)
+  else:  # XLA does not count a scan's trips: one microbatch's program, times their number
+    flops = xla_flops(dp_sgd.compiled_lattice_sum(loss_fn, params, example, microbatch,
+                                                  CLIP)) * (batch_size // microbatch)
   device_s = median_seconds(
-      lambda: dp_sgd.lattice_grad_sum(loss_fn, params, batch, mask, keys, CLIP), repeats)
+      lambda: dp_sgd.lattice_grad_sum(loss_fn, params, batch, mask, keys, CLIP,
+                                      microbatch=microbatch), repeats)
   step = dp_sgd.make_dp_sgd_step(loss_fn, optimizer, clip_norm=CLIP, noise_multiplier=SIGMA,
-                                 expected_batch_size=float(batch_size), adjacency="add_remove")
+                                 expected_batch_size=float(batch_size), adjacency="add_remove",
+                                 microbatch=microbatch)
   step_s = median_seconds(lambda: step(params, opt_state, batch, mask, keys, noise), repeats)
   return {"seconds": step_s, "images_per_s": batch_size / step_s, "xla_gflop": flops / 1e9,
           "device_part_seconds": device_s, "host_share": 1.0 - device_s / step_s}
 
 
 def bench_size(size: str, batch_size: int, multiplicities: list[int], repeats: int,
-               noise: np.random.Generator) -> dict:
+               noise: np.random.Generator, microbatch: int | None = None) -> dict:
   config = unet_lib.unet_config(size, SHAPE, NUM_CLASSES)
   model = unet_lib.UNet(config)
   params = unet_lib.init_params(model, jax.random.key(0))
@@ -139,12 +150,17 @@ def bench_size(size: str, batch_size: int, multiplicities: list[int], repeats: i
          "non_private": {}, "dp_sgd": {}}
   for m in multiplicities:
     plain = non_private_step(apply_fn, params, config, images, labels, m, repeats)
-    dp = dp_sgd_step(apply_fn, params, config, images, labels, m, repeats, noise)
+    dp = dp_sgd_step(apply_fn, params, config, images, labels, m, repeats, noise, microbatch)
     dp["dp_over_non_private"] = dp["seconds"] / plain["seconds"]
     dp["device_part_over_non_private"] = dp["device_part_seconds"] / plain["seconds"]
     row["non_private"][str(m)] = plain
     row["dp_sgd"][str(m)] = dp
   return row
+
+
+def _out_of_memory(error: Exception) -> bool:
+  text = f"{type(error).__name__}: {error}"
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def _load() -> list[float]:
@@ -165,6 +181,8 @@ def main(argv=None) -> dict:
                  default=[1, 4], help="noise draws per example (default 1,4)")
   p.add_argument("--repeats", type=int, default=None, help="timed calls per figure "
                  "(default 3; --quick 2)")
+  p.add_argument("--microbatch", type=int, default=None,
+                 help="rows per per-example-gradient pass of the DP step (default: all)")
   p.add_argument("--matmul-size", type=int, default=None,
                  help="side of the square matmul that measures the rate (default 2048 on "
                       "the CPU, 8192 elsewhere)")
@@ -172,24 +190,28 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   if args.repeats is not None and args.repeats < 1:
     p.error(f"--repeats must be >= 1, got {args.repeats}")
+  if args.microbatch is not None and args.microbatch < 1:
+    p.error(f"--microbatch must be >= 1, got {args.microbatch}")
   cpu = jax.default_backend() == "cpu"
   sizes = args.sizes or list(CPU_SIZES if cpu else ACCELERATOR_SIZES)
   batches = args.batches or ([32] if args.quick else [128, 256])
   repeats = args.repeats or (2 if args.quick else 3)
+  if args.microbatch is not None and any(b % args.microbatch for b in batches):
+    p.error(f"--microbatch {args.microbatch} must divide every batch {batches}")
   matmul_size = args.matmul_size or (2048 if cpu else 8192)
   load_start = _load()
   rate_start = matmul_flops_per_s(matmul_size)
   result = {
       "benchmark": "unet_step", "image_shape": list(SHAPE), "num_classes": NUM_CLASSES,
       "sizes": sizes, "batches": batches, "multiplicities": args.multiplicities,
-      "repeats": repeats, "device": jax.devices()[0].device_kind,
+      "repeats": repeats, "microbatch": args.microbatch, "device": jax.devices()[0].device_kind,
       "backend": jax.default_backend(), "devices": jax.device_count(), "jax": jax.__version__,
       "machine": platform.machine(), "cpu_count": os.cpu_count(),
       "matmul_size": matmul_size, "matmul_gflop_per_s_start": rate_start / 1e9,
       "load_average_start": load_start,
       "load_note": "1-, 5- and 15-minute load averages (os.getloadavg); above the core count, "
                    "other work shared the CPU and slowed every figure",
-      "steps": [],
+      "steps": [], "out_of_memory": [],
   }
 
   def write() -> None:
@@ -203,7 +225,15 @@ def main(argv=None) -> dict:
   write()
   for size in sizes:
     for batch_size in batches:
-      row = bench_size(size, batch_size, args.multiplicities, repeats, noise)
+      try:
+        row = bench_size(size, batch_size, args.multiplicities, repeats, noise, args.microbatch)
+      except Exception as e:  # pylint: disable=broad-except
+        if not _out_of_memory(e):
+          raise
+        result["out_of_memory"].append({"size": size, "batch": batch_size,
+                                        "error": str(e).splitlines()[0][:300]})
+        write()
+        continue
       result["steps"].append(row)
       add_arithmetic_limits(result["steps"], rate_start)
       print(json.dumps({"unet_step": {k: row[k] for k in ("size", "batch")},

@@ -3,7 +3,7 @@ the pool classifier.
 
     python -m experiments.public_diffusion_eval --model data/public_diffusion/pool_fast
     python -m experiments.public_diffusion_eval \\
-        --model data/public_diffusion/pool_fast.partial --unet-size fast   # a training's latest checkpoint
+        --model data/public_diffusion/pool_fast.partial --unet-size fast   # while it trains
 
 `--model`: a public diffusion model (`vpntk pretrain-diffusion`, diffusion.json), or a
 training in progress (its `pretrain_checkpoints`, e.g. `pool_fast.partial` of
