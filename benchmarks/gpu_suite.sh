@@ -10,6 +10,9 @@
 #   ti_throughput  per-image textual inversion, vmapped chunk against a per-image loop
 #   a.     benchmarks.dp_sgd_step at the GPU size: the DP step against a non-private step
 #          and a per-example loop, and the DP step's seconds and peak memory per batch
+#   unet_step  the UNet sizes gpu, reference and fast at batch 256: the non-private and the
+#          DP-SGD step (multiplicity 1 and 4, microbatches of 64), XLA's FLOPs against the
+#          matmul rate
 #   b.     experiments.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
 #
 #   bash benchmarks/gpu_suite.sh                      # there (docs/gpu.md): carry [".gpu"]
@@ -18,7 +21,8 @@
 #   GPU_SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh    # here, on the CPU: tiny sizes, 2 runs
 #
 # Each part runs under `timeout`: the three DP-NTK parts under GPU_SUITE_CAP_NTK (seconds,
-# 75 each), a under GPU_SUITE_CAP_A (120; smoke 420), b under what is left of
+# 75 each), a under GPU_SUITE_CAP_A (120; smoke 420), unet_step under GPU_SUITE_CAP_UNET
+# (90; its JSON keeps the sizes finished by then), b under what is left of
 # GPU_SUITE_BUDGET (465; smoke 900), its DP-SGD steps sized from a's timing.
 # GPU_SUITE_SETUP_ONLY=1 stops after the setup. Prints one JSON line per part and writes
 # $OUT (default gpu_out): suite.log, summary.json and each part's JSON.
@@ -35,13 +39,20 @@ esac
 export OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 # A part that fails must not leave an earlier call's figures to be read as its own.
-rm -f "$OUT"/{summary,ntk_embedding,full_run,ti_throughput,dp_sgd_step,privimage_gpu}.json \
-  "$OUT"/dp_sgd_step.json.partial
+rm -f "$OUT"/{summary,ntk_embedding,full_run,ti_throughput,dp_sgd_step,unet_step,privimage_gpu}.json \
+  "$OUT"/dp_sgd_step.json.partial "$OUT"/unet_step.json.partial
 CAP_NTK=${GPU_SUITE_CAP_NTK:-75}
 # The DP-NTK parts' arguments: the GPU sizes, or the smallest that run the same code.
 NTK_ARGS=(--batches 200,500,1000,2000,5000)
 FULL_ARGS=(--methods dp-ntk --set data.data_dir=.gpu/fashion-mnist)
 TI_ARGS=(--images 256 --steps 20)
+UNET_ARGS=(--sizes gpu,reference,fast --batches 256 --repeats 3 --microbatch 64)
+CAP_UNET=${GPU_SUITE_CAP_UNET:-90}
+if [ "$DRY" = 1 ] || [ "$SMOKE" = 1 ]; then
+  UNET_ARGS=(--sizes tiny --batches 4 --multiplicities 1,2 --repeats 1 --matmul-size 256
+             --microbatch 2)
+  CAP_UNET=${GPU_SUITE_CAP_UNET:-300}
+fi
 if [ "$DRY" = 1 ]; then
   NTK_ARGS=(--quick --embedding-examples 40 --batches 20 --per-example-max-batch 0
             --embedding-n 500)
@@ -87,6 +98,17 @@ if name == "dp_sgd_step" and data:
               batches=[{k: b.get(k) for k in ("batch", "seconds", "peak_bytes_in_use",
                                                "compiled_bytes", "out_of_memory", "skipped")
                         if b.get(k) is not None} for b in data.get("batches", [])])
+elif name == "unet_step" and data:
+  line.update(device=data["device"], load_average=data.get("load_average_start"),
+              matmul_gflop_per_s=data.get("matmul_gflop_per_s",
+                                          data.get("matmul_gflop_per_s_start")),
+              steps=[{"size": r["size"], "batch": r["batch"], **{
+                  f"{kind}_m{m}": {k: e.get(k) for k in ("seconds", "images_per_s",
+                                                          "xla_gflop", "x_from_arithmetic_limit",
+                                                          "dp_over_non_private")
+                                   if e.get(k) is not None}
+                  for kind in ("non_private", "dp_sgd") for m, e in r[kind].items()}}
+                     for r in data["steps"]])
 elif name == "privimage_gpu" and data:
   line.update(device=data.get("device"), dp_steps=data.get("dp_steps"),
               runs={n: {k: r.get(k) for k in ("status", "accuracy", "total_epsilon", "seconds")}
@@ -184,6 +206,13 @@ print('gpu_suite: jax', jax.__version__, jax.devices()[0].device_kind)" || rc=$?
   local rc_a=$?
   part dp_sgd_step "$rc_a" $((SECONDS - t)) "$OUT/dp_sgd_step.json"
 
+  # --- the UNet's steps per size against the arithmetic limit ---
+  t=$SECONDS
+  timeout --kill-after=15 "$CAP_UNET" "$PYTHON" -m benchmarks.unet_step "${UNET_ARGS[@]}" \
+    --json "$OUT/unet_step.json"
+  local rc_unet=$?
+  part unet_step "$rc_unet" $((SECONDS - t)) "$OUT/unet_step.json"
+
   # --- b. PrivImage and DPDM (not in a dry run: GPU_SUITE_SMOKE=1 runs them small) ---
   local rc_b=0
   if [ "$DRY" = 1 ]; then
@@ -215,7 +244,8 @@ json.dump(summary, open(path, "w"), indent=2)
 print(json.dumps({"part": "suite", "seconds": int(seconds), "budget_s": int(budget),
                   "ok": all(l["rc"] == 0 for l in lines), "summary": path}))
 EOF
-  [ "$rc_ntk" = 0 ] && [ "$rc_full" = 0 ] && [ "$rc_ti" = 0 ] && [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ]
+  [ "$rc_ntk" = 0 ] && [ "$rc_full" = 0 ] && [ "$rc_ti" = 0 ] && [ "$rc_a" = 0 ] \
+    && [ "$rc_unet" = 0 ] && [ "$rc_b" = 0 ]
 }
 
 suite 2>&1 | tee "$OUT/suite.log"

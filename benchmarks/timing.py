@@ -1,10 +1,12 @@
-"""The benchmarks' one timer."""
+"""The benchmarks' one timer, and the yardstick of a program's arithmetic (XLA's FLOP count
+against the device's matmul rate)."""
 
 from __future__ import annotations
 
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -18,3 +20,21 @@ def median_seconds(fn, repeats: int) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
+
+
+def xla_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled program (`jax.stages.Compiled`); NaN where the
+  backend gives none. cost_analysis() is a dict, or a list of one per program in
+  older jax versions."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def matmul_flops_per_s(size: int, repeats: int = 5) -> float:
+  """This device's float32 matmul rate (FLOP/s) on a size^3 product, the yardstick of
+  a program's arithmetic: 2 size^3 FLOPs over the median of `repeats` calls."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  return 2 * size ** 3 / median_seconds(lambda: matmul(a), repeats)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
 
@@ -27,7 +29,8 @@ def test_gpu_suite_dry_run_writes_every_part(tmp_path):
   assert summary["dry_run"] is True
   assert summary["command"] == "bash benchmarks/gpu_suite.sh --dry-run"
   parts = summary["parts"]
-  assert set(parts) == {"setup", "ntk_embedding", "full_run", "ti_throughput", "dp_sgd_step"}
+  assert set(parts) == {"setup", "ntk_embedding", "full_run", "ti_throughput", "dp_sgd_step",
+                        "unet_step"}
   assert all(p["rc"] == 0 for p in parts.values()), parts
   step = json.loads((out / "ntk_embedding.json").read_text())["step"][0]
   assert step["xla_gflop"] > 0 and step["ratio_to_arithmetic_limit"] > 0
@@ -37,6 +40,22 @@ def test_gpu_suite_dry_run_writes_every_part(tmp_path):
   assert run["generator_steps"] == 2 and set(run["stage_seconds"]) >= {"release", "evaluate"}
   assert parts["full_run"]["runs"][0]["run_seconds"] == run["run_seconds"]
   assert (out / "ti_throughput.json").is_file() and (out / "dp_sgd_step.json").is_file()
+  unet = json.loads((out / "unet_step.json").read_text())
+  assert [(r["size"], r["batch"]) for r in unet["steps"]] == [("tiny", 4)]
+  assert len(unet["load_average_start"]) == 3 and unet["matmul_gflop_per_s"] > 0
+  for kind in ("non_private", "dp_sgd"):
+    assert set(unet["steps"][0][kind]) == {"1", "2"}
+    for entry in unet["steps"][0][kind].values():
+      assert entry["xla_gflop"] > 0 and entry["seconds"] > 0
+      assert entry["x_from_arithmetic_limit"] == pytest.approx(
+          entry["seconds"] * unet["matmul_gflop_per_s"] / entry["xla_gflop"])
+  dp = unet["steps"][0]["dp_sgd"]["2"]
+  assert dp["dp_over_non_private"] == pytest.approx(
+      dp["seconds"] / unet["steps"][0]["non_private"]["2"]["seconds"])
+  # Two noise draws per example: about twice the network's arithmetic of one.
+  flops = [unet["steps"][0]["dp_sgd"][m]["xla_gflop"] for m in ("1", "2")]
+  assert 1.5 < flops[1] / flops[0] < 2.5
+  assert parts["unet_step"]["steps"][0]["dp_sgd_m2"]["seconds"] == dp["seconds"]
 
 
 def test_gpu_suite_refuses_an_unknown_argument(tmp_path):

@@ -72,9 +72,9 @@ UNET_SIZES: dict[str, dict] = {
     # CPU runs: the reference at 3/8 of its width, 220k parameters at 28x28x1.
     "small": dict(channels=12, channel_mult=(2, 2), blocks_per_level=2, attention=True),
     # CPU experiments and the shipped public model: 2x2 patches (28x28x1 runs as
-    # 14x14x4, then 7x7), wide thin-free layers, attention at 7x7 only; 763k
-    # parameters at 28x28x1 for 4x fewer FLOPs per image than "small"
-    # (benchmarks/unet_step.py).
+    # 14x14x4, then 7x7), wider layers at lower resolution, attention at 7x7 only;
+    # 763k parameters at 28x28x1 (3.5x "small"'s) for 1.8x fewer FLOPs per
+    # training step (XLA's count, benchmarks/unet_step.py).
     "fast": dict(channels=32, channel_mult=(1, 2), blocks_per_level=1, attention=True, patch=2),
     # GPU runs: the same layout 4x wider, two blocks per level.
     "gpu": dict(channels=128, channel_mult=(1, 2), blocks_per_level=2, attention=True, patch=2),

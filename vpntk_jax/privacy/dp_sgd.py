@@ -372,11 +372,11 @@ def lattice_grad_sum(loss_fn: Callable, params: Any, batch: Any, mask: Any, keys
   return (parts[:d] << _split_shift(rows)) + parts[d:]
 
 
-def step_memory_bytes(loss_fn: Callable, params: Any, example: Any, rows: int,
-                      clip_norm: float, *, microbatch: int | None = None) -> int | None:
-  """Device memory the per-example part of a step (`lattice_grad_sum`) of `rows` padded
-  rows needs, from XLA's own analysis of the compiled program (which later steps
-  of that shape reuse); None where the backend does not report it.
+def compiled_lattice_sum(loss_fn: Callable, params: Any, example: Any, rows: int,
+                         clip_norm: float, *, microbatch: int | None = None):
+  """The compiled per-example part of a step (`lattice_grad_sum`) of `rows` padded rows
+  (a jax `Compiled`: XLA's memory and cost analyses); later steps of that shape reuse
+  the compilation.
 
   `example`: one example's arrays (a pytree like a batch row), e.g. zeros.
   """
@@ -385,8 +385,19 @@ def step_memory_bytes(loss_fn: Callable, params: Any, example: Any, rows: int,
   mask = jnp.zeros((rows,), jnp.float32)
   keys = jax.random.split(jax.random.key(0), rows)
   _check_rows(batch, mask, keys, _check_microbatch(microbatch))
-  compiled = _lattice_sum.lower(loss_fn, params, batch, mask, keys, clip_norm,
-                                microbatch).compile()
+  return _lattice_sum.lower(loss_fn, params, batch, mask, keys, clip_norm, microbatch).compile()
+
+
+def step_memory_bytes(loss_fn: Callable, params: Any, example: Any, rows: int,
+                      clip_norm: float, *, microbatch: int | None = None) -> int | None:
+  """Device memory the per-example part of a step (`lattice_grad_sum`) of `rows` padded
+  rows needs, from XLA's own analysis of the compiled program (which later steps
+  of that shape reuse); None where the backend does not report it.
+
+  `example`: one example's arrays (a pytree like a batch row), e.g. zeros.
+  """
+  compiled = compiled_lattice_sum(loss_fn, params, example, rows, clip_norm,
+                                  microbatch=microbatch)
   stats = compiled.memory_analysis()
   if stats is None:
     return None

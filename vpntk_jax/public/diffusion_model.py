@@ -133,10 +133,69 @@ def start_params(public: PublicDiffusion, model: unet.UNet, class_rows, key):
   return params
 
 
-def class_rows_by_name(public: PublicDiffusion, class_names) -> list[list[int]]:
-  """For each private class, the public class of the same name (none: the null row)."""
-  index = {name: i for i, name in enumerate(public.spec.get("class_names", []))}
-  return [[index[n]] if n in index else [] for n in class_names]
+def _latest_step(directory: str) -> int | None:
+  """The largest step Orbax committed in `directory` (its numbered folders; a save in
+  flight is a temporary folder, not counted)."""
+  steps = [int(name) for name in os.listdir(directory) if name.isdigit()
+           and os.path.exists(os.path.join(directory, name, "_CHECKPOINT_METADATA"))]
+  return max(steps) if steps else None
+
+
+def load_pretrain_checkpoint(path: str, *, size: str, image_shape, class_names,
+                             label_dropout: float = 0.1) -> PublicDiffusion:
+  """The EMA weights of the latest checkpoint of a `pretrain_diffusion` training (its
+  `pretrain_checkpoints` folder, or a run directory holding one, e.g. `out`.partial
+  while it trains), as a PublicDiffusion whose spec says `checkpoint_step`.
+
+  Read-only: the step's folder is copied to a temporary directory and restored from
+  there, so a training that keeps writing (and deleting old steps) is not disturbed;
+  a step deleted mid-copy is retried with the newer one. The checkpoint stores no
+  architecture: `size`, `image_shape` and the classes must be the training's (a
+  mismatch of shapes is refused)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from vpntk_jax.training.samplers import TrainState  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(path, PRETRAIN_CHECKPOINTS)
+  if not os.path.isdir(directory):
+    directory = path
+  if not os.path.isdir(directory):
+    raise ConfigError(f"{path} is neither a public diffusion model ({DIFFUSION_JSON}) nor a "
+                      f"training's checkpoint folder")
+  config = unet.unet_config(size, image_shape, len(class_names), label_dropout=label_dropout)
+  model = unet.UNet(config)
+  params = jax.eval_shape(lambda: unet.init_params(model, jax.random.key(0)))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  like = TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params, model_state=params,
+                    opt_state=jax.eval_shape(optax.adam(1e-3).init, params))
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          like)
+  with tempfile.TemporaryDirectory() as scratch:
+    for _ in range(3):
+      step = _latest_step(directory)
+      if step is None:
+        raise ConfigError(f"{directory} holds no finished checkpoint yet")
+      copy = os.path.join(scratch, str(step))
+      try:
+        shutil.copytree(os.path.join(directory, str(step)), copy)
+        break
+      except (FileNotFoundError, shutil.Error):  # that step was deleted as a newer one landed
+        shutil.rmtree(copy, ignore_errors=True)
+    else:
+      raise ConfigError(f"the checkpoints in {directory} changed during three copies; retry")
+    item = os.path.join(copy, "default")
+    with reading_checkpoint(item), ocp.StandardCheckpointer() as checkpointer:
+      # The EMA weights' shapes (the stored tree names TrainState's fields as dict keys).
+      stored = {k: v for k, v in stored_shapes(checkpointer, item).items()
+                if k.startswith("['model_state']")}
+      differ = shape_difference(stored, tree_shapes({"model_state": params}))
+      if differ:
+        raise ConfigError(f"the checkpoint in {directory} is not a {size} UNet for images "
+                          f"{tuple(image_shape)} and {len(class_names)} classes ({differ})")
+      state = checkpointer.restore(item, abstract)
+  spec = {"format": FORMAT, "unet": dataclasses.asdict(config), "size": size,
+          "class_names": [str(n) for n in class_names], "checkpoint_step": int(state.step),
+          "privacy": "public data only: no privacy cost, no guarantee for the public data"}
+  return PublicDiffusion(spec, model, state.model_state, path=os.path.abspath(path))
 
 
 def pretrain_diffusion(source: str, out: str, *, size: str = "fast", image_size: int = 28,
