@@ -120,6 +120,21 @@ def padding_bucket(max_batch: int | None, mesh=None) -> int:
   return dp_sgd.bucket_size(max_batch, base) if max_batch is not None else base
 
 
+def trained_subset(loss_fn: Callable, params, trainable: Callable[[str], bool] | None):
+  """(the loss over the trained parameters, those parameters, the frozen rest or None).
+
+  The loss closes over the frozen values, once per run, so a step built on it
+  compiles once; the trainer, its clipping and its noise see the trained subset only.
+  """
+  if trainable is None:
+    return loss_fn, params, None
+  trained, frozen = param_subsets.split(params, trainable)
+
+  def subset_loss(sub, example, key):
+    return loss_fn(param_subsets.join(sub, frozen), example, key)
+  return subset_loss, trained, frozen
+
+
 def public_count(config, private: ImageDataset) -> int:
   """N of the sampling rate: declared under add/remove (required there), else the
   private set's size, which replace-one neighbours share (the mean embedding's divisor
@@ -146,16 +161,7 @@ class DpSgdTraining:
   trainable: Callable[[str], bool] | None = None
 
   def _subset(self, params):
-    """(the loss over the trained parameters, those parameters, the frozen rest); the
-    loss closes over the frozen values once per run, so the step compiles once."""
-    if self.trainable is None:
-      return self.loss_fn, params, None
-    trained, frozen = param_subsets.split(params, self.trainable)
-    loss_fn = self.loss_fn
-
-    def subset_loss(sub, example, key):
-      return loss_fn(param_subsets.join(sub, frozen), example, key)
-    return subset_loss, trained, frozen
+    return trained_subset(self.loss_fn, params, self.trainable)
 
   @functools.cached_property
   def optimizer(self) -> optax.GradientTransformation:
