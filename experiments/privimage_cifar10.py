@@ -34,7 +34,7 @@ def get_config() -> RunConfig:
       delta=1.0 / (NUM_PRIVATE * math.log(NUM_PRIVATE)), adjacency="add_remove",
       public_num_examples=NUM_PRIVATE, num_synthetic=50000,
       options=privimage.Options(
-          public_model="public/imagenet32_classifier",
+          public_model="public/imagenet32_classifier", start_model=None,
           query=privimage.QueryConfig(top_k=5, noise_multiplier=50.0, per_class=5),
           model=DiffusionModelConfig(size="reference", sample_steps=18, sample_batch=2000),
           pretrain=PublicPretrainConfig(steps=50000, batch_size=1024, learning_rate=3e-4,

@@ -42,7 +42,7 @@ def get_config() -> RunConfig:
       method="privimage", data=DataConfig(source=PRIVATE), epsilon=10.0,
       delta=1.0 / (NUM_PRIVATE * math.log(NUM_PRIVATE)), adjacency="add_remove",
       public_num_examples=NUM_PRIVATE, num_synthetic=10000,
-      options=privimage.Options(public_model=CLASSIFIER, public_data=POOL,
+      options=privimage.Options(public_model=CLASSIFIER, public_data=POOL, start_model=None,
                                 query=privimage.QueryConfig(top_k=2, noise_multiplier=50.0,
                                                             per_class=1),
                                 model=MODEL, pretrain=PRETRAIN, dp_sgd=DP_SGD))
@@ -57,9 +57,9 @@ def variants() -> dict:
   return {
       "privimage": base,
       "dpdm": dataclasses.replace(base, method="dpdm", options=dpdm.Options(
-          model=MODEL, pretrain=PRETRAIN, dp_sgd=DP_SGD)),
+          start_model=None, model=MODEL, pretrain=PRETRAIN, dp_sgd=DP_SGD)),
       "public-only": dataclasses.replace(base, method="dpdm", options=dpdm.Options(
-          public_data=PUBLIC_FASHION, pretrain_conditional=True, model=MODEL,
+          public_data=PUBLIC_FASHION, pretrain_conditional=True, start_model=None, model=MODEL,
           pretrain=PRETRAIN, dp_sgd=dataclasses.replace(DP_SGD, steps=0))),
   }
 

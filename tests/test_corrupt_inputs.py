@@ -38,7 +38,7 @@ def _assert_one_clean_error(err: str, *needles: str) -> None:
 _RESUMABLE_RUNS = {
     "dp-ntk": ["--steps", "2", "--batch-size", "8", "--checkpoint-every", "2",
                "--config", _TINY_CONFIG],
-    "dpdm": ["--method", "dpdm", "--unet-size", "tiny", "--dp-steps", "2", "--dp-batch-size",
+    "dpdm": ["--method", "dpdm", "--start-model", "none", "--unet-size", "tiny", "--dp-steps", "2", "--dp-batch-size",
              "16", "--noise-multiplicity", "1", "--sample-steps", "1", "--pretrain-steps", "0",
              "--config.options.dp_sgd.checkpoint_every=2"],
 }

@@ -44,7 +44,7 @@ def _args(method, data, out, *extra):
           "--config.options.dp_sgd.checkpoint_every=2", "--config.options.pretrain.batch_size=16",
           "--num-synthetic", "50", "--eval-train-size", "50", "--classifiers",
           "sklearn-logistic_regression", "--noise-seed", "3", "--epsilon", str(EPSILON), "--quiet",
-          *extra]
+          "--start-model", "none", *extra]
 
 
 def _read(path):

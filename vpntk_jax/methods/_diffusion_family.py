@@ -26,8 +26,12 @@ def public_data_setting(none: str):
                  flag="--public-data", metavar="SOURCE", none=none)
 
 
+# The package's public diffusion model of the 30-class public pool (28x28x1).
+SHIPPED_START = "shipped:fashion_pool"
+
+
 def start_model_setting():
-  return setting(None, "the public diffusion model the UNet starts from: a directory from "
-                 "`vpntk pretrain-diffusion`, or shipped:NAME (the package's, checked by "
-                 "sha256); none: a random start", flag="--start-model", metavar="MODEL",
-                 none="none, a random start")
+  return setting(SHIPPED_START, "the public diffusion model the UNet starts from: a "
+                 "directory from `vpntk pretrain-diffusion`, or shipped:NAME (the "
+                 "package's, checked by sha256); none: a random start",
+                 flag="--start-model", metavar="MODEL")

@@ -43,5 +43,7 @@ SAMPLING_FIELDS = frozenset({"sampling."})
 
 
 def diffusion_model_setting():
-  return setting(None, "public diffusion model directory (`vpntk pretrain-diffusion`)",
-                 flag="--diffusion-model", metavar="DIR")
+  from vpntk_jax.methods._diffusion_family import SHIPPED_START  # pylint: disable=g-import-not-at-top
+  return setting(SHIPPED_START, "the frozen public diffusion model: a directory from "
+                 "`vpntk pretrain-diffusion`, or shipped:NAME (the package's)",
+                 flag="--diffusion-model", metavar="MODEL")

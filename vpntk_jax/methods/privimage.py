@@ -42,7 +42,9 @@ class Options:
   query: QueryConfig = QueryConfig()
   start_model: str | None = _diffusion_family.start_model_setting()
   model: DiffusionModelConfig = DiffusionModelConfig()
-  pretrain: PublicPretrainConfig = PublicPretrainConfig()
+  # The start model has learned the pool already; steps > 0 add the paper's
+  # pretraining on the selected classes.
+  pretrain: PublicPretrainConfig = PublicPretrainConfig(steps=0)
   dp_sgd: DpSgdConfig = DpSgdConfig()
 
   def validate(self) -> "Options":
