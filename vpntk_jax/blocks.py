@@ -362,3 +362,9 @@ class DpSgdConfig:
       raise ConfigError(f"dp_sgd.max_batch ({self.max_batch}) is below the expected batch "
                         f"size ({self.batch_size}): most batches would be cut")
     return self
+
+
+def start_model_name(value: str | None) -> str | None:
+  """A `--start-model` value as a model to load; None for a random start ("none", or
+  None from Python: a flag given as None would read as not given)."""
+  return None if not value or value.lower() == "none" else value

@@ -34,4 +34,5 @@ def start_model_setting():
   return setting(SHIPPED_START, "the public diffusion model the UNet starts from: a "
                  "directory from `vpntk pretrain-diffusion`, or shipped:NAME (the "
                  "package's, checked by sha256); none: a random start",
-                 flag="--start-model", metavar="MODEL")
+                 flag="--start-model", metavar="MODEL", parse=str)
+

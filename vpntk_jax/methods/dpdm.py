@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from vpntk_jax.blocks import DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig
+from vpntk_jax.blocks import (DiffusionModelConfig, DpSgdConfig, PublicPretrainConfig,
+                              start_model_name)
 from vpntk_jax.methods import _diffusion_family
 from vpntk_jax.methods.base import Method
 from vpntk_jax.settings import setting
@@ -39,7 +40,7 @@ def build(config, image_shape, num_classes, public_models):
       config, image_shape, num_classes, lambda: diffusion_recipe.pool_start(
           config.options.public_data, image_shape, num_classes,
           conditional=config.options.pretrain_conditional,
-          start_model=bool(config.options.start_model)))
+          start_model=start_model_name(config.options.start_model) is not None))
 
 
 METHOD = Method(

@@ -23,6 +23,7 @@ import numpy as np
 
 from vpntk_jax import distributed
 from vpntk_jax import io_utils
+from vpntk_jax.blocks import start_model_name
 from vpntk_jax.data import ImageDataset, load_dataset, make_dataset, resize_dataset
 from vpntk_jax.diffusion import edm
 from vpntk_jax.diffusion.train import pretrain_edm
@@ -409,9 +410,10 @@ def build(config, image_shape, num_classes: int, start: Callable[[], PublicStart
 def load_start_model(options, image_shape):
   """The public diffusion model `options.start_model` names (None: none), checked
   against the run's images and UNet size."""
-  if not options.start_model:
+  name = start_model_name(options.start_model)
+  if name is None:
     return None
-  public = load_diffusion_model(options.start_model)
+  public = load_diffusion_model(name)
   if tuple(public.config.image_shape) != tuple(image_shape):
     raise ConfigError(f"the start model {options.start_model} was trained on "
                       f"{tuple(public.config.image_shape)} images; the private data is "
