@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 
 import jax
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from vpntk_jax import io_utils
 from vpntk_jax.privacy import release
 from vpntk_jax.privacy.noise import generator, noise_rng
 from vpntk_jax.privacy import dp_sgd
@@ -71,7 +71,7 @@ def convnet():
 
 
 def unet(multiplicity: int, size: str = "tiny"):
-  # Written by another engineer alongside this benchmark; imported only on request.
+  # The diffusion model's modules are imported only when this model is asked for.
   from vpntk_jax.diffusion import edm
   from vpntk_jax.models import unet as unet_lib
   config = unet_lib.unet_config(size, SHAPE, 10)
@@ -250,12 +250,9 @@ def main(argv=None) -> dict:
   }
 
   def write() -> None:
-    # Rewritten as the batches come in: a run stopped by its time cap keeps what it measured.
+    # Rewritten as the results come in: a run stopped by its time cap keeps what it measured.
     if args.json:
-      with open(args.json + ".partial", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-      os.replace(args.json + ".partial", args.json)
+      io_utils.write_json_atomic(args.json, result)
 
   if args.batches:
     result["batches"] = []

@@ -46,6 +46,7 @@ import optax
 
 from benchmarks.output import emit
 from benchmarks.timing import matmul_flops_per_s, median_seconds, xla_flops
+from vpntk_jax import io_utils
 from vpntk_jax.diffusion import edm
 from vpntk_jax.diffusion.train import make_train_step
 from vpntk_jax.models import unet as unet_lib
@@ -230,11 +231,9 @@ def main(argv=None) -> dict:
   }
 
   def write() -> None:
+    # Rewritten as the results come in: a run stopped by its time cap keeps what it measured.
     if args.json:
-      with open(args.json + ".partial", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-      os.replace(args.json + ".partial", args.json)
+      io_utils.write_json_atomic(args.json, result)
 
   noise = generator(noise_rng(None))
   write()
