@@ -243,7 +243,7 @@ def test_a_start_model_gives_every_weight_and_the_chosen_label_rows(start_model)
   public = load_diffusion_model(start_model)
   model = unet.UNet(unet.unet_config("tiny", (28, 28, 1), 3))
   rows = [[4], [], [1, 12]]
-  params = start_params(public, model, rows, jax.random.key(0))
+  params = start_params(public, model, rows)
   table, public_table = unet.label_table(params), unet.label_table(public.params)
   assert table.shape == (4, public_table.shape[1])
   np.testing.assert_allclose(table[0], public_table[4])

@@ -113,7 +113,7 @@ def load_diffusion_model(path: str) -> PublicDiffusion:
   return PublicDiffusion(spec, model, tree["params"], path=os.path.abspath(path))
 
 
-def start_params(public: PublicDiffusion, model: unet.UNet, class_rows, key):
+def start_params(public: PublicDiffusion, model: unet.UNet, class_rows):
   """`model`'s parameters started from the public model's: every weight copied, and
   the label table rebuilt for `model`'s classes, class c's row the mean of the
   public rows `class_rows[c]` (empty: the public null row), the null row the public
@@ -123,14 +123,12 @@ def start_params(public: PublicDiffusion, model: unet.UNet, class_rows, key):
   if same != model.config:
     raise ConfigError(f"the start model {public.path} is a different UNet "
                       f"({public.config}) from the run's ({model.config})")
-  params = unet.init_params(model, key)
   public_table = np.asarray(unet.label_table(public.params))
   null = public_table[-1]
   rows = [np.mean(public_table[list(r)], axis=0) if len(r) else null for r in class_rows]
   table = np.stack(rows + [null]).astype(public_table.dtype)
-  params = jax.tree.map(lambda _, p: p, params, dict(public.params, label_embed={
-      "embedding": table}))
-  return params
+  # The configs agree but for the classes, so only the label table differs in shape.
+  return dict(public.params, label_embed={"embedding": table})
 
 
 def _latest_step(directory: str) -> int | None:

@@ -257,12 +257,11 @@ class DiffusionRecipe(Recipe):
     """The selection (PrivImage) and public pretraining; returns the DP-SGD start."""
     del num_classes, mesh
     images, labels = self.start.training_set(release, run, self.model.config)
-    key = jax.random.key(config.seed)
     if self.start_model is None:
-      params = unet.init_params(self.model, key)
+      params = unet.init_params(self.model, jax.random.key(config.seed))
     else:
       params = start_params(self.start_model, self.model,
-                            self.start.class_rows(release, self.num_classes), key)
+                            self.start.class_rows(release, self.num_classes))
     if images is not None and self.options.pretrain.steps > 0:
       params = self.pretrain(params, images, labels, config, run, quiet=quiet)
     return TrainState(step=np.asarray(0, np.int32), params=params, model_state=params,
