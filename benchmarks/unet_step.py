@@ -14,6 +14,9 @@ fast, gpu, reference elsewhere) and each batch B it times:
   device part (`lattice_grad_sum`: per-example gradients, clip, exact lattice sum,
   back on the host) and the whole step (`make_dp_sgd_step`: that, the host's lattice
   Gaussian and the Adam update).
+  Full DP-SGD runs the UNet with its convolutions as matmuls (`UNet.matmul_convs`,
+  as runs do); on the CPU the same step with XLA's convolutions is timed beside it
+  (`xla_convs`, `speedup_over_xla_convs`).
 Each compiled program's FLOPs are XLA's own count (`cost_analysis()["flops"]`),
 set against this device's float32 matmul rate (a large matmul timed in the same
 process, at the start and at the end; the larger is used): `arithmetic_limit_s` =
@@ -155,12 +158,20 @@ def bench_size(size: str, batch_size: int, multiplicities: list[int], repeats: i
   labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32))
   row = {"size": size, "parameters": int(unet_lib.count_params(params)), "batch": batch_size,
          "non_private": {}, "dp_sgd": {}}
+  # What runs use for full DP-SGD (diffusion_recipe.unet_dp_sgd): convolutions as matmuls.
+  matmul_apply_fn = unet_lib.make_apply_fn(model.clone(matmul_convs=True))
   for m in multiplicities:
     plain = non_private_step(apply_fn, params, config, images, labels, m, repeats)
     row["non_private"][str(m)] = plain
     for subset in trainable:
-      dp = dp_sgd_step(apply_fn, params, config, images, labels, m, repeats, noise, microbatch,
-                       trainable=subset)
+      dp = dp_sgd_step(matmul_apply_fn if subset == "all" else apply_fn, params, config,
+                       images, labels, m, repeats, noise, microbatch, trainable=subset)
+      if subset == "all" and jax.default_backend() == "cpu":
+        # The straightforward lowering, XLA's convolutions (elsewhere both are XLA's).
+        xla = dp_sgd_step(apply_fn, params, config, images, labels, m, repeats, noise,
+                          microbatch)
+        dp["xla_convs"] = {k: xla[k] for k in ("seconds", "images_per_s", "xla_gflop")}
+        dp["speedup_over_xla_convs"] = xla["seconds"] / dp["seconds"]
       dp["dp_over_non_private"] = dp["seconds"] / plain["seconds"]
       dp["device_part_over_non_private"] = dp["device_part_seconds"] / plain["seconds"]
       # "all" keeps its historical key; a subset is keyed "m/subset".

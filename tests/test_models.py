@@ -29,3 +29,37 @@ def test_generator_soft_labels_equal_hard_labels_for_one_hot():
   hard = g.apply(v, z, labels, train=False)
   soft = g.apply(v, z, jax.nn.one_hot(labels, 10), train=False)
   np.testing.assert_allclose(hard, soft, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_matmul_conv_matches_flax_conv(monkeypatch, size):
+  """MatmulConv's CPU path (shifted copies, one matmul) and its elsewhere path give
+  nn.Conv's result and per-example kernel gradients, from the same parameters."""
+  from flax import linen as nn
+
+  from vpntk_jax.models.layers import MatmulConv
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((3, 7, 5, 2)), jnp.float32)
+  conv = nn.Conv(4, (size, size), padding="SAME")
+  variables = conv.init(jax.random.key(0), x)
+  variables = {"params": {"kernel": variables["params"]["kernel"],
+                          "bias": jnp.asarray(rng.standard_normal(4), jnp.float32)}}
+  ours = MatmulConv(4, (size, size))
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+      jnp.shape, variables)
+
+  def per_example_grads(module):
+    loss = lambda p, xi: jnp.sum(jnp.sin(module.apply({"params": p}, xi[None])))
+    return jax.vmap(jax.grad(loss), in_axes=(None, 0))(variables["params"], x)
+
+  with jax.default_matmul_precision("float32"):
+    ref, ref_grads = np.asarray(conv.apply(variables, x)), per_example_grads(conv)
+    results = [(np.asarray(ours.apply(variables, x)), per_example_grads(ours))]
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    results.append((np.asarray(ours.apply(variables, x)), per_example_grads(ours)))
+  for out, grads in results:
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 grads, ref_grads)
+  with pytest.raises(ValueError, match="1x1 or 3x3"):
+    MatmulConv(4, (5, 5)).init(jax.random.key(0), x)

@@ -218,23 +218,3 @@ def test_real_wheel_is_the_pinned_vgg16():
   x = np.linspace(0, 1, 32 * 32 * 3, dtype=np.float32).reshape(1, 32, 32, 3)
   f = np.asarray(extractor.apply({"params": params}, jnp.asarray(x), features="pooled"))
   assert f.shape == (1, 1472) and np.all(np.isfinite(f))
-
-
-def test_conv3x3_matches_flax_conv(monkeypatch):
-  """The CPU path (shifted copies and a matmul) and XLA's convolution give nn.Conv's result."""
-  rng = np.random.default_rng(4)
-  x = jnp.asarray(rng.standard_normal((2, 7, 5, 3)), jnp.float32)
-  conv = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
-  variables = conv.init(jax.random.key(0), x)
-  variables = {"params": {"kernel": variables["params"]["kernel"],
-                          "bias": jnp.asarray(rng.standard_normal(4), jnp.float32)}}
-  with jax.default_matmul_precision("float32"):
-    ref = np.asarray(conv.apply(variables, x))
-    ours = vgg.Conv3x3(4)
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
-        jnp.shape, variables)
-    cpu = np.asarray(ours.apply(variables, x))
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    other = np.asarray(ours.apply(variables, x))
-  np.testing.assert_allclose(cpu, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(other, ref, rtol=1e-5, atol=1e-5)

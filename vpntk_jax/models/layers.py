@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -38,3 +41,28 @@ def conv3x3_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   patches = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
                             axis=-1)
   return (patches.reshape(-1, 9 * c) @ kernel.reshape(9 * c, -1)).reshape(n, h, w, -1) + bias
+
+
+class MatmulConv(nn.Module):
+  """nn.Conv(features, (k, k)) with SAME padding, k 1 or 3: the same parameters ("kernel"
+  HWIO, "bias") and initialisers, computed as matmuls on CPU (`conv3x3_same`).
+
+  Besides the VGG stack's speed, this is what makes per-example kernel gradients fast
+  on XLA:CPU: under jax.vmap a convolution's kernel gradient becomes a grouped
+  convolution, which XLA:CPU runs far below its matmul rate, while a matmul's
+  becomes a batched matmul.
+  """
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    size = tuple(self.kernel_size)
+    if size not in ((1, 1), (3, 3)):
+      raise ValueError(f"MatmulConv takes 1x1 or 3x3 kernels, got {size}")
+    kernel = self.param("kernel", self.kernel_init, size + (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    if size == (1, 1):
+      return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0].astype(x.dtype)) + bias
+    return conv3x3_same(x, kernel, bias)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vpntk_jax.models.layers import conv3x3_same, max_pool_2x2
+from vpntk_jax.models.layers import MatmulConv, max_pool_2x2
 
 # Convs per block (each block ends in a 2x2 max-pool, the last one left out:
 # only the conv outputs are features).
@@ -104,19 +104,6 @@ def preprocess(x: jax.Array, preprocessing: str = "torchvision") -> jax.Array:
   raise ValueError(f"VGG preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
 
 
-class Conv3x3(nn.Module):
-  """nn.Conv(width, (3, 3), padding=1) with the same parameters ("kernel" HWIO, "bias")
-  and initialisers, computed by `conv3x3_same` (fast on CPU)."""
-  width: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.width))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.width,))
-    return conv3x3_same(x, kernel, bias)
-
-
 class VGGFeatures(nn.Module):
   """A VGG conv stack (torchvision's layer order); features are every conv's pre-ReLU output.
 
@@ -147,7 +134,7 @@ class VGGFeatures(nn.Module):
         x = max_pool_2x2(x)
         continue
       index, _, width = next(layers)
-      y = Conv3x3(width, name=f"features_{index}")(x)
+      y = MatmulConv(width, name=f"features_{index}")(x)
       if features == "maps":
         out.append(y.reshape(y.shape[0], -1))
       elif index in ends:

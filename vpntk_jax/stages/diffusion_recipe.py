@@ -299,17 +299,21 @@ class DiffusionRecipe(Recipe):
                          other_sigmas=self.start.other_sigmas, mesh=mesh, quiet=quiet)
 
 
-def unet_dp_sgd(model: unet.UNet, apply_fn, settings) -> private_training.DpSgdTraining:
-  """DP-SGD of a whole UNet: the EDM loss of one private example (its label dropped
-  to the null class at the model's rate), `settings` a blocks.DpSgdConfig."""
+def unet_dp_sgd(model: unet.UNet, settings) -> private_training.DpSgdTraining:
+  """DP-SGD of a UNet (all of it, or `settings.trainable`'s subset): the EDM loss of
+  one private example (its label dropped to the null class at the model's rate),
+  `settings` a blocks.DpSgdConfig."""
   num_classes, label_dropout = model.config.num_classes, model.config.label_dropout
+  trainable = None if settings.trainable == "all" else unet.TRAINABLE[settings.trainable]
+  # Per-example gradients of the convolutions' kernels: faster as matmuls
+  # (UNet.matmul_convs); the subsets train no convolution.
+  apply_fn = unet.make_apply_fn(model.clone(matmul_convs=trainable is None))
 
   def loss_fn(params, example, key):
     image, label = example
     return edm.per_example_loss(params, apply_fn, image, label, key,
                                 multiplicity=settings.multiplicity, num_classes=num_classes,
                                 label_dropout=label_dropout)
-  trainable = None if settings.trainable == "all" else unet.TRAINABLE[settings.trainable]
   return private_training.DpSgdTraining(
       settings, loss_fn, lambda: unet.init_params(model, jax.random.key(0)),
       tuple(model.config.image_shape), trainable=trainable)
@@ -402,7 +406,7 @@ def build(config, image_shape, num_classes: int, start: Callable[[], PublicStart
                              options.model.sample_steps, float(options.model.guidance_scale),
                              model_config.null_label, options.model.sample_batch)
   return DiffusionRecipe(model=model, options=options, sampler=sampler, start=start(),
-                         dp=unet_dp_sgd(model, sampler.apply_fn, options.dp_sgd),
+                         dp=unet_dp_sgd(model, options.dp_sgd),
                          start_model=public)
 
 
