@@ -1,12 +1,12 @@
 """Does a public diffusion model render its classes? Samples of each class, scored by
 the pool classifier.
 
-    python -m experiments.public_diffusion_eval --model data/public_diffusion/pool_fast
+    python -m experiments.public_diffusion_eval --model data/public_diffusion/fashion_pool
     python -m experiments.public_diffusion_eval \\
-        --model data/public_diffusion/pool_fast.partial --unet-size fast   # while it trains
+        --model data/public_diffusion/fashion_pool.partial --unet-size fast   # while it trains
 
 `--model`: a public diffusion model (`vpntk pretrain-diffusion`, diffusion.json), or a
-training in progress (its `pretrain_checkpoints`, e.g. `pool_fast.partial` of
+training in progress (its `pretrain_checkpoints`, e.g. `fashion_pool.partial` of
 experiments.public_diffusion): the latest checkpoint's EMA weights, read from a copy
 so the training is not disturbed; its UNet size is `--unet-size` and its classes the
 classifier's (a checkpoint stores no architecture).
@@ -62,20 +62,26 @@ def load_model(path: str, classifier: public.PublicModels, size: str):
 
 
 def check_matching(model: diffusion_model.PublicDiffusion,
-                   classifier: public.PublicModels) -> list[str]:
-  """The class names both share; refuses a model whose images or classes differ."""
+                   classifier: public.PublicModels) -> tuple[list[str], np.ndarray]:
+  """The model's class names and, for each, the classifier's index of that class (a
+  model trained without some pool classes is judged by the whole pool's classifier);
+  refuses a model whose images differ or whose classes the classifier lacks."""
   config = model.config
   if tuple(config.image_shape) != tuple(classifier.image_shape):
     raise ConfigError(f"the diffusion model makes {tuple(config.image_shape)} images, the "
                       f"classifier takes {tuple(classifier.image_shape)}")
-  if config.num_classes != classifier.num_classes:
-    raise ConfigError(f"the diffusion model has {config.num_classes} classes, the classifier "
-                      f"{classifier.num_classes}")
   ours = [str(n) for n in model.spec.get("class_names") or []]
   theirs = [str(n) for n in classifier.spec.get("class_names") or []]
-  if ours and theirs and ours != theirs:
-    raise ConfigError(f"the diffusion model's classes {ours} are not the classifier's {theirs}")
-  return ours or theirs or [str(c) for c in range(config.num_classes)]
+  if ours and theirs:
+    missing = [n for n in ours if n not in theirs]
+    if missing:
+      raise ConfigError(f"the classifier has no class {missing}; its classes: {theirs}")
+    return ours, np.asarray([theirs.index(n) for n in ours])
+  if config.num_classes != classifier.num_classes:
+    raise ConfigError(f"the diffusion model has {config.num_classes} classes, the classifier "
+                      f"{classifier.num_classes}, and neither names them")
+  return ours or theirs or [str(c) for c in range(config.num_classes)], np.arange(
+      config.num_classes)
 
 
 def sample_classes(model: diffusion_model.PublicDiffusion, per_class: int, *, steps: int,
@@ -112,14 +118,14 @@ def evaluate(args) -> dict:
   t0 = time.perf_counter()
   classifier = public.load_public(args.classifier)
   model = load_model(args.model, classifier, args.unet_size)
-  names = check_matching(model, classifier)
+  names, judged_as = check_matching(model, classifier)
   num_classes = len(names)
   images, labels = sample_classes(model, args.per_class, steps=args.steps,
                                   guidance_scale=args.guidance_scale, batch=args.batch,
                                   seed=args.seed)
   sample_seconds = time.perf_counter() - t0
   predicted = np.argmax(public.classifier_logits(classifier, images), axis=1)
-  rendered = fraction_per_class(predicted, labels, num_classes)
+  rendered = [float(np.mean(predicted[labels == c] == judged_as[c])) for c in range(num_classes)]
   source = args.data or classifier.spec.get("pretrain_config", {}).get("data", {}).get("source")
   real = None
   test = None
@@ -130,7 +136,8 @@ def evaluate(args) -> dict:
       pass
   if test is not None:
     real_predicted = np.argmax(public.classifier_logits(classifier, test.images), axis=1)
-    real = fraction_per_class(real_predicted, np.asarray(test.labels), num_classes)
+    real = fraction_per_class(real_predicted, np.asarray(test.labels), classifier.num_classes)
+    real = [real[j] for j in judged_as]
   fashion = [c for c, n in enumerate(names) if n in FASHION_MNIST_CLASSES]
   name = args.name or "{}{}".format(
       os.path.basename(os.path.normpath(args.model)),
@@ -155,7 +162,7 @@ def evaluate(args) -> dict:
       "per_class": {n: {"rendered": rendered[c], "real_test_accuracy": real[c] if real else None}
                     for c, n in enumerate(names)},
       "predicted_counts": {names[c]: np.bincount(predicted[labels == c],
-                                                 minlength=num_classes).tolist()
+                                                 minlength=classifier.num_classes).tolist()
                            for c in range(num_classes)},
       "sample_grid": grid, "sample_seconds": round(sample_seconds, 1),
       "seconds": round(time.perf_counter() - t0, 1), "device": jax.devices()[0].device_kind,

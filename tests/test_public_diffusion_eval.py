@@ -96,3 +96,21 @@ def test_a_training_checkpoint_loads_its_ema_weights(pool):
   jax.tree.map(lambda got, p: np.testing.assert_allclose(got, p + 0.01, rtol=1e-6, atol=1e-7),
                model.params, params)
   assert model.spec["checkpoint_step"] == 2 and model.config.num_classes == 10
+
+
+def test_a_model_without_some_pool_classes_is_judged_by_the_classes_it_has():
+  from types import SimpleNamespace
+
+  from vpntk_jax.errors import ConfigError
+  pool_names = ["a", "b", "c", "d"]
+  classifier = SimpleNamespace(image_shape=(28, 28, 1), num_classes=4,
+                               spec={"class_names": pool_names})
+
+  def model(names):
+    return SimpleNamespace(config=SimpleNamespace(image_shape=(28, 28, 1),
+                                                  num_classes=len(names)),
+                           spec={"class_names": names})
+  names, judged_as = public_diffusion_eval.check_matching(model(["a", "c", "d"]), classifier)
+  assert names == ["a", "c", "d"] and judged_as.tolist() == [0, 2, 3]
+  with pytest.raises(ConfigError, match="no class"):
+    public_diffusion_eval.check_matching(model(["a", "e"]), classifier)
