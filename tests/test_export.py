@@ -119,3 +119,10 @@ def test_split_and_delta_unlike_dpimagebench_s_are_warned(tmp_path, capsys):
   warnings = json.loads(capsys.readouterr().out)["warnings"]
   assert len(warnings) == 1 and "random_split" in warnings[0]
   assert bench_delta == pytest.approx(1 / (55000 * np.log(55000)))
+
+
+def test_a_dpimagebench_protocol_run_is_warned_of_nothing(tmp_path, capsys):
+  # --protocol dpimagebench trains on DPImageBench's own 55,000 at its delta.
+  run, _, _ = _run_dir(tmp_path, protocol="dpimagebench", method="dp-ntk")
+  assert cli.main(["export", str(run), "--out", str(tmp_path / "a")]) == 0
+  assert json.loads(capsys.readouterr().out)["warnings"] == []

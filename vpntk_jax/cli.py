@@ -22,6 +22,16 @@ _AUDIT_SETTINGS = ("method", "data.source", "data.data_dir", "data.image_size", 
                    "adjacency", "public_num_examples", "epsilon", "delta",
                    "validation_noise_scale")
 _EVALUATE_SETTINGS = ("fid_weights", "fid_stats", "fid_samples", "vgg16_frechet")
+# The settings `export` takes, in its own words (the defaults are still the fields').
+_EXPORT_SETTINGS = ("fid_weights", "fid_stats")
+_EXPORT_WORDING = {
+    "fid_weights": dict(help="also write the synthetic set's FID statistics as DPImageBench "
+                             "computes them (gen/gen_fid_stats.npz), with pytorch-fid's "
+                             "Inception weights from this .npz",
+                        none="not written"),
+    "fid_stats": dict(help="and print the FID against this .npz of (mu, sigma), e.g. "
+                           "DPImageBench's dataset/fmnist/fid_stats_28.npz"),
+}
 # The PretrainConfig settings `pretrain` takes as flags; its other fields are set
 # with --config.FIELD=VALUE.
 _PRETRAIN_SETTINGS = ("data.source", "data.data_dir", "data.download", "data.image_size",
@@ -106,14 +116,19 @@ def _method_overrides(args, method: str) -> dict:
   return overrides
 
 
-def _add_settings(parser, paths: tuple[str, ...] | None = None, groups: dict | None = None):
+def _add_settings(parser, paths: tuple[str, ...] | None = None, groups: dict | None = None,
+                  wording: dict | None = None):
   """The flags of RunConfig's declared settings (those in `paths`, else all), each in
-  its stage's group where `groups` has one."""
+  its stage's group where `groups` has one, its help replaced where `wording` has its
+  path (the default stays the field's)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from vpntk_jax import settings  # pylint: disable=g-import-not-at-top
   from vpntk_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
   for d in settings.flagged(RunConfig()):
     if d.path.startswith("options.") or (paths is not None and d.path not in paths):
       continue
+    if d.path in (wording or {}):
+      d = dataclasses.replace(d, setting=dataclasses.replace(d.setting, **wording[d.path]))
     settings.add_flag((groups or {}).get(d.setting.stage, parser), d, _SHARED + d.path)
 
 
@@ -343,6 +358,7 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
   x.add_argument("--format", dest="fmt", default="dpimagebench", choices=("dpimagebench",))
   x.add_argument("--out", help="directory to write (default RUN_DIR/dpimagebench)")
   x.add_argument("--force", action="store_true", help="replace an earlier export there")
+  _add_settings(x, _EXPORT_SETTINGS, wording=_EXPORT_WORDING)
 
   n = sub.add_parser("to-npy", help="write a data source as an npy:DIR source batch by batch "
                                     "(a tfds split larger than memory, resized once)")
@@ -704,8 +720,11 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps(_evaluate(args), indent=2))
     elif args.command == "export":
       from vpntk_jax import export  # pylint: disable=g-import-not-at-top
-      summary = export.export_run(args.run_dir, args.out, fmt=args.fmt, force=args.force)
+      summary = export.export_run(args.run_dir, args.out, fmt=args.fmt, force=args.force,
+                                  **_shared_overrides(args))
       print(json.dumps(summary, indent=2))
+      if "fid_statistics_not_written" in summary:
+        print(f"vpntk: {summary['fid_statistics_not_written']}", file=sys.stderr)
       for warning in summary["warnings"]:
         print(f"vpntk: warning: {warning}", file=sys.stderr)
     elif args.command == "to-npy":
