@@ -8,12 +8,12 @@
 #          (as runs do it, reading each chunk at once, on images already on the device)
 #   full_run  one default DP-NTK FashionMNIST run, stage by stage (benchmarks.full_run)
 #   ti_throughput  per-image textual inversion, vmapped chunk against a per-image loop
-#   a.     benchmarks.dp_sgd_step at the GPU size: the DP step against a non-private step
+#   a.     benchmarks.dp_sgd_step at part b's size: the DP step against a non-private step
 #          and a per-example loop, and the DP step's seconds and peak memory per batch
 #   unet_step  the UNet sizes gpu, reference and fast at batch 256: the non-private and the
 #          DP-SGD step (multiplicity 1 and 4, microbatches of 64), XLA's FLOPs against the
 #          matmul rate
-#   b.     experiments.privimage_gpu: PrivImage and DPDM at epsilon 1 and 10 (4 runs)
+#   b.     experiments.privimage_gpu: the diffusion table from the shipped model (6 runs)
 #
 #   bash benchmarks/gpu_suite.sh                      # there (docs/gpu.md): carry [".gpu"]
 #   bash benchmarks/gpu_suite.sh --dry-run            # here: every part but b at its

@@ -1,4 +1,5 @@
-"""PrivImage and DPDM on FashionMNIST at GPU scale, epsilon 1 and 10, within a time budget.
+"""PrivImage and DPDM on FashionMNIST at GPU scale from the shipped public model, epsilon
+1 and 10, within a time budget.
 
     python -m experiments.privimage_gpu --json gpu_out/privimage_gpu.json     # the GPU scale
     python -m experiments.privimage_gpu --smoke --json gpu_out/privimage_gpu.json  # CPU check
@@ -6,13 +7,13 @@
 
 benchmarks/gpu_suite.sh runs it (docs/gpu.md); it lives here, beside the configs it
 scales, since benchmarks/ imports nothing of experiments/. The runs are
-experiments/privimage_fashion.py's CPU-scale configs (`variants()`: "privimage",
-"dpdm") with the fields of a `Scale` replaced, so everything not named here (the
-query, clip norm, learning rate, accounting, data, classifiers) is the CPU
-comparison's. GPU: the "reference" UNet (1.55M parameters), 300 public
-pretraining steps of batch 256, DP-SGD of expected batch 2048 of the 55,000
+experiments/diffusion_table.py's variants (`config_for`: public-only, PrivImage with
+conditioning-only and full DP-SGD, DPDM from the shipped model `shipped:fashion_pool`)
+with the fields of a `Scale` replaced, so everything not named here (the query,
+clip norm, learning rate, accounting, data, classifiers) is the CPU table's. GPU:
+the shipped model's "fast" UNet, DP-SGD of expected batch 2048 of the 55,000
 private images with 4 noise draws (microbatches of 64 rows), 10,000 synthetic
-images. Smoke: the "tiny" UNet, a few steps, 2 runs, 1,000 images.
+images. Smoke: the same UNet, a few steps, 2 runs, 1,000 images.
 
 Every run is a child process of this one (`--child NAME`), so that it can be
 timed, capped and killed; the parent never touches JAX (the children own the
@@ -42,7 +43,7 @@ import sys
 import threading
 import time
 
-from experiments import privimage_fashion
+from experiments import diffusion_table, privimage_fashion
 from vpntk_jax.run_files import DP_SGD_LOG, METRICS, QUERY_SELECTION, TRAIN_LOG
 
 COMMAND = "bash benchmarks/gpu_suite.sh"
@@ -82,52 +83,53 @@ class Scale:
 
 GPU = Scale(
     name="gpu",
-    model=dict(size="reference", sample_batch=2500),
-    pretrain=dict(steps=300, batch_size=256, checkpoint_every=100),
+    model=dict(size="fast", sample_batch=2500),
+    pretrain=dict(steps=0),
     # Plain Poisson batches (no max_batch): cutting draws above 2112 would leave fewer
     # padded shapes to compile, but its accounting raised the noise multiplier by a
     # third to a half (measured: 0.56 -> 0.88 at epsilon 10, 50 steps).
     dp_sgd=dict(steps=200, batch_size=2048, multiplicity=4, microbatch=64,
                 checkpoint_every=25),
     run=dict(num_synthetic=10000),
-    runs=("privimage_eps10", "dpdm_eps10", "privimage_eps1", "dpdm_eps1"),
+    runs=("privimage-full_eps10", "privimage-conditioning_eps10", "public-only_eps10",
+          "dpdm-conditioning_eps10", "privimage-full_eps1", "privimage-conditioning_eps1"),
     runs_root="runs/privimage_gpu", budget_s=330.0, parallel=2,
     overhead_s=75.0, first_compile_s=75.0, dp_steps_range=(50, 300),
     bench_batch=256, bench_batches=(256, 1024, 2048))
 
 SMOKE = Scale(
     name="smoke",
-    model=dict(size="tiny", sample_batch=500, sample_steps=4),
-    pretrain=dict(steps=10, batch_size=32, checkpoint_every=5),
+    model=dict(size="fast", sample_batch=500, sample_steps=4),
+    pretrain=dict(steps=0),
     dp_sgd=dict(steps=4, batch_size=64, multiplicity=2, microbatch=32, checkpoint_every=2),
     run=dict(num_synthetic=1000, eval_train_size=1000, cnn_epochs=1),
-    runs=("privimage_eps10", "dpdm_eps10"),
+    runs=("privimage-full_eps10", "dpdm-conditioning_eps10"),
     runs_root="runs/privimage_gpu_smoke", budget_s=600.0, parallel=2,
     overhead_s=150.0, first_compile_s=60.0, dp_steps_range=(2, 4),
     bench_batch=64, bench_batches=(64, 128))
 
 
 def split_name(name: str) -> tuple[str, float]:
-  """("privimage", 10.0) from "privimage_eps10"."""
+  """("privimage-full", 10.0) from "privimage-full_eps10"."""
   variant, sep, eps = name.rpartition("_eps")
   if not sep:
-    raise ValueError(f"run names look like privimage_eps10, got {name!r}")
+    raise ValueError(f"run names look like privimage-full_eps10, got {name!r}")
   return variant, float(eps)
 
 
 def configs(scale: Scale, dp_steps: int | None = None) -> dict:
-  """name -> RunConfig: privimage_fashion.variants() at this scale (and DP-SGD steps)."""
-  base = privimage_fashion.variants()
+  """name -> RunConfig: diffusion_table's variants at this scale (and DP-SGD steps)."""
   dp_fields = {**scale.dp_sgd, **({"steps": dp_steps} if dp_steps is not None else {})}
   out = {}
   for name in scale.runs:
     variant, epsilon = split_name(name)
-    config = base[variant]
+    config = diffusion_table.config_for(variant, epsilon, seed=0)
     o = config.options
+    fields = {**dp_fields, "steps": 0} if variant == "public-only" else dp_fields
     options = dataclasses.replace(
         o, model=dataclasses.replace(o.model, **scale.model),
         pretrain=dataclasses.replace(o.pretrain, **scale.pretrain),
-        dp_sgd=dataclasses.replace(o.dp_sgd, **dp_fields))
+        dp_sgd=dataclasses.replace(o.dp_sgd, **fields))
     out[name] = dataclasses.replace(config, epsilon=epsilon, options=options,
                                     **scale.run).validate()
   return out
