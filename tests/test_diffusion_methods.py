@@ -300,6 +300,18 @@ def test_a_second_privimage_run_with_the_same_selection_reuses_the_cached_pretra
   np.testing.assert_allclose(first["images"], second["images"], atol=1e-5)
 
 
+def test_an_unwritable_pretrain_cache_is_refused_before_anything_is_spent(
+    data, pool20, tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  out = tmp_path / "run"
+  assert cli.main(_args("privimage", data, out, "--public-model", pool20["classifier"],
+                        "--pretrain-cache", str(blocker / "cache"), "--dp-steps", "0")) == 2
+  err = capsys.readouterr().err
+  assert "--pretrain-cache" in err and "is a file" in err and "Traceback" not in err
+  assert not out.exists() and blocker.read_text() == "not a directory"
+
+
 def test_conditioning_only_fine_tuning_trains_those_parameters_and_freezes_the_rest(
     data, start_model, tmp_path, monkeypatch):
   from flax import traverse_util

@@ -82,6 +82,18 @@ def make_dir(path: str) -> None:
     raise RunDirError(f"cannot create the directory {path}: {e.strerror or e}") from None
 
 
+def check_can_create(path: str, what: str) -> None:
+  """Raises a RunDirError unless `path` is, or could be made as, a writable directory,
+  without creating anything (a check made before a release)."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise RunDirError(f"{what} {path}: {existing} is a file")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise RunDirError(f"{what} {path}: {existing} is not writable")
+
+
 def stage(out: str, *, resume: bool = False) -> RunDir:
   """A fresh staging directory beside `out`, to be swapped in by `finish()`; with
   `resume`, an interrupted one left there is kept (its checkpoints resume)."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from vpntk_jax import distributed
 from vpntk_jax import io_utils
+from vpntk_jax.staging import check_can_create
 from vpntk_jax.blocks import start_model_name
 from vpntk_jax.data import ImageDataset, load_dataset, make_dataset, resize_dataset
 from vpntk_jax.diffusion import edm
@@ -394,6 +395,9 @@ def build(config, image_shape, num_classes: int, start: Callable[[], PublicStart
   can without the private data."""
   check_dp_sgd_config(config)
   options = config.options
+  if options.pretrain.cache_dir and options.pretrain.steps:
+    # Written after the release and the pretraining: a failure then would waste both.
+    check_can_create(options.pretrain.cache_dir, "--pretrain-cache")
   public = load_start_model(options, image_shape)
   if public is None:
     model_config = unet.unet_config(options.model.size, image_shape, num_classes,
