@@ -109,3 +109,15 @@ def test_grid_arguments_are_checked_before_any_run(tmp_path, data, capsys):
     assert cli.main(_with(_command(data, tmp_path / "c"), *bad)) == 2, bad
     assert message in capsys.readouterr().err, bad
   assert not (tmp_path / "c").exists()
+
+
+def test_the_table_reads_each_metric_group_a_report_shows():
+  metrics = {"accuracy": {"mlp": 0.7, "cnn": 0.8}, "validation_accuracy": {"mlp": 0.6},
+             "inception": {"fid": 12.0, "kid_mean": 0.1, "num_samples": 10000},
+             "vgg16_frechet": {"frechet_distance": 1.5e5, "num_synthetic": 10000,
+                               "model": "public/vgg16"},
+             "train_size": 6000}
+  assert compare.metric_values(metrics) == {
+      "accuracy.mlp": 0.7, "accuracy.cnn": 0.8, "validation_accuracy.mlp": 0.6,
+      "inception.fid": 12.0, "inception.kid_mean": 0.1,
+      "vgg16_frechet.frechet_distance": 1.5e5}

@@ -50,7 +50,8 @@ _IGNORED_DIFFERENCES = frozenset({"devices"})
 _ALL_KEYS = None
 METRIC_GROUPS = {"accuracy": _ALL_KEYS, "validation_accuracy": _ALL_KEYS,
                  "inception": ("fid", "kid_mean"),
-                 "public_feature_distance": ("fid", "kid_mean")}
+                 "public_feature_distance": ("fid", "kid_mean"),
+                 "vgg16_frechet": ("frechet_distance",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +233,10 @@ def summarize(cells: list[Cell], out: str) -> tuple[list[str], list[dict]]:
 def _shown(mean: float, std: float) -> str:
   if math.isnan(mean):
     return "-"
-  return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+  # Accuracies to 4 places; distances in the features' own (large) units to fewer.
+  places = 4 if abs(mean) < 10 else 1 if abs(mean) < 1000 else 0
+  return (f"{mean:.{places}f}" if math.isnan(std)
+          else f"{mean:.{places}f} ± {std:.{places}f}")
 
 
 def table_markdown(names: list[str], rows: list[dict]) -> str:
