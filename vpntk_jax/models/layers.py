@@ -22,13 +22,14 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   )
 
 
-# Bytes of shifted copies a 3x3 matmul convolution forms at once on CPU (`conv3x3_same`):
-# a few MB stay in cache between the copy and the matmul that reads it.
+# Bytes of shifted copies a 3x3 matmul convolution forms at once on CPU (`conv3x3_same`)
+# where a whole batch's would be large (the VGG extractors): a few MB stay in cache
+# between the copy and the matmul that reads it.
 PATCH_CHUNK_BYTES = 8 * 2**20
 
 
 def conv3x3_same(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                 chunk_bytes: int | None = PATCH_CHUNK_BYTES) -> jax.Array:
+                 chunk_bytes: int | None = None) -> jax.Array:
   """3x3 convolution (cross-correlation), stride 1, zero padding 1, NHWC with an HWIO
   kernel: nn.Conv(features, (3, 3), padding=1)'s result.
 
@@ -37,10 +38,11 @@ def conv3x3_same(x: jax.Array, kernel: jax.Array, bias: jax.Array,
   image on 2 cores). The nine copies of a whole batch's input are far larger than
   the cache (VGG16's second conv at 32x32: 2.4 MB per image), and writing them to
   memory and reading them back took 2 to 4 times the matmul itself; so the batch
-  is taken `chunk_bytes` of copies at a time (a loop over example chunks, each
-  chunk's copies read by its matmul while still in cache). `chunk_bytes` None:
-  the whole batch at once. Only the input's copies are chunked: the kernel's
-  gradient sums over the chunks, and the input's gradient needs no copies kept.
+  can be taken `chunk_bytes` of copies at a time (a loop over example chunks, each
+  chunk's copies read by its matmul while still in cache; `PATCH_CHUNK_BYTES`).
+  None: the whole batch at once (inside a per-example vmap, as DP-SGD runs the
+  UNet, a chunk loop would only add a loop). The kernel's gradient sums over the
+  chunks; the input's gradient needs no copies kept.
   Elsewhere XLA's convolution (cuDNN on GPUs, without the copies).
   """
   if jax.default_backend() != "cpu":
@@ -81,7 +83,7 @@ class MatmulConv(nn.Module):
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   kernel_init: Callable = nn.initializers.lecun_normal()
-  chunk_bytes: int | None = PATCH_CHUNK_BYTES  # conv3x3_same's
+  chunk_bytes: int | None = None  # conv3x3_same's
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
