@@ -22,6 +22,21 @@ def median_seconds(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
+def median_seconds_each(fns: dict, repeats: int) -> dict:
+  """{name: median wall seconds} of `repeats` calls of each fn() (results waited for),
+  after one warm-up call of each; the calls alternate between the fns, so that other
+  work on a shared machine slows each alike."""
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def xla_flops(compiled) -> float:
   """XLA's FLOP count of a compiled program (`jax.stages.Compiled`); NaN where the
   backend gives none. cost_analysis() is a dict, or a list of one per program in

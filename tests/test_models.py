@@ -63,3 +63,28 @@ def test_matmul_conv_matches_flax_conv(monkeypatch, size):
                  grads, ref_grads)
   with pytest.raises(ValueError, match="1x1 or 3x3"):
     MatmulConv(4, (5, 5)).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("chunk_examples", [1, 2, 3])
+def test_chunked_conv_matches_whole_batch(chunk_examples):
+  """conv3x3_same over chunks of examples (a remainder chunk included) gives the
+  whole batch's result and the same input, kernel and bias gradients."""
+  from vpntk_jax.models.layers import conv3x3_same
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((7, 6, 5, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(4), jnp.float32)
+  per_example = 9 * 6 * 5 * 3 * 4  # bytes of one example's shifted copies
+
+  def loss(x, kernel, bias, chunk_bytes):
+    return jnp.sum(jnp.sin(conv3x3_same(x, kernel, bias, chunk_bytes)))
+
+  with jax.default_matmul_precision("float32"):
+    whole = conv3x3_same(x, kernel, bias, None)
+    chunked = conv3x3_same(x, kernel, bias, chunk_examples * per_example)
+    ref_grads = jax.grad(loss, (0, 1, 2))(x, kernel, bias, None)
+    grads = jax.grad(loss, (0, 1, 2))(x, kernel, bias, chunk_examples * per_example)
+  assert chunked.shape == whole.shape == (7, 6, 5, 4)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)

@@ -22,7 +22,9 @@ from vpntk_jax import cli, convert_vgg16, public
 from vpntk_jax.config import RunConfig
 from vpntk_jax.data import ImageDataset, load_dataset
 from vpntk_jax.errors import ConfigError, DataError
-from vpntk_jax.features.perceptual import PerceptualFeatureMap
+from vpntk_jax.features import labelled
+from vpntk_jax.features.perceptual import (PerceptualFeatureMap, class_moment_mean,
+                                          per_example_moments)
 from vpntk_jax.models import vgg
 from vpntk_jax.stages import evaluation
 
@@ -217,3 +219,68 @@ def test_real_wheel_is_the_pinned_vgg16():
   x = np.linspace(0, 1, 32 * 32 * 3, dtype=np.float32).reshape(1, 32, 32, 3)
   f = np.asarray(extractor.apply({"params": params}, jnp.asarray(x), features="pooled"))
   assert f.shape == (1, 1472) and np.all(np.isfinite(f))
+
+
+def test_dpmepf_class_means_match_per_example_features(tiny):
+  """The generator step's class means (convs over chunks of examples, s-weighted
+  class sums) are the per-example phi averaged by class, with the same gradient."""
+  _, _, converted = tiny
+  models = public.load_public(str(converted))
+  params = models.extractor_params
+  chunked = models.extractor.clone(conv_chunk_bytes=200_000)  # 1 or 2 examples per chunk
+  whole = models.extractor.clone(conv_chunk_bytes=None)
+  x = jax.random.uniform(jax.random.key(0), (3, 2, 28 * 28))
+  target = jax.random.normal(jax.random.key(1), (2 * whole.feature_dim(28, "maps"), 3))
+
+  def fast(x):
+    return class_moment_mean(chunked, params, x, (28, 28, 1), 0.7)
+
+  def reference(x):
+    phi = per_example_moments(whole, params, x.reshape(6, -1), (28, 28, 1), 0.7)
+    return labelled.labelled_feature_mean(phi, 3)
+
+  with jax.default_matmul_precision("float32"):
+    np.testing.assert_allclose(fast(x), reference(x), rtol=1e-5, atol=1e-9)
+    grads = [jax.grad(lambda x, f=f: jnp.sum(jnp.square(f(x) - target)))(x)
+             for f in (fast, reference)]
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4,
+                             atol=1e-5 * float(jnp.abs(grads[1]).max()))
+
+
+def test_dpmepf_vgg16_step_benchmark_at_tiny_size(tiny, tmp_path):
+  from benchmarks import dpmepf_vgg16_step  # pylint: disable=import-outside-toplevel
+  _, _, converted = tiny
+  out = tmp_path / "step.json"
+  result = dpmepf_vgg16_step.main(["--public-model", str(converted), "--batches", "10,20",
+                                   "--repeats", "1", "--matmul-size", "64",
+                                   "--release-images", "4", "--json", str(out)])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+  assert len(result["load_average_start"]) == 3 and result["matmul_gflop_per_s"] > 0
+  assert [row["batch"] for row in result["steps"]] == [10, 20]
+  for row in result["steps"]:
+    # The step holds the extractor's forward and backward, and the generator's.
+    flops = row["xla_gflop"]
+    assert flops["step"] > flops["forward_backward"] > flops["forward"] > 0
+    assert row["max_relative_difference"]["forward"] < 1e-4
+    assert row["max_relative_difference"]["gradient"] < 1e-3
+    for path in ("fast", "straightforward"):
+      assert row[path]["step_s"] > 0 and row[path]["forward_s"] > 0
+      assert row["x_from_arithmetic_limit"][path]["step"] == pytest.approx(
+          row[path]["step_s"] * result["matmul_gflop_per_s"] * 1e9 / (
+              row["xla_gflop"]["step"] * 1e9))
+  # Twice the batch, about twice the extractor's arithmetic.
+  flops = [row["xla_gflop"]["forward"] for row in result["steps"]]
+  assert 1.8 < flops[1] / flops[0] < 2.2
+  assert set(result["steps"][0]["release_per_image_s"]) == {"fast", "straightforward"}
+  assert "release_per_image_s" not in result["steps"][1]
+  with pytest.raises(SystemExit):
+    dpmepf_vgg16_step.main(["--public-model", str(converted), "--batches", "15"])
+
+
+def test_a_vgg_directory_takes_images_of_any_size(tiny, tiny_public):
+  _, _, converted = tiny  # converted at 28x28
+  models = public.load_public(str(converted))
+  for shape in [(28, 28, 1), (32, 32, 1), (64, 64, 3)]:
+    public.check_compatible(models, shape)
+  with pytest.raises(ConfigError, match="trained for"):  # a pretrained ConvExtractor does not
+    public.check_compatible(public.load_public(str(tiny_public[0])), (32, 32, 1))

@@ -22,20 +22,48 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   )
 
 
-def conv3x3_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+# Bytes of shifted copies a 3x3 matmul convolution forms at once on CPU (`conv3x3_same`)
+# where a whole batch's would be large (the VGG extractors): a few MB stay in cache
+# between the copy and the matmul that reads it.
+PATCH_CHUNK_BYTES = 8 * 2**20
+
+
+def conv3x3_same(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                 chunk_bytes: int | None = None) -> jax.Array:
   """3x3 convolution (cross-correlation), stride 1, zero padding 1, NHWC with an HWIO
   kernel: nn.Conv(features, (3, 3), padding=1)'s result.
 
   On CPU it is the nine shifted images concatenated and one matmul: XLA's CPU
   convolution ran VGG16 about 7x slower than this at 32x32 (0.16 vs 0.02 s per
-  image on 2 cores), at the cost of nine copies of each conv's input (kept for
-  the backward pass too: VGG16 at 32x32 holds about 6.7 MB of them per image).
+  image on 2 cores). The nine copies of a whole batch's input are far larger than
+  the cache (VGG16's second conv at 32x32: 2.4 MB per image), and writing them to
+  memory and reading them back took 2 to 4 times the matmul itself; so the batch
+  can be taken `chunk_bytes` of copies at a time (a loop over example chunks, each
+  chunk's copies read by its matmul while still in cache; `PATCH_CHUNK_BYTES`).
+  None: the whole batch at once (inside a per-example vmap, as DP-SGD runs the
+  UNet, a chunk loop would only add a loop). The kernel's gradient sums over the
+  chunks; the input's gradient needs no copies kept.
   Elsewhere XLA's convolution (cuDNN on GPUs, without the copies).
   """
   if jax.default_backend() != "cpu":
     y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
+  n, h, w, c = x.shape
+  per_example = 9 * h * w * c * x.dtype.itemsize
+  chunk = n if chunk_bytes is None else max(1, int(chunk_bytes) // per_example)
+  if chunk >= n:
+    return _shifted_matmul(x, kernel, bias)
+  full = n // chunk * chunk
+  y = jax.lax.map(lambda xc: _shifted_matmul(xc, kernel, bias),
+                  x[:full].reshape((n // chunk, chunk) + x.shape[1:]))
+  y = y.reshape((full,) + y.shape[2:])
+  if full < n:
+    y = jnp.concatenate([y, _shifted_matmul(x[full:], kernel, bias)])
+  return y
+
+
+def _shifted_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   patches = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
@@ -55,6 +83,7 @@ class MatmulConv(nn.Module):
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   kernel_init: Callable = nn.initializers.lecun_normal()
+  chunk_bytes: int | None = None  # conv3x3_same's
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,4 +94,4 @@ class MatmulConv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     if size == (1, 1):
       return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0].astype(x.dtype)) + bias
-    return conv3x3_same(x, kernel, bias)
+    return conv3x3_same(x, kernel, bias, self.chunk_bytes)

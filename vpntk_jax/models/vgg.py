@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vpntk_jax.models.layers import MatmulConv, max_pool_2x2
+from vpntk_jax.models.layers import PATCH_CHUNK_BYTES, MatmulConv, max_pool_2x2
 
 # Convs per block (each block ends in a 2x2 max-pool, the last one left out:
 # only the conv outputs are features).
@@ -115,11 +115,13 @@ class VGGFeatures(nn.Module):
   head, so None (logits) is refused.
 
   `widths` (one per block) exist for tests at tiny sizes; converted weights
-  have the standard (64, 128, 256, 512, 512).
+  have the standard (64, 128, 256, 512, 512). `conv_chunk_bytes` is the convs'
+  `layers.conv3x3_same` chunk on CPU (None: whole batches; same result).
   """
   depth: int = 19
   preprocessing: str = "torchvision"
   widths: tuple[int, ...] = WIDTHS
+  conv_chunk_bytes: int | None = PATCH_CHUNK_BYTES
 
   @nn.compact
   def __call__(self, x: jax.Array, features: str | None = "maps") -> jax.Array:
@@ -134,7 +136,7 @@ class VGGFeatures(nn.Module):
         x = max_pool_2x2(x)
         continue
       index, _, width = next(layers)
-      y = MatmulConv(width, name=f"features_{index}")(x)
+      y = MatmulConv(width, chunk_bytes=self.conv_chunk_bytes, name=f"features_{index}")(x)
       if features == "maps":
         out.append(y.reshape(y.shape[0], -1))
       elif index in ends:

@@ -233,6 +233,12 @@ def shape_difference(stored: dict[str, tuple], expected: dict[str, tuple]) -> st
 
 
 def check_compatible(models: PublicModels, image_shape: tuple[int, int, int]) -> None:
+  """Refuses data of another size than the public models'; except an extractor-only VGG
+  directory, which takes any size and 1 or 3 channels (smaller images are resized up
+  to 32 inside it). Its image_shape is that of its feature statistics, which only the
+  auxiliary public_feature_distance reads (and skips at other sizes)."""
+  if models.generator is None and isinstance(models.extractor, vgg.VGGFeatures):
+    return
   if tuple(image_shape) != models.image_shape:
     raise ConfigError(
         f"the public models were trained for {models.image_shape} images; the private data is "
