@@ -35,6 +35,7 @@ Long inversion (`--stage long-inversion`): the non-private centroid of seed 0
 with 200 inversion steps at learning rate 0.1 instead of 40 at 0.05.
 
     python -m experiments.dpagg_ti_fashion --stage all
+    python -m experiments.dpagg_ti_fashion --models shipped --stage all   # the pool models
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ CONCEPT_DATA = "data/dpagg_ti/concept.npz"
 NUM_CONCEPT = 300
 RUNS = "runs/dpagg_ti"
 RESULTS = "experiments/results/dpagg_ti_fashion.json"
+# --models: (concept model, full model, runs, results). "shipped": the package's
+# fast UNets on the 30-class pool (experiments.public_diffusion; the one without
+# ankle boots ships once trained), each with its own runs and results.
+MODEL_SETS = {
+    "tiny": (CONCEPT_MODEL, FULL_MODEL, RUNS, RESULTS),
+    "shipped": ("shipped:fashion_pool_no_ankle_boot", "shipped:fashion_pool",
+                "runs/dpagg_ti_shipped", "experiments/results/dpagg_ti_fashion_shipped.json"),
+}
 GUIDANCE_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
 NUM_SAMPLES = 500
 
@@ -88,7 +97,14 @@ def save_result(key: str, value) -> None:
   io_utils.write_json_atomic(RESULTS, results)
 
 
+def use_models(name: str) -> None:
+  global CONCEPT_MODEL, FULL_MODEL, RUNS, RESULTS  # pylint: disable=global-statement
+  CONCEPT_MODEL, FULL_MODEL, RUNS, RESULTS = MODEL_SETS[name]
+
+
 def make_public_models() -> None:
+  if CONCEPT_MODEL.startswith("shipped:"):
+    return  # made by experiments.public_diffusion
   from vpntk_jax.blocks import PublicPretrainConfig  # pylint: disable=import-outside-toplevel
   from vpntk_jax.public.diffusion_model import pretrain_diffusion  # pylint: disable=import-outside-toplevel
   settings = PublicPretrainConfig(steps=1000, batch_size=128, learning_rate=1e-3,
@@ -120,6 +136,11 @@ class Judge:
   def __init__(self):
     from vpntk_jax import public  # pylint: disable=import-outside-toplevel
     self.models = public.load_public(CLASSIFIER)
+
+  def index(self, name: str) -> int:
+    """The pool classifier's label of the class `name` (a model trained without some
+    pool classes numbers the rest 0..K-1)."""
+    return list(self.models.spec["class_names"]).index(name)
 
   def class_rate(self, images: np.ndarray, cls: int) -> float:
     from vpntk_jax import public  # pylint: disable=import-outside-toplevel
@@ -296,7 +317,7 @@ def public_token_rates() -> None:
   rates = {}
   for token, name in enumerate(public.spec["class_names"]):
     images = sample_tokens(public, public.tokens[token:token + 1], guidance, 0, 200)
-    rates[name] = judge.class_rate(images, token)  # classes 0..8 keep their pool labels
+    rates[name] = judge.class_rate(images, judge.index(name))
   save_result("public_token_rates", rates)
   print("public token rates", rates, flush=True)
   # Where seed 0's inverted tokens sit among the public ones.
@@ -346,7 +367,10 @@ def main() -> None:
                       default="all")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
+  parser.add_argument("--models", choices=sorted(MODEL_SETS), default="tiny",
+                      help="the public diffusion models (MODEL_SETS)")
   args = parser.parse_args()
+  use_models(args.models)
   if args.stage in ("public", "all"):
     make_public_models()
   make_concept_data()
