@@ -23,7 +23,6 @@ import numpy as np
 
 from vpntk_jax import distributed
 from vpntk_jax import io_utils
-from vpntk_jax.staging import check_can_create
 from vpntk_jax.blocks import start_model_name
 from vpntk_jax.data import ImageDataset, load_dataset, make_dataset, resize_dataset
 from vpntk_jax.diffusion import edm
@@ -40,6 +39,7 @@ from vpntk_jax.privacy import subsampled
 from vpntk_jax.run_files import PRETRAIN_CHECKPOINTS, QUERY_SELECTION, TRAIN_LOG
 from vpntk_jax.stages import mean_embedding, private_training, semantic_query
 from vpntk_jax.stages.recipe import Recipe
+from vpntk_jax.staging import check_can_create
 from vpntk_jax.training.samplers import TrainState
 from vpntk_jax.log import say
 
